@@ -1,0 +1,287 @@
+//! The command line: what each command takes, and what it prints and returns.
+//! Commands report one clear line on stderr when they fail; results go to
+//! stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::Settings;
+use crate::generate::Generator;
+use crate::keys::EventKind;
+use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
+use crate::startup::{self, Application};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flit-cache",
+    version,
+    about = "Redis stream ingest and BigQuery batch upload for BNPL transactions and ML predictions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: stream workers, spool replay, /healthz and /readyz. Stops cleanly on SIGTERM/SIGINT.
+    Run,
+    /// Push NDJSON events (one JSON object per line) onto a stream.
+    Push {
+        /// Which stream the events go to.
+        kind: EventKind,
+        /// The file to read; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+    },
+    /// Push synthetic, realistic BNPL transactions and matching predictions.
+    Generate {
+        /// How many transactions (and as many predictions).
+        #[arg(long)]
+        count: u64,
+        /// Which kind to generate.
+        #[arg(long, value_enum, default_value_t = GenerateKind::Both)]
+        kind: GenerateKind,
+        /// Seed for reproducible events (random by default).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Spread event times over this many days before now.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
+    /// Re-push events spooled to disk while Redis was unreachable.
+    ReplaySpool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateKind {
+    Transactions,
+    Predictions,
+    Both,
+}
+
+pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run => run(settings).await,
+        Command::Push { kind, file } => push(settings, kind, file).await,
+        Command::Generate {
+            count,
+            kind,
+            seed,
+            days,
+        } => generate(settings, count, kind, seed, days).await,
+        Command::ReplaySpool => replay_spool(settings).await,
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    let app = Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    startup::cancel_on_signal(shutdown.clone());
+    app.run_until_stopped(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pushes every good line; bad lines are reported with their number and the
+/// command exits 1, so nothing is dropped without the user being told.
+async fn push(
+    settings: Settings,
+    kind: EventKind,
+    file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let producer = Producer::new(&settings)?;
+    let input: Box<dyn AsyncRead + Unpin + Send> = match &file {
+        None => Box::new(tokio::io::stdin()),
+        Some(path) if path.as_os_str() == "-" => Box::new(tokio::io::stdin()),
+        Some(path) => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+    };
+    let mut reader = BufReader::new(input);
+    let limit = settings.producer.max_event_bytes;
+    let mut line_number = 0u64;
+    let mut bad = 0u64;
+    let mut totals = Totals::default();
+    let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+    while let Some(line) = next_line(&mut reader, limit).await? {
+        line_number += 1;
+        let outcome = match line {
+            Line::TooLong(size) => Err(format!("line is over {size} bytes, the limit is {limit}")),
+            Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Text(text) => producer
+                .prepare(kind, &text)
+                .map_err(|rejection| rejection.to_string()),
+        };
+        match outcome {
+            Ok(event) => chunk.push(event.payload),
+            Err(reason) => {
+                bad += 1;
+                eprintln!("line {line_number}: {reason}");
+            }
+        }
+        if chunk.len() == PIPELINE_CHUNK {
+            totals.send(&producer, kind, &mut chunk).await?;
+        }
+    }
+    totals.send(&producer, kind, &mut chunk).await?;
+    println!(
+        "pushed {} {kind} events ({} to the stream, {} spooled); {bad} bad lines",
+        totals.streamed + totals.spooled,
+        totals.streamed,
+        totals.spooled
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn generate(
+    settings: Settings,
+    count: u64,
+    kind: GenerateKind,
+    seed: Option<u64>,
+    days: u32,
+) -> anyhow::Result<ExitCode> {
+    let producer = Producer::new(&settings)?;
+    let mut generator = Generator::new(seed.unwrap_or_else(rand::random), chrono::Utc::now(), days);
+    let started = Instant::now();
+    let mut transactions = Vec::with_capacity(PIPELINE_CHUNK);
+    let mut predictions = Vec::with_capacity(PIPELINE_CHUNK);
+    let mut totals = Totals::default();
+    for n in 0..count {
+        let pair = generator.next_pair();
+        if kind != GenerateKind::Predictions {
+            transactions.push(
+                producer
+                    .prepare(EventKind::Transaction, pair.transaction.as_bytes())?
+                    .payload,
+            );
+        }
+        if kind != GenerateKind::Transactions {
+            predictions.push(
+                producer
+                    .prepare(EventKind::Prediction, pair.prediction.as_bytes())?
+                    .payload,
+            );
+        }
+        if transactions.len() + predictions.len() >= PIPELINE_CHUNK || n + 1 == count {
+            totals
+                .send(&producer, EventKind::Transaction, &mut transactions)
+                .await?;
+            totals
+                .send(&producer, EventKind::Prediction, &mut predictions)
+                .await?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let events = totals.streamed + totals.spooled;
+    println!(
+        "generated {events} events ({} to the streams, {} spooled) in {seconds:.2} s, {:.0} events/s",
+        totals.streamed,
+        totals.spooled,
+        events as f64 / seconds.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay_spool(settings: Settings) -> anyhow::Result<ExitCode> {
+    let producer = Producer::new(&settings)?;
+    let report = producer.replay_spool().await?;
+    let left = producer.spool().bytes();
+    println!(
+        "replayed {} events from {} spool files; {} unreadable lines kept; {left} bytes left in {}",
+        report.events,
+        report.files,
+        report.unreadable,
+        producer.spool().dir().display()
+    );
+    Ok(if left == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    streamed: u64,
+    spooled: u64,
+}
+
+impl Totals {
+    async fn send(
+        &mut self,
+        producer: &Producer,
+        kind: EventKind,
+        payloads: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let count = payloads.len() as u64;
+        match producer.send_prepared(kind, payloads).await? {
+            Delivery::Streamed => self.streamed += count,
+            Delivery::Spooled => self.spooled += count,
+        }
+        payloads.clear();
+        Ok(())
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    /// The line was longer than the limit; it was read past, not kept.
+    TooLong(usize),
+}
+
+/// Reads one line without ever holding more than `limit` bytes of it.
+async fn next_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    limit: usize,
+) -> anyhow::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(limit as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Some(Line::Text(line)));
+    }
+    if line.len() <= limit {
+        return Ok(Some(Line::Text(line))); // last line without a newline
+    }
+    // Over the limit: skip to the end of the line.
+    let mut skipped = line.len();
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            break;
+        }
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                skipped += at;
+                reader.consume(at + 1);
+                break;
+            }
+            None => {
+                let len = buffer.len();
+                skipped += len;
+                reader.consume(len);
+            }
+        }
+    }
+    Ok(Some(Line::TooLong(skipped)))
+}

@@ -1,0 +1,313 @@
+//! The one place that reads the environment. Every variable the service
+//! understands is parsed and checked here, at start-up, so a wrong value is
+//! one clear line naming the variable instead of a failure hours later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::redis_target::RedisUrl;
+
+/// A variable that is set to something the service cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    pub db_transactions: i64,
+    pub db_predictions: i64,
+    pub ttl_seconds: u64,
+}
+
+/// How the stream workers read and commit.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub batch_size: usize,
+    pub block: Duration,
+    /// Entries pending this long on a consumer are taken over by another.
+    pub claim_idle: Duration,
+    pub max_event_bytes: usize,
+    pub workers_per_kind: usize,
+    pub consumer_name: String,
+    pub trim_interval: Duration,
+}
+
+/// How producers talk to Redis and where they spool when they cannot.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub call_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub max_event_bytes: usize,
+}
+
+/// Where uploads go (used by the upload commands).
+#[derive(Debug, Clone)]
+pub struct WarehouseSettings {
+    pub bigquery_project: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub bigquery_api_url: String,
+    pub warehouse_dir: PathBuf,
+    pub upload_cron: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub ingest: IngestSettings,
+    pub producer: ProducerSettings,
+    pub warehouse: WarehouseSettings,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the process environment (after `.env`, which `main` loads).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let max_event_bytes =
+            env.bounded("FLIT_MAX_EVENT_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024)?;
+        Ok(Settings {
+            redis: RedisSettings {
+                url: env.parsed("REDIS_URL", RedisUrl::default())?,
+                db_transactions: env.bounded("REDIS_DB_TRANSACTIONS", 0, 0, 15)?,
+                db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
+                ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
+            },
+            ingest: IngestSettings {
+                batch_size: env.bounded("FLIT_BATCH_SIZE", 500, 1, 10_000)?,
+                block: env.millis("FLIT_BLOCK_MS", 1_000, 10, 60_000)?,
+                claim_idle: env.millis("FLIT_CLAIM_IDLE_MS", 60_000, 100, 86_400_000)?,
+                max_event_bytes,
+                workers_per_kind: env.bounded("FLIT_WORKERS", 1, 1, 64)?,
+                consumer_name: env
+                    .text("FLIT_CONSUMER_NAME")
+                    .unwrap_or_else(default_consumer_name),
+                trim_interval: env.millis("FLIT_TRIM_INTERVAL_MS", 5_000, 100, 3_600_000)?,
+            },
+            producer: ProducerSettings {
+                call_timeout: env.millis("FLIT_PRODUCER_TIMEOUT_MS", 100, 1, 60_000)?,
+                breaker_failures: env.bounded("FLIT_BREAKER_FAILURES", 3, 1, 1_000)?,
+                breaker_cooldown: env.millis("FLIT_BREAKER_COOLDOWN_MS", 2_000, 10, 600_000)?,
+                spool_dir: env.path("FLIT_SPOOL_DIR", "./spool"),
+                spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
+                max_event_bytes,
+            },
+            warehouse: WarehouseSettings {
+                bigquery_project: env.text("BIGQUERY_PROJECT"),
+                credentials_file: env
+                    .text("GOOGLE_APPLICATION_CREDENTIALS")
+                    .map(PathBuf::from),
+                bigquery_api_url: env
+                    .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
+                warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
+                upload_cron: env.cron("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
+            },
+            http_addr: env.parsed_with(
+                "FLIT_HTTP_ADDR",
+                "127.0.0.1:9464",
+                "an address such as 127.0.0.1:9464",
+            )?,
+            log_format: match env.text("FLIT_LOG_FORMAT").as_deref() {
+                None | Some("human") => LogFormat::Human,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(env.error(
+                        "FLIT_LOG_FORMAT",
+                        format!("expected human or json, got {other:?}"),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// The Redis database that holds events and records of `kind`.
+    pub fn db_for(&self, kind: crate::keys::EventKind) -> i64 {
+        match kind {
+            crate::keys::EventKind::Transaction => self.redis.db_transactions,
+            crate::keys::EventKind::Prediction => self.redis.db_predictions,
+        }
+    }
+}
+
+fn default_consumer_name() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    /// The variable's value, with empty values treated as unset.
+    fn text(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn error(&self, variable: &'static str, problem: String) -> ConfigError {
+        ConfigError { variable, problem }
+    }
+
+    fn parsed<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.text(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|e: T::Err| self.error(name, e.to_string())),
+        }
+    }
+
+    fn parsed_with<T: FromStr>(
+        &self,
+        name: &'static str,
+        default: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let text = self.text(name).unwrap_or_else(|| default.to_owned());
+        text.parse()
+            .map_err(|_| self.error(name, format!("expected {expected}, got {text:?}")))
+    }
+
+    fn bounded<T>(&self, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
+        match text.parse::<T>() {
+            Ok(value) if value >= min && value <= max => Ok(value),
+            _ => Err(self.error(
+                name,
+                format!("expected a whole number from {min} to {max}, got {text:?}"),
+            )),
+        }
+    }
+
+    fn millis(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(name, default, min, max)
+            .map(Duration::from_millis)
+    }
+
+    fn path(&self, name: &str, default: &str) -> PathBuf {
+        PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
+    }
+
+    fn api_url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let text = self.text(name).unwrap_or_else(|| default.to_owned());
+        match url::Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                Ok(text.trim_end_matches('/').to_owned())
+            }
+            _ => Err(self.error(
+                name,
+                format!("expected an http:// or https:// root URL, got {text:?}"),
+            )),
+        }
+    }
+
+    /// Six fields (seconds first), as tokio-cron-scheduler reads them.
+    fn cron(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let text = self.text(name).unwrap_or_else(|| default.to_owned());
+        let fields = text.split_whitespace().count();
+        if fields == 6 || fields == 7 {
+            Ok(text)
+        } else {
+            Err(self.error(
+                name,
+                format!("expected a cron expression with seconds first, such as \"0 0 2 * * *\", got {text:?}"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.redis.db_transactions, 0);
+        assert_eq!(s.redis.db_predictions, 1);
+        assert_eq!(s.redis.ttl_seconds, 604_800);
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(s.warehouse.upload_cron, "0 0 2 * * *");
+        assert_eq!(
+            s.warehouse.bigquery_api_url,
+            "https://bigquery.googleapis.com"
+        );
+        assert_eq!(s.ingest.max_event_bytes, 1024 * 1024);
+        assert!(s.warehouse.bigquery_project.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_what_is_allowed() {
+        let err = settings(&[("REDIS_DB_TRANSACTIONS", "sixteen")]).expect_err("not a number");
+        assert_eq!(err.variable, "REDIS_DB_TRANSACTIONS");
+        assert!(err.to_string().contains("from 0 to 15"), "{err}");
+
+        let err = settings(&[("REDIS_DB_PREDICTIONS", "16")]).expect_err("out of range");
+        assert_eq!(err.variable, "REDIS_DB_PREDICTIONS");
+
+        let err = settings(&[("FLIT_HTTP_ADDR", "nowhere")]).expect_err("bad address");
+        assert_eq!(err.variable, "FLIT_HTTP_ADDR");
+
+        let err = settings(&[("FLIT_LOG_FORMAT", "xml")]).expect_err("bad format");
+        assert_eq!(err.variable, "FLIT_LOG_FORMAT");
+
+        let err = settings(&[("FLIT_UPLOAD_CRON", "0 2 * * *")]).expect_err("five fields");
+        assert_eq!(err.variable, "FLIT_UPLOAD_CRON");
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_reported_without_its_password() {
+        let err =
+            settings(&[("REDIS_URL", "http://user:hunter2@example")]).expect_err("wrong scheme");
+        assert_eq!(err.variable, "REDIS_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The atomic step that turns a batch of stream entries into records: one
+//! Lua script (`commit_batch.lua`) stores, queues, dead-letters and
+//! acknowledges the whole batch, so a crash leaves either all of it done or
+//! none of it, and redelivery can never queue a record twice.
+
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+
+use crate::event::{AcceptedEvent, Rejection};
+use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
+
+/// An entry that passed validation.
+#[derive(Debug)]
+pub struct AcceptedEntry {
+    pub entry_id: String,
+    pub event: AcceptedEvent,
+}
+
+/// An entry refused with a reason; `data` is what the producer sent, or a JSON
+/// object of the entry's fields when it had no `data` field.
+#[derive(Debug)]
+pub struct RejectedEntry {
+    pub entry_id: String,
+    pub rejection: Rejection,
+    pub data: Vec<u8>,
+}
+
+/// What one commit did, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// New records stored and queued.
+    pub stored: u64,
+    /// Events already stored with the same payload: acknowledged, nothing queued.
+    pub duplicates: u64,
+    /// Ids reused with a new payload: the waiting version was kept and queued too.
+    pub superseded: u64,
+    pub dead_lettered: u64,
+}
+
+impl std::ops::AddAssign for CommitOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+        self.superseded += other.superseded;
+        self.dead_lettered += other.dead_lettered;
+    }
+}
+
+pub struct BatchCommit {
+    script: Script,
+}
+
+impl Default for BatchCommit {
+    fn default() -> Self {
+        BatchCommit {
+            script: Script::new(include_str!("commit_batch.lua")),
+        }
+    }
+}
+
+impl BatchCommit {
+    pub async fn commit(
+        &self,
+        conn: &mut MultiplexedConnection,
+        kind: EventKind,
+        ttl_seconds: u64,
+        accepted: &[AcceptedEntry],
+        rejected: &[RejectedEntry],
+    ) -> redis::RedisResult<CommitOutcome> {
+        if accepted.is_empty() && rejected.is_empty() {
+            return Ok(CommitOutcome::default());
+        }
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(kind.stream())
+            .key(kind.dead_letter_stream())
+            .key(UPLOAD_QUEUE)
+            .arg(CONSUMER_GROUP)
+            .arg(ttl_seconds)
+            .arg(kind.record_prefix())
+            .arg(kind.superseded_prefix())
+            .arg(accepted.len())
+            .arg(rejected.len());
+        for entry in accepted {
+            invocation
+                .arg(&entry.entry_id)
+                .arg(&entry.event.id)
+                .arg(&entry.event.payload);
+        }
+        for entry in rejected {
+            invocation
+                .arg(&entry.entry_id)
+                .arg(entry.rejection.code())
+                .arg(entry.rejection.to_string())
+                .arg(&entry.data);
+        }
+        let (stored, duplicates, superseded, dead_lettered): (u64, u64, u64, u64) =
+            invocation.invoke_async(conn).await?;
+        Ok(CommitOutcome {
+            stored,
+            duplicates,
+            superseded,
+            dead_lettered,
+        })
+    }
+}

@@ -1,0 +1,72 @@
+#!lua
+-- Commits one batch read from an event stream, atomically: stores every
+-- accepted event as a record with its TTL and queues it for upload, writes
+-- every rejected event to the dead-letter stream with its reason, and
+-- acknowledges all of them. Either all of this happens or none of it.
+-- The shebang makes Redis refuse the whole script up front when it is out of
+-- memory, instead of failing half way.
+--
+-- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue
+-- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
+--       5 number of accepted events, 6 number of rejected events,
+--       then per accepted event: entry id, record id, payload
+--       then per rejected event: entry id, reason code, reason, original data
+-- Returns {stored, duplicates, superseded, dead_lettered}
+local stream, dead, queue = KEYS[1], KEYS[2], KEYS[3]
+local group = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
+local accepted, rejected = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
+local acks = {}
+local i = 7
+
+for _ = 1, accepted do
+  local entry, id, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local key = record_prefix .. id
+  local current = redis.call('GET', key)
+  if not current then
+    redis.call('SET', key, payload, 'EX', ttl)
+    redis.call('RPUSH', queue, key)
+    stored = stored + 1
+  elseif current == payload then
+    -- The same event again (redelivery, producer retry): nothing new.
+    duplicates = duplicates + 1
+  else
+    local this_version = superseded_prefix .. redis.sha1hex(payload) .. ':' .. id
+    if redis.call('EXISTS', this_version) == 1 then
+      -- An older version seen again while it still waits for upload.
+      duplicates = duplicates + 1
+    else
+      -- The id was reused with another payload. The waiting version moves to
+      -- a key of its own, keeps its expiry and is queued; the record key
+      -- (already queued) takes the newest payload, so lookups see it.
+      local previous = superseded_prefix .. redis.sha1hex(current) .. ':' .. id
+      local left = redis.call('PTTL', key)
+      if left <= 0 then left = ttl * 1000 end
+      redis.call('SET', previous, current, 'PX', left)
+      redis.call('RPUSH', queue, previous)
+      redis.call('SET', key, payload, 'EX', ttl)
+      superseded = superseded + 1
+    end
+  end
+  acks[#acks + 1] = entry
+end
+
+for _ = 1, rejected do
+  local entry, code, reason, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  redis.call('XADD', dead, '*', 'reason_code', code, 'reason', reason,
+             'source_id', entry, 'data', data)
+  dead_lettered = dead_lettered + 1
+  acks[#acks + 1] = entry
+end
+
+-- XACK in slices: Lua's unpack has a limit on the number of values.
+for first = 1, #acks, 200 do
+  redis.call('XACK', stream, group, unpack(acks, first, math.min(first + 199, #acks)))
+end
+
+return {stored, duplicates, superseded, dead_lettered}

@@ -1,0 +1,345 @@
+//! One stream worker: reads its kind's stream as a member of the consumer
+//! group, validates each entry and commits the batch atomically. It takes over
+//! entries left pending by consumers that died (XAUTOCLAIM), trims what every
+//! group has acknowledged, and survives Redis going away by reconnecting with
+//! exponential backoff. It stops between batches when asked, never inside one.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use redis::{Client, Script};
+use tokio_util::sync::CancellationToken;
+
+use super::commit::{AcceptedEntry, BatchCommit, CommitOutcome, RejectedEntry};
+use super::entries::{self, StreamEntry};
+use crate::configuration::IngestSettings;
+use crate::event::{self, Rejection};
+use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind};
+use crate::redis_target;
+
+/// Upper bound of payload bytes in one commit, so a batch of large events
+/// does not become one huge script call.
+const MAX_COMMIT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Consumers with nothing pending that have been idle this long are removed
+/// from the group, so restarts do not pile up dead consumer names.
+const STALE_CONSUMER: Duration = Duration::from_secs(3600);
+
+/// Counts of what a worker did over its life, returned when it stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerTotals {
+    pub committed: CommitOutcome,
+    pub batches: u64,
+    /// Pending entries that were no longer in the stream when read.
+    pub vanished: u64,
+    pub reconnects: u64,
+}
+
+pub struct StreamWorker {
+    kind: EventKind,
+    client: Client,
+    consumer: String,
+    settings: IngestSettings,
+    ttl_seconds: u64,
+    commit: BatchCommit,
+    trim: Script,
+}
+
+/// Where the worker is in its reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Re-reading entries delivered to this consumer name but never acknowledged.
+    OwnPending,
+    /// Reading new entries.
+    New,
+}
+
+struct Session {
+    conn: MultiplexedConnection,
+    phase: Phase,
+    claim_cursor: String,
+    next_claim: Instant,
+    next_trim: Instant,
+}
+
+impl StreamWorker {
+    pub fn new(
+        kind: EventKind,
+        client: Client,
+        consumer: String,
+        settings: IngestSettings,
+        ttl_seconds: u64,
+    ) -> Self {
+        StreamWorker {
+            kind,
+            client,
+            consumer,
+            settings,
+            ttl_seconds,
+            commit: BatchCommit::default(),
+            trim: Script::new(include_str!("trim_stream.lua")),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled; the batch in hand is committed first.
+    pub async fn run(self, shutdown: CancellationToken) -> WorkerTotals {
+        let mut totals = WorkerTotals::default();
+        let mut backoff = reconnect_backoff();
+        let mut session: Option<Session> = None;
+        tracing::info!(kind = %self.kind, consumer = %self.consumer, "stream worker started");
+
+        while !shutdown.is_cancelled() {
+            let result = match session.as_mut() {
+                Some(session) => self.step(session, &mut totals).await,
+                None => match self.open_session().await {
+                    Ok(opened) => {
+                        session = Some(opened);
+                        continue;
+                    }
+                    Err(err) => Err(err),
+                },
+            };
+            match result {
+                Ok(()) => backoff = reconnect_backoff(),
+                Err(err) => {
+                    session = None;
+                    totals.reconnects += 1;
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(kind = %self.kind, error = %err, retry_in_ms = delay.as_millis() as u64,
+                        "stream worker lost Redis; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(kind = %self.kind, consumer = %self.consumer, stored = totals.committed.stored,
+            duplicates = totals.committed.duplicates, superseded = totals.committed.superseded,
+            dead_lettered = totals.committed.dead_lettered, "stream worker stopped");
+        totals
+    }
+
+    async fn open_session(&self) -> redis::RedisResult<Session> {
+        // Blocking reads hold the connection for up to BLOCK; allow that plus slack.
+        let response_timeout = self.settings.block + Duration::from_secs(5);
+        let mut conn =
+            redis_target::connect(&self.client, Duration::from_secs(2), response_timeout).await?;
+        ensure_group(&mut conn, self.kind.stream()).await?;
+        let now = Instant::now();
+        Ok(Session {
+            conn,
+            phase: Phase::OwnPending,
+            claim_cursor: "0-0".to_owned(),
+            next_claim: now,
+            next_trim: now + self.settings.trim_interval,
+        })
+    }
+
+    /// One round: take over abandoned entries when due, read and commit one
+    /// batch, trim when due.
+    async fn step(
+        &self,
+        session: &mut Session,
+        totals: &mut WorkerTotals,
+    ) -> redis::RedisResult<()> {
+        if Instant::now() >= session.next_claim {
+            let (cursor, claimed, deleted) = entries::from_autoclaim_reply(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(self.kind.stream())
+                    .arg(CONSUMER_GROUP)
+                    .arg(&self.consumer)
+                    .arg(self.settings.claim_idle.as_millis() as u64)
+                    .arg(&session.claim_cursor)
+                    .arg("COUNT")
+                    .arg(self.settings.batch_size)
+                    .query_async(&mut session.conn)
+                    .await?,
+            )?;
+            if !deleted.is_empty() {
+                // Redis already dropped these from the pending list.
+                totals.vanished += deleted.len() as u64;
+                tracing::error!(kind = %self.kind, count = deleted.len(),
+                    "pending entries were deleted from the stream before any worker committed them");
+            }
+            if !claimed.is_empty() {
+                tracing::info!(kind = %self.kind, count = claimed.len(), "took over entries of a stalled consumer");
+                self.process(&mut session.conn, claimed, totals).await?;
+            }
+            if cursor == "0-0" {
+                session.next_claim = Instant::now() + self.settings.claim_idle / 2;
+            }
+            session.claim_cursor = cursor;
+        }
+
+        let (start_id, block) = match session.phase {
+            Phase::OwnPending => ("0", None),
+            Phase::New => (">", Some(self.settings.block)),
+        };
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(CONSUMER_GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.settings.batch_size);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(self.kind.stream()).arg(start_id);
+        let batch = entries::from_read_reply(read.query_async(&mut session.conn).await?)?;
+        if batch.is_empty() && session.phase == Phase::OwnPending {
+            session.phase = Phase::New;
+        }
+        self.process(&mut session.conn, batch, totals).await?;
+
+        if Instant::now() >= session.next_trim {
+            let trimmed: u64 = self
+                .trim
+                .key(self.kind.stream())
+                .arg(CONSUMER_GROUP)
+                .arg(STALE_CONSUMER.as_millis() as u64)
+                .invoke_async(&mut session.conn)
+                .await?;
+            tracing::debug!(kind = %self.kind, trimmed, "trimmed acknowledged entries");
+            session.next_trim = Instant::now() + self.settings.trim_interval;
+        }
+        Ok(())
+    }
+
+    /// Validates entries and commits them in slices bounded by count and bytes.
+    async fn process(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: Vec<StreamEntry>,
+        totals: &mut WorkerTotals,
+    ) -> redis::RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut bytes = 0usize;
+        for entry in batch {
+            bytes += match self.classify(entry) {
+                Classified::Accepted(entry) => {
+                    let size = entry.event.payload.len();
+                    accepted.push(entry);
+                    size
+                }
+                Classified::Rejected(entry) => {
+                    let size = entry.data.len();
+                    rejected.push(entry);
+                    size
+                }
+                Classified::Vanished(id) => {
+                    totals.vanished += 1;
+                    tracing::error!(kind = %self.kind, entry = %id,
+                        "pending entry was deleted from the stream before it was committed; acknowledging it");
+                    redis::cmd("XACK")
+                        .arg(self.kind.stream())
+                        .arg(CONSUMER_GROUP)
+                        .arg(&id)
+                        .exec_async(conn)
+                        .await?;
+                    0
+                }
+            };
+            if bytes >= MAX_COMMIT_BYTES {
+                self.commit_slice(conn, &mut accepted, &mut rejected, totals)
+                    .await?;
+                bytes = 0;
+            }
+        }
+        self.commit_slice(conn, &mut accepted, &mut rejected, totals)
+            .await
+    }
+
+    async fn commit_slice(
+        &self,
+        conn: &mut MultiplexedConnection,
+        accepted: &mut Vec<AcceptedEntry>,
+        rejected: &mut Vec<RejectedEntry>,
+        totals: &mut WorkerTotals,
+    ) -> redis::RedisResult<()> {
+        if accepted.is_empty() && rejected.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .commit
+            .commit(conn, self.kind, self.ttl_seconds, accepted, rejected)
+            .await?;
+        for entry in rejected.iter() {
+            tracing::warn!(kind = %self.kind, entry = %entry.entry_id, reason = entry.rejection.code(),
+                detail = %entry.rejection, "event dead-lettered");
+        }
+        totals.committed += outcome;
+        totals.batches += 1;
+        tracing::debug!(kind = %self.kind, ?outcome, "batch committed");
+        accepted.clear();
+        rejected.clear();
+        Ok(())
+    }
+
+    fn classify(&self, entry: StreamEntry) -> Classified {
+        if entry.fields.is_none() {
+            return Classified::Vanished(entry.id);
+        }
+        let Some(data) = entry.field(DATA_FIELD) else {
+            return Classified::Rejected(RejectedEntry {
+                data: entry.fields_as_json(),
+                entry_id: entry.id,
+                rejection: Rejection::MissingData,
+            });
+        };
+        // Stamping with the entry's own time keeps redelivered copies identical.
+        let arrival = event::entry_time(&entry.id).unwrap_or_else(Utc::now);
+        match event::accept(self.kind, data, arrival, self.settings.max_event_bytes) {
+            Ok(event) => Classified::Accepted(AcceptedEntry {
+                entry_id: entry.id,
+                event,
+            }),
+            Err(rejection) => Classified::Rejected(RejectedEntry {
+                data: data.to_vec(),
+                entry_id: entry.id,
+                rejection,
+            }),
+        }
+    }
+}
+
+enum Classified {
+    Accepted(AcceptedEntry),
+    Rejected(RejectedEntry),
+    Vanished(String),
+}
+
+/// Creates the consumer group at the start of the stream (so events pushed
+/// before the first start are processed), and the stream if needed.
+pub(crate) async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(CONSUMER_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

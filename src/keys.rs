@@ -1,0 +1,127 @@
+//! The one place that names things in Redis: streams, dead-letter streams,
+//! record keys, the upload queue and the consumer group. Every other module
+//! asks here instead of formatting key strings itself.
+
+use std::fmt;
+
+/// The consumer group every worker joins, on both streams.
+pub const CONSUMER_GROUP: &str = "flit-cache";
+
+/// The list of record keys waiting for the batch upload (one per DB).
+pub const UPLOAD_QUEUE: &str = "upload_queue";
+
+/// The stream field that carries the event's JSON.
+pub const DATA_FIELD: &str = "data";
+
+/// The two kinds of event the pipeline carries. Each kind has its own stream,
+/// its own Redis database and its own warehouse table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    #[value(name = "transactions")]
+    #[serde(rename = "transactions")]
+    Transaction,
+    #[value(name = "predictions")]
+    #[serde(rename = "predictions")]
+    Prediction,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::Transaction, EventKind::Prediction];
+
+    /// Plural name used on the command line, in spool files and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "transactions",
+            EventKind::Prediction => "predictions",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Incoming events of this kind.
+    pub fn stream(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "stream:transactions",
+            EventKind::Prediction => "stream:predictions",
+        }
+    }
+
+    /// Events of this kind that could not be accepted, with their reason.
+    pub fn dead_letter_stream(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "stream:transactions:dead",
+            EventKind::Prediction => "stream:predictions:dead",
+        }
+    }
+
+    /// Prefix of the cached record key: `tx:{id}` / `pred:{id}`.
+    pub fn record_prefix(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "tx:",
+            EventKind::Prediction => "pred:",
+        }
+    }
+
+    /// Prefix of keys holding an older, not yet uploaded version of a record
+    /// whose id was reused: `tx@{sha1 of payload}:{id}`. The `@` can never
+    /// follow `tx` in a record key, and the digest has a fixed length, so
+    /// these keys cannot collide with record keys or with each other.
+    pub fn superseded_prefix(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "tx@",
+            EventKind::Prediction => "pred@",
+        }
+    }
+
+    pub fn record_key(self, id: &str) -> String {
+        format!("{}{id}", self.record_prefix())
+    }
+
+    /// The field of the event that carries its id.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "transaction_id",
+            EventKind::Prediction => "prediction_id",
+        }
+    }
+
+    /// The event-time field; the warehouse partitions on it.
+    pub fn timestamp_field(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "_timestamp",
+            EventKind::Prediction => "prediction_timestamp",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(EventKind::from_name("tx"), None);
+    }
+
+    #[test]
+    fn keys_follow_the_design() {
+        assert_eq!(EventKind::Transaction.record_key("tx_1"), "tx:tx_1");
+        assert_eq!(EventKind::Prediction.record_key("p"), "pred:p");
+        assert_eq!(
+            EventKind::Prediction.dead_letter_stream(),
+            "stream:predictions:dead"
+        );
+    }
+}

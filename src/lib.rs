@@ -1,0 +1,14 @@
+//! flit-cache: events from Redis streams become cached records with an upload
+//! queue, on their way to BigQuery. `docs/architecture.md` is the map.
+
+pub mod cli;
+pub mod configuration;
+pub mod event;
+pub mod generate;
+pub mod http;
+pub mod ingest;
+pub mod keys;
+pub mod producer;
+pub mod redis_target;
+pub mod startup;
+pub mod telemetry;

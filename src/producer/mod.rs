@@ -1,0 +1,240 @@
+//! The library's way to put events onto the streams, for `push`, `generate`
+//! and any Rust service (the ML API) that produces events.
+//!
+//! The prediction path must not wait on a sick Redis: every call has a short
+//! timeout, a circuit breaker skips Redis after repeated failures, and events
+//! that cannot be sent are appended to a durable local spool instead. The
+//! spool is replayed later (`replay-spool`, or by `run` once Redis is back).
+
+mod breaker;
+mod spool;
+
+pub use breaker::CircuitBreaker;
+pub use spool::{Spool, SpoolError};
+
+use crate::configuration::{ProducerSettings, Settings};
+use crate::event::{self, AcceptedEvent, Rejection};
+use crate::keys::{DATA_FIELD, EventKind};
+use crate::redis_target::LazyConnection;
+
+/// Events sent in one pipelined round trip.
+pub const PIPELINE_CHUNK: usize = 1_000;
+
+/// Where events went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Added to the stream.
+    Streamed,
+    /// Redis could not be reached in time; the events are safe in the spool.
+    Spooled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("event refused: {0}")]
+    Rejected(#[from] Rejection),
+    /// Neither Redis nor the spool took the events: the caller still owns them.
+    #[error("Redis unreachable and {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// What a spool replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    pub files: u64,
+    pub events: u64,
+    /// Lines that could not be read back, kept in `unreadable.ndjson`.
+    pub unreadable: u64,
+}
+
+pub struct Producer {
+    connections: [LazyConnection; 2],
+    breaker: CircuitBreaker,
+    spool: Spool,
+    settings: ProducerSettings,
+}
+
+impl Producer {
+    /// Builds a producer; it connects lazily, so it starts even when Redis is down.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let url = &settings.redis.url;
+        let producer = &settings.producer;
+        Ok(Producer {
+            connections: [
+                LazyConnection::new(
+                    url.client(settings.db_for(EventKind::Transaction))?,
+                    producer.call_timeout,
+                ),
+                LazyConnection::new(
+                    url.client(settings.db_for(EventKind::Prediction))?,
+                    producer.call_timeout,
+                ),
+            ],
+            breaker: CircuitBreaker::new(producer.breaker_failures, producer.breaker_cooldown),
+            spool: Spool::new(&producer.spool_dir, producer.spool_max_bytes),
+            settings: producer.clone(),
+        })
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Validates one event as the workers will, stamping a missing timestamp
+    /// now, so a retried copy of it is identical and deduplicated downstream.
+    pub fn prepare(&self, kind: EventKind, event: &[u8]) -> Result<AcceptedEvent, Rejection> {
+        event::accept(
+            kind,
+            event,
+            chrono::Utc::now(),
+            self.settings.max_event_bytes,
+        )
+    }
+
+    /// Sends one event: to the stream, or to the spool when Redis fails.
+    pub async fn send(&self, kind: EventKind, event: &[u8]) -> Result<Delivery, ProduceError> {
+        let prepared = self.prepare(kind, event)?;
+        self.send_prepared(kind, &[prepared.payload]).await
+    }
+
+    /// Sends prepared payloads, pipelined; all of them go to the stream, or
+    /// all of them to the spool.
+    pub async fn send_prepared(
+        &self,
+        kind: EventKind,
+        payloads: &[String],
+    ) -> Result<Delivery, ProduceError> {
+        if payloads.is_empty() {
+            return Ok(Delivery::Streamed);
+        }
+        if self.breaker.allow() {
+            match self.xadd(kind, payloads).await {
+                Ok(()) => {
+                    self.breaker.record_success();
+                    return Ok(Delivery::Streamed);
+                }
+                Err(err) => {
+                    self.breaker.record_failure();
+                    tracing::warn!(%kind, error = %err, events = payloads.len(), "cannot reach Redis; spooling");
+                }
+            }
+        }
+        let spool = self.spool.clone();
+        let owned = payloads.to_vec();
+        tokio::task::spawn_blocking(move || spool.append(kind, &owned))
+            .await
+            .map_err(|join| SpoolError::Io {
+                dir: self.spool.dir().display().to_string(),
+                source: std::io::Error::other(join.to_string()),
+            })??;
+        Ok(Delivery::Spooled)
+    }
+
+    /// Re-sends every spooled event. A file is deleted only after all its
+    /// events are in Redis; on failure it stays for the next replay.
+    pub async fn replay_spool(&self) -> anyhow::Result<ReplayReport> {
+        let spool = self.spool.clone();
+        let files = tokio::task::spawn_blocking(move || spool.take_for_replay()).await??;
+        let mut report = ReplayReport::default();
+        for file in files {
+            let (sender, mut receiver) =
+                tokio::sync::mpsc::channel::<(EventKind, String)>(PIPELINE_CHUNK);
+            let spool = self.spool.clone();
+            let reader = tokio::task::spawn_blocking(move || {
+                let unreadable = spool.read_events(&file, |kind, data| {
+                    sender
+                        .blocking_send((kind, data))
+                        .map_err(|_| std::io::Error::other("replay stopped"))
+                });
+                (file, unreadable)
+            });
+            let mut chunk: Vec<(EventKind, String)> = Vec::with_capacity(PIPELINE_CHUNK);
+            let mut sent = 0u64;
+            let mut failure = None;
+            loop {
+                let item = receiver.recv().await;
+                let end = item.is_none();
+                chunk.extend(item);
+                if chunk.len() == PIPELINE_CHUNK || (end && !chunk.is_empty()) {
+                    match self.replay_chunk(&mut chunk).await {
+                        Ok(count) => sent += count,
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+                if end {
+                    break;
+                }
+            }
+            // Dropping the receiver stops the reader early after a failure.
+            drop(receiver);
+            let (file, unreadable) = reader.await?;
+            if let Some(err) = failure {
+                return Err(err.context(format!(
+                    "replay of {} stopped; it stays for the next replay",
+                    file.path.display()
+                )));
+            }
+            report.unreadable += unreadable?;
+            report.events += sent;
+            report.files += 1;
+            let spool = self.spool.clone();
+            tokio::task::spawn_blocking(move || spool.finish(file)).await??;
+        }
+        if report.unreadable > 0 {
+            tracing::error!(unreadable = report.unreadable, dir = %self.spool.dir().display(),
+                "spool lines could not be read back; kept in unreadable.ndjson");
+        }
+        Ok(report)
+    }
+
+    /// Sends a chunk of spooled events, grouped by kind; returns how many.
+    async fn replay_chunk(&self, chunk: &mut Vec<(EventKind, String)>) -> anyhow::Result<u64> {
+        let mut sent = 0;
+        for kind in EventKind::ALL {
+            let payloads: Vec<String> = chunk
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone())
+                .collect();
+            if !payloads.is_empty() {
+                self.xadd(kind, &payloads).await?;
+                sent += payloads.len() as u64;
+            }
+        }
+        chunk.clear();
+        Ok(sent)
+    }
+
+    /// XADDs payloads in pipelined chunks, each bounded by the call timeout.
+    async fn xadd(&self, kind: EventKind, payloads: &[String]) -> anyhow::Result<()> {
+        let connection = &self.connections[kind_index(kind)];
+        for chunk in payloads.chunks(PIPELINE_CHUNK) {
+            let mut conn = connection.get().await?;
+            let mut pipe = redis::pipe();
+            for payload in chunk {
+                pipe.cmd("XADD")
+                    .arg(kind.stream())
+                    .arg("*")
+                    .arg(DATA_FIELD)
+                    .arg(payload)
+                    .ignore();
+            }
+            // A pipeline of many events may take longer than one call.
+            let timeout = self.settings.call_timeout * (1 + chunk.len() as u32 / 100);
+            connection
+                .bounded(timeout, pipe.exec_async(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn kind_index(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Transaction => 0,
+        EventKind::Prediction => 1,
+    }
+}

@@ -1,0 +1,325 @@
+//! The durable local spool: events that could not reach Redis are appended,
+//! fsync'd, to an NDJSON file, and handed back later for replay.
+//!
+//! Files in the spool folder:
+//! - `events.ndjson`: where appends go;
+//! - `replay-*.ndjson`: files taken for replay (renamed from `events.ndjson`),
+//!   deleted once every line in them reached Redis;
+//! - `unreadable.ndjson`: lines that could not be parsed (a torn write after
+//!   a crash), kept for a person to look at, never dropped;
+//! - `.lock`: serialises appends with the rename that starts a replay, across
+//!   processes, so a line can never be written into a file already read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::EventKind;
+
+const ACTIVE: &str = "events.ndjson";
+const REPLAY_PREFIX: &str = "replay-";
+const UNREADABLE: &str = "unreadable.ndjson";
+const LOCK: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {dir} is full ({used} bytes, limit {limit}); events were not accepted")]
+    Full { dir: String, used: u64, limit: u64 },
+    #[error("cannot write the spool in {dir}: {source}")]
+    Io { dir: String, source: io::Error },
+}
+
+#[derive(Serialize, Deserialize)]
+struct SpoolLine<'a> {
+    kind: &'a str,
+    /// The event exactly as it would have been sent.
+    data: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// A spool file taken for replay, locked against other replayers while held.
+#[derive(Debug)]
+pub struct ReplayFile {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+impl Spool {
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        Spool {
+            dir: dir.into(),
+            max_bytes,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends events durably: when this returns Ok they are on disk.
+    pub fn append(&self, kind: EventKind, payloads: &[String]) -> Result<(), SpoolError> {
+        let mut buffer = Vec::with_capacity(payloads.iter().map(|p| p.len() + 40).sum());
+        for payload in payloads {
+            let line = SpoolLine {
+                kind: kind.name(),
+                data: payload.as_str().into(),
+            };
+            serde_json::to_writer(&mut buffer, &line).map_err(|e| self.io_error(e.into()))?;
+            buffer.push(b'\n');
+        }
+        let _guard = self.lock().map_err(|e| self.io_error(e))?;
+        let used = self.bytes();
+        if used + buffer.len() as u64 > self.max_bytes {
+            return Err(SpoolError::Full {
+                dir: self.dir.display().to_string(),
+                used,
+                limit: self.max_bytes,
+            });
+        }
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(ACTIVE))?;
+            file.write_all(&buffer)?;
+            file.sync_data()
+        };
+        write().map_err(|e| self.io_error(e))
+    }
+
+    /// Takes every spooled file for replay: the active file is renamed, so new
+    /// appends start a fresh one. Files another replayer holds are skipped.
+    pub fn take_for_replay(&self) -> io::Result<Vec<ReplayFile>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        {
+            let _guard = self.lock()?;
+            let active = self.dir.join(ACTIVE);
+            if active.metadata().map(|m| m.len() > 0).unwrap_or(false) {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                let name = format!("{REPLAY_PREFIX}{stamp:032}-{}.ndjson", std::process::id());
+                fs::rename(&active, self.dir.join(name))?;
+                sync_dir(&self.dir)?;
+            }
+        }
+        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(REPLAY_PREFIX) && n.ends_with(".ndjson"))
+            })
+            .collect();
+        paths.sort();
+        let mut taken = Vec::new();
+        for path in paths {
+            let file = File::open(&path)?;
+            match file.try_lock() {
+                Ok(()) => taken.push(ReplayFile { path, _lock: file }),
+                Err(fs::TryLockError::WouldBlock) => continue,
+                Err(fs::TryLockError::Error(err)) => return Err(err),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Reads a replay file line by line, handing events to `each` in order.
+    /// Unparseable lines are moved to `unreadable.ndjson` and counted.
+    pub fn read_events(
+        &self,
+        file: &ReplayFile,
+        mut each: impl FnMut(EventKind, String) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let reader = BufReader::new(File::open(&file.path)?);
+        let mut unreadable = Vec::new();
+        for line in reader.split(b'\n') {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<SpoolLine>(&line) {
+                Ok(parsed) => match EventKind::from_name(parsed.kind) {
+                    Some(kind) => each(kind, parsed.data.into_owned())?,
+                    None => unreadable.push(line),
+                },
+                Err(_) => unreadable.push(line),
+            }
+        }
+        if !unreadable.is_empty() {
+            let mut out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(UNREADABLE))?;
+            for line in &unreadable {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+            out.sync_data()?;
+        }
+        Ok(unreadable.len() as u64)
+    }
+
+    /// Deletes a replay file once all its events reached Redis.
+    pub fn finish(&self, file: ReplayFile) -> io::Result<()> {
+        fs::remove_file(&file.path)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Bytes waiting in the spool (active and replay files).
+    pub fn bytes(&self) -> u64 {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n == ACTIVE || n.starts_with(REPLAY_PREFIX))
+            })
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes() == 0
+    }
+
+    fn lock(&self) -> io::Result<File> {
+        fs::create_dir_all(&self.dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK))?;
+        file.lock()?;
+        // Unlocked when the file is dropped.
+        Ok(file)
+    }
+
+    fn io_error(&self, source: io::Error) -> SpoolError {
+        SpoolError::Io {
+            dir: self.dir.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Makes a rename or delete in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(spool: &Spool) -> (Vec<(EventKind, String)>, u64) {
+        let mut seen = Vec::new();
+        let mut unreadable = 0;
+        for file in spool.take_for_replay().expect("take") {
+            unreadable += spool
+                .read_events(&file, |kind, data| {
+                    seen.push((kind, data));
+                    Ok(())
+                })
+                .expect("read");
+            spool.finish(file).expect("finish");
+        }
+        (seen, unreadable)
+    }
+
+    #[test]
+    fn appended_events_come_back_in_order_and_the_spool_empties() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path().join("spool"), 1 << 20);
+        assert!(spool.is_empty());
+        spool
+            .append(
+                EventKind::Transaction,
+                &["{\"a\":\"x\\ny\"}".into(), "{}".into()],
+            )
+            .expect("append");
+        spool
+            .append(EventKind::Prediction, &["{\"p\":1}".into()])
+            .expect("append");
+        assert!(!spool.is_empty());
+        let (seen, unreadable) = events(&spool);
+        assert_eq!(unreadable, 0);
+        assert_eq!(
+            seen,
+            vec![
+                (EventKind::Transaction, "{\"a\":\"x\\ny\"}".to_owned()),
+                (EventKind::Transaction, "{}".to_owned()),
+                (EventKind::Prediction, "{\"p\":1}".to_owned()),
+            ]
+        );
+        assert!(spool.is_empty());
+        assert!(events(&spool).0.is_empty(), "nothing twice");
+    }
+
+    #[test]
+    fn appends_during_a_replay_go_to_a_new_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        spool
+            .append(EventKind::Transaction, &["{\"n\":1}".into()])
+            .expect("append");
+        let taken = spool.take_for_replay().expect("take");
+        assert_eq!(taken.len(), 1);
+        spool
+            .append(EventKind::Transaction, &["{\"n\":2}".into()])
+            .expect("append");
+        assert!(
+            spool.take_for_replay().expect("second take").len() == 1,
+            "held file is skipped, new one taken"
+        );
+        drop(taken);
+        let (seen, _) = events(&spool);
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn a_torn_line_is_kept_aside_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        spool
+            .append(EventKind::Prediction, &["{\"ok\":1}".into()])
+            .expect("append");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ACTIVE))
+            .expect("open");
+        file.write_all(b"{\"kind\":\"predictions\",\"da")
+            .expect("torn write");
+        let (seen, unreadable) = events(&spool);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(unreadable, 1);
+        let kept = fs::read_to_string(dir.path().join(UNREADABLE)).expect("kept");
+        assert!(kept.contains("\"da"));
+    }
+
+    #[test]
+    fn a_full_spool_refuses_loudly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 64);
+        let big = "x".repeat(100);
+        let err = spool
+            .append(EventKind::Transaction, &[big])
+            .expect_err("over the limit");
+        assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    }
+}

@@ -1,0 +1,151 @@
+//! `flit-cache run`: wires the long-running service together — one stream
+//! worker per kind (or more), the spool replayer, and the HTTP server — and
+//! stops them in order when asked: workers finish and acknowledge their batch
+//! before the process exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::Settings;
+use crate::http::{self, HttpState};
+use crate::ingest::{StreamWorker, WorkerTotals};
+use crate::keys::EventKind;
+use crate::producer::Producer;
+use crate::redis_target::LazyConnection;
+
+/// How often the service looks for spooled events to replay.
+const SPOOL_CHECK: Duration = Duration::from_secs(2);
+
+pub struct Application {
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+}
+
+impl Application {
+    /// Checks what can fail at start (the HTTP address) before anything runs.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("FLIT_HTTP_ADDR {}: cannot listen", settings.http_addr))?;
+        Ok(Application { settings, listener })
+    }
+
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops everything cleanly.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Vec<WorkerTotals>> {
+        let settings = &self.settings;
+        tracing::info!(redis = %settings.redis.url, http = %self.http_addr()?,
+            consumer = %settings.ingest.consumer_name, "flit-cache starting");
+
+        let mut workers = JoinSet::new();
+        for kind in EventKind::ALL {
+            let client = settings.redis.url.client(settings.db_for(kind))?;
+            for n in 0..settings.ingest.workers_per_kind {
+                let consumer = match settings.ingest.workers_per_kind {
+                    1 => format!("{}-{kind}", settings.ingest.consumer_name),
+                    _ => format!("{}-{kind}-{n}", settings.ingest.consumer_name),
+                };
+                let worker = StreamWorker::new(
+                    kind,
+                    client.clone(),
+                    consumer,
+                    settings.ingest.clone(),
+                    settings.redis.ttl_seconds,
+                );
+                workers.spawn(worker.run(shutdown.clone()));
+            }
+        }
+
+        let producer = Producer::new(settings)?;
+        let replayer = tokio::spawn(replay_spool_while_running(producer, shutdown.clone()));
+
+        let readiness = LazyConnection::new(
+            settings.redis.url.client(settings.redis.db_transactions)?,
+            Duration::from_millis(500),
+        );
+        let app = http::router(HttpState {
+            redis: Arc::new(readiness),
+        });
+        let http_shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+        });
+
+        shutdown.cancelled().await;
+        tracing::info!("stopping: finishing in-flight batches");
+        let mut totals = Vec::new();
+        while let Some(result) = workers.join_next().await {
+            totals.push(result.context("a stream worker failed")?);
+        }
+        replayer.await.context("the spool replayer failed")?;
+        server.await.context("the HTTP server failed")??;
+        tracing::info!("stopped");
+        Ok(totals)
+    }
+}
+
+/// Replays the local spool whenever it holds events and Redis takes them.
+async fn replay_spool_while_running(producer: Producer, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SPOOL_CHECK) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if producer.spool().is_empty() {
+            continue;
+        }
+        match producer.replay_spool().await {
+            Ok(report) if report.events > 0 => {
+                tracing::info!(
+                    events = report.events,
+                    files = report.files,
+                    "replayed spooled events"
+                )
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "spool replay failed; will retry")
+            }
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot listen for SIGTERM");
+                        let _ = interrupt.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
+        token.cancel();
+    });
+}
