@@ -67,6 +67,12 @@ pub struct AcceptedEvent {
     pub id: String,
     /// The JSON object to store, with its timestamp field guaranteed.
     pub payload: String,
+    /// True when the timestamp is the arrival time, which differs between
+    /// copies of the same event; `payload` is then `original` with one field
+    /// inserted first, and duplicates are recognised by `original`.
+    pub stamped_at_arrival: bool,
+    /// The event as the producer sent it (trimmed).
+    pub original: String,
 }
 
 /// Checks one event of `kind`. `arrival` is the time stamped into events that
@@ -98,6 +104,9 @@ pub fn accept(
         }
         None => Some(default_time(kind, &object, arrival)?),
     };
+    let stamped_at_arrival = stamped
+        .as_ref()
+        .is_some_and(|(_, from_arrival)| *from_arrival);
     if kind == EventKind::Transaction
         && let Some(value) = object.get(TRANSACTION_TIME_FIELD)
     {
@@ -105,12 +114,17 @@ pub fn accept(
     }
 
     // serde_json accepted the bytes, so they are UTF-8.
-    let text = String::from_utf8_lossy(data);
+    let original = String::from_utf8_lossy(data).trim().to_owned();
     let payload = match stamped {
-        None => text.trim().to_owned(),
-        Some(time) => insert_first_field(text.trim_start(), time_field, &time),
+        None => original.clone(),
+        Some((time, _)) => insert_first_field(&original, time_field, &time),
     };
-    Ok(AcceptedEvent { id, payload })
+    Ok(AcceptedEvent {
+        id,
+        payload,
+        stamped_at_arrival,
+        original,
+    })
 }
 
 fn check_id<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, Rejection> {
@@ -146,21 +160,21 @@ fn check_time(field: &'static str, value: &Value) -> Result<(), Rejection> {
 
 /// A transaction without `_timestamp` takes its own `transaction_timestamp`,
 /// so it lands in the partition of the day it happened; anything else takes
-/// the arrival time.
+/// the arrival time (and says so with `true`).
 fn default_time(
     kind: EventKind,
     object: &Map<String, Value>,
     arrival: DateTime<Utc>,
-) -> Result<String, Rejection> {
+) -> Result<(String, bool), Rejection> {
     if kind == EventKind::Transaction
         && let Some(value) = object.get(TRANSACTION_TIME_FIELD)
     {
         check_time(TRANSACTION_TIME_FIELD, value)?;
         if let Value::String(text) = value {
-            return Ok(text.clone());
+            return Ok((text.clone(), false));
         }
     }
-    Ok(arrival.to_rfc3339_opts(SecondsFormat::Millis, true))
+    Ok((arrival.to_rfc3339_opts(SecondsFormat::Millis, true), true))
 }
 
 /// Inserts `"field":"value",` right after the object's opening brace. The
@@ -218,6 +232,7 @@ mod tests {
         let event = tx(text).expect("valid");
         assert_eq!(event.id, "tx_1");
         assert_eq!(event.payload, text);
+        assert!(!event.stamped_at_arrival);
     }
 
     #[test]
@@ -237,6 +252,11 @@ mod tests {
         assert_eq!(
             event.payload,
             r#"{"prediction_timestamp":"2026-01-02T03:04:05.678Z","prediction_id":"p1","selected_prediction":0.25}"#
+        );
+        assert!(event.stamped_at_arrival);
+        assert_eq!(
+            event.original,
+            r#"{"prediction_id":"p1","selected_prediction":0.25}"#
         );
         let parsed: Value = serde_json::from_str(&event.payload).expect("still JSON");
         assert_eq!(parsed["selected_prediction"], 0.25);

@@ -79,13 +79,18 @@ impl BatchCommit {
             .arg(ttl_seconds)
             .arg(kind.record_prefix())
             .arg(kind.superseded_prefix())
+            .arg(kind.timestamp_field())
             .arg(accepted.len())
             .arg(rejected.len());
         for entry in accepted {
             invocation
                 .arg(&entry.entry_id)
                 .arg(&entry.event.id)
-                .arg(&entry.event.payload);
+                .arg(&entry.event.payload)
+                .arg(match entry.event.stamped_at_arrival {
+                    true => entry.event.original.as_str(),
+                    false => "",
+                });
         }
         for entry in rejected {
             invocation

@@ -8,30 +8,40 @@
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
---       5 number of accepted events, 6 number of rejected events,
---       then per accepted event: entry id, record id, payload
+--       5 timestamp field, 6 number of accepted events, 7 number of rejected,
+--       then per accepted event: entry id, record id, payload, original
+--         (original is empty unless the timestamp was stamped at arrival)
 --       then per rejected event: entry id, reason code, reason, original data
 -- Returns {stored, duplicates, superseded, dead_lettered}
 local stream, dead, queue = KEYS[1], KEYS[2], KEYS[3]
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
-local accepted, rejected = tonumber(ARGV[5]), tonumber(ARGV[6])
+local stamp_prefix = '{"' .. ARGV[5] .. '":"'
+local accepted, rejected = tonumber(ARGV[6]), tonumber(ARGV[7])
+
+-- A copy of an event that carried no time of its own differs from the stored
+-- one only in the arrival time stamped first into it: compare what follows.
+local function same_apart_from_stamp(current, original)
+  if original == '' or current:sub(1, #stamp_prefix) ~= stamp_prefix then return false end
+  local close = current:find('",', #stamp_prefix + 1, true)
+  return close ~= nil and ('{' .. current:sub(close + 2)) == original
+end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
 local acks = {}
-local i = 7
+local i = 8
 
 for _ = 1, accepted do
-  local entry, id, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
+  local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
   local key = record_prefix .. id
   local current = redis.call('GET', key)
   if not current then
     redis.call('SET', key, payload, 'EX', ttl)
     redis.call('RPUSH', queue, key)
     stored = stored + 1
-  elseif current == payload then
+  elseif current == payload or same_apart_from_stamp(current, original) then
     -- The same event again (redelivery, producer retry): nothing new.
     duplicates = duplicates + 1
   else

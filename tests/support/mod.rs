@@ -1,0 +1,375 @@
+//! Test harness: a private `redis-server` per test (own port, own data dir,
+//! AOF on) that can be killed and restarted, and the real `flit-cache` binary
+//! run against it as a service or as a one-shot command.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flit-cache");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it is true or `limit` passes; panics with `what` then.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            // Every acknowledged write is on disk, so a kill -9 loses nothing Redis said OK to.
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test command installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_until(Duration::from_secs(20), "redis-server to answer", || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self, db: i64) -> redis::Connection {
+        let client = redis::Client::open(format!("{}/{db}", self.url())).expect("client");
+        client.get_connection().expect("connection")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: Redis's own clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// The environment a test gives the binary: its Redis, private folders, and
+/// short timings so takeovers and trims happen within a test's time.
+pub struct Env {
+    pub vars: Vec<(String, String)>,
+    pub dir: TempDir,
+}
+
+impl Env {
+    pub fn new(redis: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars = vec![
+            ("REDIS_URL".into(), redis.url()),
+            (
+                "FLIT_SPOOL_DIR".into(),
+                dir.path().join("spool").display().to_string(),
+            ),
+            (
+                "FLIT_WAREHOUSE_DIR".into(),
+                dir.path().join("warehouse").display().to_string(),
+            ),
+            ("FLIT_CLAIM_IDLE_MS".into(), "1500".into()),
+            ("FLIT_TRIM_INTERVAL_MS".into(), "300".into()),
+            ("FLIT_BLOCK_MS".into(), "200".into()),
+            ("FLIT_BREAKER_COOLDOWN_MS".into(), "200".into()),
+            ("FLIT_PRODUCER_TIMEOUT_MS".into(), "2000".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        Env { vars, dir }
+    }
+
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(self.dir.path()).env_clear();
+        command.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.vars {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Runs a one-shot command to completion.
+    pub fn flit(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run flit-cache")
+    }
+
+    /// Runs a one-shot command with `input` on stdin.
+    pub fn flit_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    /// Starts `flit-cache run` in the background.
+    pub fn service(&self, name: &str) -> Service {
+        let port = free_port();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command(&["run"])
+            .env("FLIT_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn flit-cache run");
+        Service {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+}
+
+pub struct Service {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(&child, "TERM");
+        child.wait().expect("wait")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for health endpoints.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Some((status, body))
+}
+
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Keys matching `pattern`, by SCAN (test-side only; the service never scans).
+pub fn keys(conn: &mut redis::Connection, pattern: &str) -> HashSet<String> {
+    let mut cursor = 0u64;
+    let mut found = HashSet::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)
+            .expect("scan");
+        found.extend(batch);
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
+    }
+}
+
+pub fn queue(conn: &mut redis::Connection) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg("upload_queue")
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .expect("lrange")
+}
+
+pub fn llen(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("LLEN").arg(key).query(conn).unwrap_or(0)
+}
+
+pub fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query(conn).unwrap_or(0)
+}
+
+/// Entries delivered to the group's consumers but not acknowledged.
+pub fn pending(conn: &mut redis::Connection, stream: &str) -> u64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("flit-cache")
+        .query(conn)
+        .unwrap_or(redis::Value::Nil);
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+pub fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (field, value) in fields {
+        cmd.arg(*field).arg(*value);
+    }
+    cmd.query(conn).expect("xadd")
+}
+
+/// Checks the whole Redis side for one kind after all `expected` records
+/// were ingested: exactly that many record keys, each queued exactly once,
+/// and nothing left pending.
+pub fn assert_exactly_once(
+    redis: &RedisServer,
+    db: i64,
+    prefix: &str,
+    stream: &str,
+    expected: usize,
+) {
+    let mut conn = redis.conn(db);
+    let records = keys(&mut conn, &format!("{prefix}*"));
+    let queued = queue(&mut conn);
+    let distinct: HashSet<&String> = queued.iter().collect();
+    assert_eq!(records.len(), expected, "record keys with {prefix}");
+    assert_eq!(queued.len(), expected, "queue entries in db {db}");
+    assert_eq!(distinct.len(), queued.len(), "no key is queued twice");
+    assert!(
+        queued.iter().all(|k| records.contains(k)),
+        "every queue entry names a stored record"
+    );
+    assert_eq!(pending(&mut conn, stream), 0, "nothing pending on {stream}");
+}
+
+pub fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
