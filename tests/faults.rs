@@ -1,0 +1,203 @@
+//! Faults injected for real — the worker killed with SIGKILL, Redis killed and
+//! restarted, two workers racing, a producer with Redis gone — each followed
+//! by a count showing every event stored exactly once.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn generate(env: &Env, count: usize) {
+    let out = env.flit(&["generate", "--count", &count.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+#[test]
+fn worker_killed_mid_batch_and_restarted_loses_and_doubles_nothing() {
+    const N: usize = 30_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_BATCH_SIZE", "250");
+    generate(&env, N);
+    let mut conn = redis.conn(0);
+
+    for (round, stop_at) in [5_000, 12_000, 21_000].into_iter().enumerate() {
+        let mut service = env.service(&format!("killed-{round}"));
+        wait_until(LIMIT, "ingest to pass the kill point", || {
+            llen(&mut conn, "upload_queue") as usize >= stop_at
+        });
+        service.kill();
+        let queued = llen(&mut conn, "upload_queue") as usize;
+        assert!(
+            queued < N,
+            "killed before the end (round {round}: {queued})"
+        );
+    }
+    let _last = env.service("survivor");
+    let mut pred = redis.conn(1);
+    wait_until(LIMIT, "everything ingested", || {
+        llen(&mut conn, "upload_queue") as usize == N
+            && llen(&mut pred, "upload_queue") as usize == N
+    });
+    wait_until(LIMIT, "abandoned entries taken over", || {
+        pending(&mut conn, "stream:transactions") == 0
+            && pending(&mut pred, "stream:predictions") == 0
+    });
+    assert_exactly_once(&redis, 0, "tx:", "stream:transactions", N);
+    assert_exactly_once(&redis, 1, "pred:", "stream:predictions", N);
+}
+
+#[test]
+fn redis_killed_and_restarted_during_ingest_loses_nothing() {
+    const N: usize = 40_000;
+    let mut redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_PRODUCER_TIMEOUT_MS", "300");
+    let service = env.service("run");
+
+    // A producer pushing while Redis dies under it: what Redis did not take is spooled.
+    let mut producer = Command::new(BIN)
+        .args(["generate", "--count", &N.to_string()])
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn generate");
+    let mut conn = redis.conn(0);
+    wait_until(LIMIT, "ingest under way", || {
+        llen(&mut conn, "upload_queue") > 1_000
+    });
+    redis.kill();
+    let out = producer.wait_with_output().expect("generate finishes");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !report.contains(" 0 spooled"),
+        "Redis died mid-push, so some events were spooled: {report}"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    redis.restart();
+    // The running service reconnects, and replays the spool by itself.
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    wait_until(LIMIT, "all events ingested after the restart", || {
+        llen(&mut tx, "upload_queue") as usize == N && llen(&mut pred, "upload_queue") as usize == N
+    });
+    wait_until(LIMIT, "spool emptied", || {
+        std::fs::read_dir(env.spool_dir())
+            .map(|d| {
+                d.filter_map(Result::ok).all(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with('.') || e.metadata().map(|m| m.len() == 0).unwrap_or(true)
+                })
+            })
+            .unwrap_or(true)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_exactly_once(&redis, 0, "tx:", "stream:transactions", N);
+    assert_exactly_once(&redis, 1, "pred:", "stream:predictions", N);
+    assert!(
+        service.log_text().contains("reconnecting"),
+        "the worker saw Redis go"
+    );
+}
+
+#[test]
+fn two_workers_at_once_share_the_work_without_doubling_it() {
+    const N: usize = 20_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis)
+        .set("FLIT_LOG_FORMAT", "json")
+        .set("FLIT_BATCH_SIZE", "100");
+    let mut first = env.service("first");
+    let mut second = env.service("second");
+    generate(&env, N);
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    wait_until(LIMIT, "all ingested", || {
+        llen(&mut tx, "upload_queue") as usize == N && llen(&mut pred, "upload_queue") as usize == N
+    });
+    assert!(first.terminate().success());
+    assert!(second.terminate().success());
+    assert_exactly_once(&redis, 0, "tx:", "stream:transactions", N);
+    assert_exactly_once(&redis, 1, "pred:", "stream:predictions", N);
+
+    // Each worker's own account of what it stored adds up to N per kind.
+    let mut stored_by = Vec::new();
+    for service in [&first, &second] {
+        let mut stored = [0u64; 2];
+        for line in service.log_text().lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if entry["message"] == "stream worker stopped" {
+                let slot = usize::from(entry["kind"] == "predictions");
+                stored[slot] += entry["stored"].as_u64().unwrap_or(0);
+            }
+        }
+        stored_by.push(stored);
+    }
+    assert_eq!(
+        stored_by[0][0] + stored_by[1][0],
+        N as u64,
+        "transactions stored, {stored_by:?}"
+    );
+    assert_eq!(
+        stored_by[0][1] + stored_by[1][1],
+        N as u64,
+        "predictions stored, {stored_by:?}"
+    );
+    assert!(
+        stored_by.iter().all(|s| s[0] + s[1] > 0),
+        "both workers took a share: {stored_by:?}"
+    );
+}
+
+#[test]
+fn producer_spools_while_redis_is_down_and_replay_restores_every_event() {
+    const N: usize = 3_000;
+    let mut redis = RedisServer::start();
+    let env = Env::new(&redis);
+    redis.kill();
+
+    let out = env.flit(&["generate", "--count", &N.to_string()]);
+    assert!(
+        out.status.success(),
+        "producing with Redis down still succeeds: {}",
+        output_text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{} spooled", 2 * N)), "{stdout}");
+    let line = br#"{"transaction_id":"pushed_while_down","amount":1}"#;
+    let out = env.flit_with_input(&["push", "transactions"], line);
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Replay with Redis still down fails and keeps everything.
+    let out = env.flit(&["replay-spool"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+
+    redis.restart();
+    let out = env.flit(&["replay-spool"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {} events", 2 * N + 1)),
+        "{}",
+        output_text(&out)
+    );
+    let out = env.flit(&["replay-spool"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replayed 0 events"),
+        "a second replay sends nothing"
+    );
+
+    let _service = env.service("run");
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    wait_until(LIMIT, "replayed events ingested", || {
+        llen(&mut tx, "upload_queue") as usize == N + 1
+            && llen(&mut pred, "upload_queue") as usize == N
+    });
+    assert_exactly_once(&redis, 0, "tx:", "stream:transactions", N + 1);
+    assert_exactly_once(&redis, 1, "pred:", "stream:predictions", N);
+}
