@@ -34,16 +34,29 @@ impl Drop for Redis {
 }
 
 fn start_redis() -> anyhow::Result<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = tempfile::tempdir()?;
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "yes", "--appendfsync", "everysec"])
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::null())
         .spawn()?;
-    let redis = Redis { child, port, _dir: dir };
+    let redis = Redis {
+        child,
+        port,
+        _dir: dir,
+    };
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
     for _ in 0..100 {
         if client.get_connection().is_ok() {
@@ -61,7 +74,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 async fn queued(client: &redis::Client) -> anyhow::Result<u64> {
     let mut conn = client.get_multiplexed_async_connection().await?;
-    Ok(redis::cmd("LLEN").arg(UPLOAD_QUEUE).query_async(&mut conn).await?)
+    Ok(redis::cmd("LLEN")
+        .arg(UPLOAD_QUEUE)
+        .query_async(&mut conn)
+        .await?)
 }
 
 async fn flush(client: &redis::Client) -> anyhow::Result<()> {
@@ -70,20 +86,38 @@ async fn flush(client: &redis::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prepared_events(producer: &Producer, count: usize) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+fn prepared_events(
+    producer: &Producer,
+    count: usize,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let mut generator = Generator::new(7, Utc::now(), 7);
     let mut transactions = Vec::with_capacity(count);
     let mut predictions = Vec::with_capacity(count);
     for _ in 0..count {
         let pair = generator.next_pair();
-        transactions.push(producer.prepare(EventKind::Transaction, pair.transaction.as_bytes())?.payload);
-        predictions.push(producer.prepare(EventKind::Prediction, pair.prediction.as_bytes())?.payload);
+        transactions.push(
+            producer
+                .prepare(EventKind::Transaction, pair.transaction.as_bytes())?
+                .payload,
+        );
+        predictions.push(
+            producer
+                .prepare(EventKind::Prediction, pair.prediction.as_bytes())?
+                .payload,
+        );
     }
     Ok((transactions, predictions))
 }
 
-async fn push_all(producer: &Producer, transactions: &[String], predictions: &[String]) -> anyhow::Result<()> {
-    for (tx, pred) in transactions.chunks(PIPELINE_CHUNK).zip(predictions.chunks(PIPELINE_CHUNK)) {
+async fn push_all(
+    producer: &Producer,
+    transactions: &[String],
+    predictions: &[String],
+) -> anyhow::Result<()> {
+    for (tx, pred) in transactions
+        .chunks(PIPELINE_CHUNK)
+        .zip(predictions.chunks(PIPELINE_CHUNK))
+    {
         producer.send_prepared(EventKind::Transaction, tx).await?;
         producer.send_prepared(EventKind::Prediction, pred).await?;
     }
@@ -96,7 +130,13 @@ async fn drain(settings: &Settings, per_kind: u64, started: Instant) -> anyhow::
     let mut handles = Vec::new();
     for kind in EventKind::ALL {
         let client = settings.redis.url.client(settings.db_for(kind))?;
-        let worker = StreamWorker::new(kind, client, format!("bench-{kind}"), settings.ingest.clone(), 604_800);
+        let worker = StreamWorker::new(
+            kind,
+            client,
+            format!("bench-{kind}"),
+            settings.ingest.clone(),
+            604_800,
+        );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
     }
     let tx = settings.redis.url.client(0)?;
@@ -114,7 +154,10 @@ async fn drain(settings: &Settings, per_kind: u64, started: Instant) -> anyhow::
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let per_kind: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let per_kind: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let batch = std::env::var("FLIT_BATCH_SIZE").unwrap_or_else(|_| "500".into());
     let redis = start_redis()?;
     let spool = tempfile::tempdir()?;
@@ -125,17 +168,25 @@ async fn main() -> anyhow::Result<()> {
         ("FLIT_BATCH_SIZE", batch.clone()),
         ("FLIT_PRODUCER_TIMEOUT_MS", "2000".into()),
     ];
-    let settings = Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))?;
+    let settings = Settings::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })?;
     let producer = Producer::new(&settings)?;
     let all = redis::Client::open(url.as_str())?;
-    println!("flit-cache ingest benchmark: {per_kind} events of each kind, batch {batch}, redis AOF everysec");
+    println!(
+        "flit-cache ingest benchmark: {per_kind} events of each kind, batch {batch}, redis AOF everysec"
+    );
 
     // 1. Producer latency, one event per call.
     let (transactions, predictions) = prepared_events(&producer, per_kind)?;
     let mut latencies = Vec::with_capacity(20_000);
     for payload in predictions.iter().take(20_000) {
         let started = Instant::now();
-        producer.send_prepared(EventKind::Prediction, std::slice::from_ref(payload)).await?;
+        producer
+            .send_prepared(EventKind::Prediction, std::slice::from_ref(payload))
+            .await?;
         latencies.push(started.elapsed());
     }
     latencies.sort();
@@ -153,14 +204,25 @@ async fn main() -> anyhow::Result<()> {
     push_all(&producer, &transactions, &predictions).await?;
     let pushed = started.elapsed();
     let events = 2.0 * per_kind as f64;
-    println!("pipelined XADD: {:.0} events/s ({events} events in {:.2} s)", events / pushed.as_secs_f64(), pushed.as_secs_f64());
+    println!(
+        "pipelined XADD: {:.0} events/s ({events} events in {:.2} s)",
+        events / pushed.as_secs_f64(),
+        pushed.as_secs_f64()
+    );
     let drained = drain(&settings, per_kind as u64, Instant::now()).await?;
-    println!("backlog drain by the workers: {:.0} events/s ({:.2} s)", events / drained.as_secs_f64(), drained.as_secs_f64());
+    println!(
+        "backlog drain by the workers: {:.0} events/s ({:.2} s)",
+        events / drained.as_secs_f64(),
+        drained.as_secs_f64()
+    );
     flush(&all).await?;
 
     // 3. End to end: pushing and ingesting at the same time.
     let started = Instant::now();
-    let (pushed, drained) = tokio::join!(push_all(&producer, &transactions, &predictions), drain(&settings, per_kind as u64, started));
+    let (pushed, drained) = tokio::join!(
+        push_all(&producer, &transactions, &predictions),
+        drain(&settings, per_kind as u64, started)
+    );
     pushed?;
     let elapsed = drained?;
     println!(

@@ -1,0 +1,182 @@
+//! The command line as a user meets it: configuration errors, `push` input
+//! errors with line numbers, help, and secrets that never show.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn a_wrong_variable_is_one_line_naming_it_and_exit_2() {
+    let redis = RedisServer::start();
+    for (variable, value, expected) in [
+        (
+            "REDIS_DB_PREDICTIONS",
+            "sixteen",
+            "REDIS_DB_PREDICTIONS: expected a whole number from 0 to 15",
+        ),
+        (
+            "REDIS_TTL_SECONDS",
+            "-5",
+            "REDIS_TTL_SECONDS: expected a whole number",
+        ),
+        (
+            "FLIT_HTTP_ADDR",
+            "localhost",
+            "FLIT_HTTP_ADDR: expected an address",
+        ),
+        (
+            "FLIT_LOG_FORMAT",
+            "yaml",
+            "FLIT_LOG_FORMAT: expected human or json",
+        ),
+        (
+            "REDIS_URL",
+            "mysql://root:topsecret@db",
+            "REDIS_URL: expected a redis://",
+        ),
+    ] {
+        let env = Env::new(&redis).set(variable, value);
+        let out = env.flit(&["replay-spool"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{variable}: {}",
+            output_text(&out)
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{variable}: {stderr}");
+        assert!(!stderr.contains("topsecret"), "password shown: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_taken_http_address_stops_run_with_exit_2() {
+    let redis = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("addr").to_string();
+    let out = Env::new(&redis)
+        .set("FLIT_HTTP_ADDR", &address)
+        .flit(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FLIT_HTTP_ADDR"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    for command in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["push", "--help"],
+        vec!["generate", "--help"],
+        vec!["replay-spool", "--help"],
+    ] {
+        let out = env.flit(&command);
+        assert!(out.status.success(), "{command:?}: {}", output_text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{command:?}"
+        );
+    }
+}
+
+#[test]
+fn push_sends_good_lines_and_names_each_bad_line() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_MAX_EVENT_BYTES", "2048");
+    let long_line = format!(
+        r#"{{"prediction_id":"p_long","pad":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let input = [
+        r#"{"prediction_id":"p1","selected_prediction":0.1}"#,
+        "",
+        "{broken",
+        r#"{"prediction_id":"p2"}"#,
+        &long_line,
+        r#"{"selected_prediction":0.3}"#,
+        r#"{"prediction_id":"p3","prediction_timestamp":"2025-09-27T14:30:00Z"}"#,
+    ]
+    .join("\n");
+    let out = env.flit_with_input(&["push", "predictions", "-"], input.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3: not valid JSON"), "{stderr}");
+    assert!(stderr.contains("line 5: line is over"), "{stderr}");
+    assert!(
+        stderr.contains("line 6: `prediction_id` is missing"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pushed 3 predictions events"),
+        "{}",
+        output_text(&out)
+    );
+    let mut conn = redis.conn(1);
+    assert_eq!(
+        xlen(&mut conn, "stream:predictions"),
+        3,
+        "exactly the good lines"
+    );
+
+    let file = env.dir.path().join("events.ndjson");
+    std::fs::write(&file, r#"{"transaction_id":"from_file","amount":5}"#).expect("write");
+    let out = env.flit(&["push", "transactions", &path_str(&file)]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(xlen(&mut redis.conn(0), "stream:transactions"), 1);
+
+    let out = env.flit(&["push", "transactions", "/no/such/file.ndjson"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.ndjson"));
+}
+
+#[test]
+fn the_redis_password_never_appears_in_logs_or_answers() {
+    const PASSWORD: &str = "pw-7d1c0ffee";
+    let redis = RedisServer::start_with_password(Some(PASSWORD));
+    let env = Env::new(&redis).set("RUST_LOG", "debug");
+    let out = env.flit(&["generate", "--count", "200"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut service = env.service("run");
+    let mut conn = redis.conn(1);
+    wait_until(Duration::from_secs(60), "ingest with AUTH", || {
+        llen(&mut conn, "upload_queue") == 200
+    });
+
+    // A wrong password: the service keeps running, reports not ready, and
+    // shows neither password.
+    let wrong = Env::new(&redis).set(
+        "REDIS_URL",
+        &format!("redis://:wrong-{PASSWORD}@127.0.0.1:{}", redis.port),
+    );
+    let denied = wrong.service("denied");
+    wait_until(Duration::from_secs(30), "readyz answers", || {
+        denied.get("/readyz").is_some()
+    });
+    let (status, body) = denied.get("/readyz").expect("answer");
+    assert_eq!(status, 503, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert!(service.terminate().success());
+    for text in [
+        service.log_text(),
+        denied.log_text(),
+        body,
+        output_text(&out),
+    ] {
+        assert!(!text.contains(PASSWORD), "password leaked: {text}");
+    }
+    assert!(
+        service.log_text().contains("redis://:***@127.0.0.1"),
+        "the redacted URL is logged"
+    );
+}
