@@ -69,8 +69,11 @@ fn ten_thousand_events_of_each_kind_become_records_with_ttl_and_one_queue_entry_
     );
 }
 
-/// One bad event for each rejection rule, between good ones.
-fn corpus(max_event_bytes: usize) -> Vec<(Vec<(&'static str, Vec<u8>)>, Option<&'static str>)> {
+/// The fields of one stream entry.
+type Fields = Vec<(&'static str, Vec<u8>)>;
+
+/// One bad event for each rejection rule (with its expected reason code), between good ones.
+fn corpus(max_event_bytes: usize) -> Vec<(Fields, Option<&'static str>)> {
     let data = |text: &str| vec![("data", text.as_bytes().to_vec())];
     let long_id = "i".repeat(257);
     vec![
@@ -117,7 +120,7 @@ fn every_kind_of_bad_event_is_dead_lettered_with_its_reason_and_payload() {
     let redis = RedisServer::start();
     let env = Env::new(&redis).set("FLIT_MAX_EVENT_BYTES", "4096");
     let mut conn = redis.conn(0);
-    let mut expected: HashMap<String, (&str, Vec<(&str, Vec<u8>)>)> = HashMap::new();
+    let mut expected: HashMap<String, (&str, Fields)> = HashMap::new();
     let cases = corpus(4096);
     for (fields, reason) in &cases {
         let borrowed: Vec<(&str, &[u8])> = fields.iter().map(|(f, v)| (*f, v.as_slice())).collect();
