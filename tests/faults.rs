@@ -58,7 +58,7 @@ fn redis_killed_and_restarted_during_ingest_loses_nothing() {
     let service = env.service("run");
 
     // A producer pushing while Redis dies under it: what Redis did not take is spooled.
-    let mut producer = Command::new(BIN)
+    let producer = Command::new(BIN)
         .args(["generate", "--count", &N.to_string()])
         .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(env.dir.path())
