@@ -17,8 +17,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
 fi
 
-if redis-cli -p "$port" ping >/dev/null 2>&1; then
-  echo "==> a Redis already answers on port $port; using it"
+ours() { [ -f .flit/redis/redis.pid ] && redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$(cat .flit/redis/redis.pid)"; }
+if ours; then
+  echo "==> the private Redis from an earlier start answers on port $port; using it"
+elif redis-cli -p "$port" ping >/dev/null 2>&1; then
+  echo "error: another Redis already listens on port $port. Start a private one on another port:" >&2
+  echo "  FLIT_REDIS_PORT=6380 bash scripts/quickstart.sh   (and export REDIS_URL=redis://127.0.0.1:6380 in other terminals)" >&2
+  exit 1
 else
   mkdir -p .flit/redis
   echo "==> starting a private Redis on port $port (data in .flit/redis)"

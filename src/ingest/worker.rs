@@ -108,7 +108,7 @@ impl StreamWorker {
                     totals.reconnects += 1;
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(kind = %self.kind, error = %err, retry_in_ms = delay.as_millis() as u64,
-                        "stream worker lost Redis; reconnecting");
+                        "stream worker cannot read or commit; reconnecting after a pause");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => {}
