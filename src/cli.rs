@@ -16,6 +16,8 @@ use crate::generate::Generator;
 use crate::keys::EventKind;
 use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
 use crate::startup::{self, Application};
+use crate::upload::{self, UploadOptions};
+use crate::warehouse::LocalWarehouse;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +58,18 @@ pub enum Command {
     },
     /// Re-push events spooled to disk while Redis was unreachable.
     ReplaySpool,
+    /// One upload run now: queued records into the warehouse. Exit 0 all uploaded, 1 some kept for a later run, 2 could not start.
+    BatchUpload {
+        /// Read and validate the queues, print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this kind.
+        #[arg(long, value_enum)]
+        only: Option<EventKind>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +90,32 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             days,
         } => generate(settings, count, kind, seed, days).await,
         Command::ReplaySpool => replay_spool(settings).await,
+        Command::BatchUpload {
+            dry_run,
+            only,
+            json,
+        } => batch_upload(settings, UploadOptions { dry_run, only }, json).await,
     }
+}
+
+async fn batch_upload(
+    settings: Settings,
+    options: UploadOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if settings.warehouse.bigquery_project.is_some() {
+        anyhow::bail!(
+            "BIGQUERY_PROJECT is set, but this build uploads only to the local warehouse; unset it to use FLIT_WAREHOUSE_DIR"
+        );
+    }
+    let warehouse = LocalWarehouse::new(&settings.warehouse.warehouse_dir);
+    let report = upload::run_once(&settings, &warehouse, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<ExitCode> {

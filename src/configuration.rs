@@ -55,6 +55,17 @@ pub struct ProducerSettings {
     pub max_event_bytes: usize,
 }
 
+/// How upload runs cut and retry batches.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    /// Write attempts per batch, the first included.
+    pub attempts: usize,
+    pub retry_min_delay: Duration,
+    pub lock_ttl: Duration,
+}
+
 /// Where uploads go (used by the upload commands).
 #[derive(Debug, Clone)]
 pub struct WarehouseSettings {
@@ -71,6 +82,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub producer: ProducerSettings,
     pub warehouse: WarehouseSettings,
+    pub upload: UploadSettings,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
 }
@@ -121,6 +133,18 @@ impl Settings {
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
                 warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
                 upload_cron: env.cron("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
+            },
+            upload: UploadSettings {
+                batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,
+                batch_bytes: env.bounded(
+                    "FLIT_UPLOAD_BATCH_BYTES",
+                    4 << 20,
+                    64 << 10,
+                    100 << 20,
+                )?,
+                attempts: env.bounded("FLIT_UPLOAD_ATTEMPTS", 3, 1, 10)?,
+                retry_min_delay: env.millis("FLIT_UPLOAD_RETRY_MIN_MS", 1_000, 1, 600_000)?,
+                lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
             },
             http_addr: env.parsed_with(
                 "FLIT_HTTP_ADDR",

@@ -10,12 +10,31 @@ pub const CONSUMER_GROUP: &str = "flit-cache";
 /// The list of record keys waiting for the batch upload (one per DB).
 pub const UPLOAD_QUEUE: &str = "upload_queue";
 
+/// The upload lock: one upload run at a time across all processes.
+pub const UPLOAD_LOCK: &str = "flit:upload:lock";
+
+/// The report of the last upload run (JSON).
+pub const UPLOAD_LAST_RUN: &str = "flit:upload:last_run";
+
+/// Reports of recent upload runs, newest first, capped.
+pub const UPLOAD_HISTORY: &str = "flit:upload:history";
+
+/// Finish time (RFC 3339) of the last upload run that kept nothing back.
+pub const UPLOAD_LAST_SUCCESS: &str = "flit:upload:last_success";
+
+/// The batch of `kind` being uploaded, until it is settled.
+pub fn upload_manifest_key(kind: EventKind) -> String {
+    format!("flit:upload:inflight:{}", kind.name())
+}
+
 /// The stream field that carries the event's JSON.
 pub const DATA_FIELD: &str = "data";
 
 /// The two kinds of event the pipeline carries. Each kind has its own stream,
 /// its own Redis database and its own warehouse table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     #[value(name = "transactions")]
@@ -78,6 +97,17 @@ impl EventKind {
 
     pub fn record_key(self, id: &str) -> String {
         format!("{}{id}", self.record_prefix())
+    }
+
+    /// The record id named by a record key or a superseded-version key.
+    pub fn id_of_key(self, key: &str) -> Option<&str> {
+        if let Some(id) = key.strip_prefix(self.record_prefix()) {
+            return Some(id);
+        }
+        // superseded: prefix, 40 hex digits, ':', id
+        let rest = key.strip_prefix(self.superseded_prefix())?;
+        rest.get(41..)
+            .filter(|_| rest.as_bytes().get(40) == Some(&b':'))
     }
 
     /// The field of the event that carries its id.

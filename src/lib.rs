@@ -12,3 +12,5 @@ pub mod producer;
 pub mod redis_target;
 pub mod startup;
 pub mod telemetry;
+pub mod upload;
+pub mod warehouse;

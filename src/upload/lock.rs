@@ -1,0 +1,129 @@
+//! `UploadLock`: one upload run at a time across every process on this
+//! Redis. The lock is a key holding a random token with an expiry, renewed
+//! while the run lasts and released only by its holder, so a crashed run
+//! frees it by itself and can never release a lock someone else took since.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::UPLOAD_LOCK;
+
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+pub struct UploadLock {
+    conn: MultiplexedConnection,
+    token: String,
+    lost: Arc<AtomicBool>,
+    stop_renewing: CancellationToken,
+}
+
+/// Who holds the lock, when it is busy.
+#[derive(Debug, Clone)]
+pub struct Busy {
+    pub holder: String,
+    pub expires_in_ms: i64,
+}
+
+impl UploadLock {
+    /// Takes the lock, or says who holds it.
+    pub async fn acquire(
+        mut conn: MultiplexedConnection,
+        ttl: Duration,
+    ) -> anyhow::Result<Result<Self, Busy>> {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let token = format!(
+            "{host}/pid {}/{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(UPLOAD_LOCK)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        if taken.is_none() {
+            let (holder, expires_in_ms): (Option<String>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(UPLOAD_LOCK)
+                .cmd("PTTL")
+                .arg(UPLOAD_LOCK)
+                .query_async(&mut conn)
+                .await?;
+            return Ok(Err(Busy {
+                holder: holder.unwrap_or_default(),
+                expires_in_ms,
+            }));
+        }
+        let lock = UploadLock {
+            conn,
+            token,
+            lost: Arc::new(AtomicBool::new(false)),
+            stop_renewing: CancellationToken::new(),
+        };
+        lock.keep_renewed(ttl);
+        Ok(Ok(lock))
+    }
+
+    /// True once renewing failed: the run must stop taking new batches.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub async fn release(mut self) -> anyhow::Result<()> {
+        self.stop_renewing.cancel();
+        let _: i64 = Script::new(RELEASE)
+            .key(UPLOAD_LOCK)
+            .arg(&self.token)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    fn keep_renewed(&self, ttl: Duration) {
+        let mut conn = self.conn.clone();
+        let token = self.token.clone();
+        let lost = self.lost.clone();
+        let stop = self.stop_renewing.clone();
+        tokio::spawn(async move {
+            let script = Script::new(RENEW);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let renewed: redis::RedisResult<i64> = script
+                    .key(UPLOAD_LOCK)
+                    .arg(&token)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await;
+                if !matches!(renewed, Ok(1)) {
+                    tracing::error!(
+                        ?renewed,
+                        "lost the upload lock; stopping after the batch in hand"
+                    );
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl Drop for UploadLock {
+    fn drop(&mut self) {
+        self.stop_renewing.cancel();
+    }
+}

@@ -1,0 +1,300 @@
+//! `UploadQueue`: one kind's queue of records waiting for the warehouse, and
+//! the protocol that drains it without losing or doubling a record.
+//!
+//! 1. `take_batch` reads the head of the queue (without removing anything),
+//!    bounded in rows and bytes, and records the batch as a manifest in Redis:
+//!    its id, the exact payloads, and what will be dead-lettered or dropped.
+//! 2. The warehouse writes the batch; sinks are idempotent per batch id.
+//! 3. `settle` removes the batch's records from Redis (`finalize_batch.lua`),
+//!    then the manifest.
+//!
+//! A crash anywhere leaves a manifest behind; the next run finds it with
+//! `in_flight`, writes that same batch again (a no-op where it had landed)
+//! and settles it. Records that arrive meanwhile are appended behind it.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{EventKind, UPLOAD_QUEUE, upload_manifest_key};
+use crate::warehouse::rows::{self, Row};
+
+/// Queue entries read per round trip while filling a batch.
+const PAGE: usize = 200;
+
+/// A record in a batch: the queue key that named it and the content read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub key: String,
+    pub id: String,
+    pub payload: String,
+}
+
+/// A record that cannot be a row, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InvalidRecord {
+    pub record: BatchRecord,
+    pub reason: String,
+}
+
+/// Everything needed to write a batch again and settle it, exactly as first decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchManifest {
+    pub batch_id: String,
+    pub kind: EventKind,
+    pub ingested_at: DateTime<Utc>,
+    pub records: Vec<BatchRecord>,
+    pub invalid: Vec<InvalidRecord>,
+    /// Queue entries whose record had expired before upload.
+    pub expired: Vec<String>,
+    /// A second queue entry for a key already in this batch.
+    pub repeated: Vec<String>,
+}
+
+impl BatchManifest {
+    pub fn rows(&self) -> Vec<Row> {
+        self.records
+            .iter()
+            .filter_map(|r| rows::to_row(self.kind, &r.payload, self.ingested_at).ok())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.invalid.is_empty()
+            && self.expired.is_empty()
+            && self.repeated.is_empty()
+    }
+
+    pub fn entries(&self) -> usize {
+        self.records.len() + self.invalid.len() + self.expired.len() + self.repeated.len()
+    }
+}
+
+/// What settling a batch changed in Redis.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub removed: u64,
+    pub dead_lettered: u64,
+}
+
+pub struct UploadQueue {
+    kind: EventKind,
+    /// The database holding this kind's records and queue.
+    records: MultiplexedConnection,
+    /// The database holding the service's own state (manifests).
+    state: MultiplexedConnection,
+    finalize: Script,
+}
+
+impl UploadQueue {
+    pub fn new(
+        kind: EventKind,
+        records: MultiplexedConnection,
+        state: MultiplexedConnection,
+    ) -> Self {
+        UploadQueue {
+            kind,
+            records,
+            state,
+            finalize: Script::new(include_str!("finalize_batch.lua")),
+        }
+    }
+
+    pub async fn len(&mut self) -> redis::RedisResult<u64> {
+        redis::cmd("LLEN")
+            .arg(UPLOAD_QUEUE)
+            .query_async(&mut self.records)
+            .await
+    }
+
+    /// The batch a previous run left unsettled, if any.
+    pub async fn in_flight(&mut self) -> anyhow::Result<Option<BatchManifest>> {
+        let text: Option<String> = redis::cmd("GET")
+            .arg(upload_manifest_key(self.kind))
+            .query_async(&mut self.state)
+            .await?;
+        match text {
+            None => Ok(None),
+            Some(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} holds an unreadable manifest: {e}",
+                    upload_manifest_key(self.kind)
+                )
+            })?)),
+        }
+    }
+
+    /// Reads the next batch from the head of the queue, skipping the first
+    /// `skip` entries; with `record`, stores it as the in-flight manifest.
+    pub async fn take_batch(
+        &mut self,
+        skip: usize,
+        max_rows: usize,
+        max_bytes: usize,
+        record: bool,
+    ) -> anyhow::Result<BatchManifest> {
+        let ingested_at = Utc::now();
+        let mut manifest = BatchManifest {
+            batch_id: new_batch_id(self.kind, ingested_at),
+            kind: self.kind,
+            ingested_at,
+            records: Vec::new(),
+            invalid: Vec::new(),
+            expired: Vec::new(),
+            repeated: Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        let mut bytes = 0usize;
+        let mut start = skip;
+        'pages: while manifest.records.len() + manifest.invalid.len() < max_rows
+            && bytes < max_bytes
+        {
+            let page = PAGE.min(max_rows - manifest.records.len() - manifest.invalid.len());
+            let keys: Vec<String> = redis::cmd("LRANGE")
+                .arg(UPLOAD_QUEUE)
+                .arg(start)
+                .arg(start + page - 1)
+                .query_async(&mut self.records)
+                .await?;
+            if keys.is_empty() {
+                break;
+            }
+            start += keys.len();
+            let payloads: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut self.records)
+                .await?;
+            for (key, payload) in keys.into_iter().zip(payloads) {
+                if !seen.insert(key.clone()) {
+                    manifest.repeated.push(key);
+                    continue;
+                }
+                let Some(payload) = payload else {
+                    manifest.expired.push(key);
+                    continue;
+                };
+                bytes += payload.len();
+                let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
+                let record = BatchRecord { key, id, payload };
+                match rows::to_row(self.kind, &record.payload, ingested_at) {
+                    Ok(_) => manifest.records.push(record),
+                    Err(err) => manifest.invalid.push(InvalidRecord {
+                        record,
+                        reason: err.to_string(),
+                    }),
+                }
+                if bytes >= max_bytes {
+                    break 'pages;
+                }
+            }
+        }
+        if record && !manifest.is_empty() {
+            redis::cmd("SET")
+                .arg(upload_manifest_key(self.kind))
+                .arg(serde_json::to_string(&manifest)?)
+                .exec_async(&mut self.state)
+                .await?;
+        }
+        Ok(manifest)
+    }
+
+    /// Removes a confirmed batch from Redis, then forgets its manifest.
+    pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
+        let mut invocation = self.finalize.prepare_invoke();
+        invocation
+            .key(UPLOAD_QUEUE)
+            .key(self.kind.dead_letter_stream())
+            .arg(self.kind.superseded_prefix())
+            .arg(manifest.records.len())
+            .arg(manifest.invalid.len())
+            .arg(manifest.expired.len() + manifest.repeated.len());
+        for record in &manifest.records {
+            invocation
+                .arg(&record.key)
+                .arg(&record.id)
+                .arg(digest(&record.payload));
+        }
+        for invalid in &manifest.invalid {
+            let record = &invalid.record;
+            invocation
+                .arg(&record.key)
+                .arg(&record.id)
+                .arg(digest(&record.payload))
+                .arg(&invalid.reason)
+                .arg(&record.payload);
+        }
+        for key in manifest.expired.iter().chain(&manifest.repeated) {
+            invocation.arg(key);
+        }
+        let (settled, _moved, dead_lettered, _gone): (u64, u64, u64, u64) =
+            invocation.invoke_async(&mut self.records).await?;
+        redis::cmd("DEL")
+            .arg(upload_manifest_key(self.kind))
+            .exec_async(&mut self.state)
+            .await?;
+        Ok(Settled {
+            removed: settled,
+            dead_lettered,
+        })
+    }
+
+    /// Gives a batch that could not be uploaded a full TTL again, so its
+    /// records cannot expire while they wait for the next run.
+    pub async fn extend_ttl(
+        &mut self,
+        manifest: &BatchManifest,
+        ttl_seconds: u64,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for record in &manifest.records {
+            pipe.cmd("EXPIRE")
+                .arg(&record.key)
+                .arg(ttl_seconds)
+                .arg("GT")
+                .ignore();
+        }
+        pipe.exec_async(&mut self.records).await
+    }
+}
+
+/// The hex SHA-1 of a payload, as Redis's `redis.sha1hex` computes it.
+fn digest(payload: &str) -> String {
+    sha1_smol::Sha1::from(payload).digest().to_string()
+}
+
+/// Unique, sortable, and safe in file names and BigQuery job ids.
+fn new_batch_id(kind: EventKind, at: DateTime<Utc>) -> String {
+    format!(
+        "{}_{}_{:016x}",
+        kind.name(),
+        at.format("%Y%m%dT%H%M%S%6fZ"),
+        rand::random::<u64>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_matches_redis_sha1hex() {
+        // redis-cli EVAL "return redis.sha1hex('abc')" 0
+        assert_eq!(digest("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn batch_ids_are_unique_and_file_safe() {
+        let now = Utc::now();
+        let a = new_batch_id(EventKind::Prediction, now);
+        let b = new_batch_id(EventKind::Prediction, now);
+        assert_ne!(a, b);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{a}"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The report of one upload run: what each table received, what was
+//! dead-lettered, expired or kept back, and the errors. It is printed by
+//! `batch-upload`, and kept in Redis (last run and a capped history) for the
+//! monitor and for the schedule's catch-up.
+
+use chrono::{DateTime, Utc};
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{EventKind, UPLOAD_HISTORY, UPLOAD_LAST_RUN, UPLOAD_LAST_SUCCESS};
+
+/// Reports kept in the history.
+pub const HISTORY_LENGTH: isize = 100;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableReport {
+    pub kind: Option<EventKind>,
+    pub table: String,
+    pub rows_uploaded: u64,
+    pub dead_lettered: u64,
+    /// Queue entries whose record expired before it could be uploaded.
+    pub expired: u64,
+    /// Records still queued because the warehouse did not take them; the next run retries.
+    pub kept_for_retry: u64,
+    pub batches: u64,
+    /// Write attempts, retries included.
+    pub attempts: u64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Everything queued at the start was settled.
+    Ok,
+    /// Some records are kept for a later run.
+    Partial,
+    /// Another run holds the upload lock; nothing was done.
+    Busy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunReport {
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub status: RunStatus,
+    pub dry_run: bool,
+    pub warehouse: String,
+    pub tables: Vec<TableReport>,
+}
+
+impl RunReport {
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            RunStatus::Ok => 0,
+            RunStatus::Partial | RunStatus::Busy => 1,
+        }
+    }
+
+    /// Keeps the report for the monitor; dry runs change nothing, so they are not kept.
+    pub async fn store(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        if self.dry_run || self.status == RunStatus::Busy {
+            return Ok(());
+        }
+        let json = serde_json::to_string(self).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "report", e.to_string()))
+        })?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(UPLOAD_LAST_RUN)
+            .arg(&json)
+            .ignore()
+            .cmd("LPUSH")
+            .arg(UPLOAD_HISTORY)
+            .arg(&json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(UPLOAD_HISTORY)
+            .arg(0)
+            .arg(HISTORY_LENGTH - 1)
+            .ignore();
+        if self.status == RunStatus::Ok {
+            pipe.cmd("SET")
+                .arg(UPLOAD_LAST_SUCCESS)
+                .arg(self.finished_at.to_rfc3339())
+                .ignore();
+        }
+        pipe.exec_async(conn).await
+    }
+
+    /// A table a person can scan.
+    pub fn to_text(&self) -> String {
+        let seconds = (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0;
+        let mut out = format!(
+            "upload run {}{}: {:?} in {seconds:.2} s to {}\n",
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            if self.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            },
+            self.status,
+            self.warehouse
+        );
+        out.push_str(&format!(
+            "{:<42} {:>10} {:>13} {:>8} {:>8} {:>8} {:>8}\n",
+            "table", "uploaded", "dead-letter", "expired", "kept", "batches", "attempts"
+        ));
+        for t in &self.tables {
+            out.push_str(&format!(
+                "{:<42} {:>10} {:>13} {:>8} {:>8} {:>8} {:>8}\n",
+                t.table,
+                t.rows_uploaded,
+                t.dead_lettered,
+                t.expired,
+                t.kept_for_retry,
+                t.batches,
+                t.attempts
+            ));
+            for error in &t.errors {
+                out.push_str(&format!("  error: {error}\n"));
+            }
+        }
+        out
+    }
+}

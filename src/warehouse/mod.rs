@@ -1,0 +1,106 @@
+//! The warehouse side of the pipeline: the tables, rows, and the sinks that
+//! take a batch of rows. Sinks sit behind one small trait, so the local
+//! folder and BigQuery are interchangeable for the uploader and in tests.
+
+mod local;
+pub mod rows;
+
+use std::future::Future;
+
+pub use local::LocalWarehouse;
+pub use rows::{Row, RowError};
+
+use crate::keys::EventKind;
+
+/// A warehouse table and how it is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSpec {
+    pub dataset: &'static str,
+    pub table: &'static str,
+    /// The TIMESTAMP column whose day is the partition.
+    pub partition_field: &'static str,
+    /// The BigQuery schema (`schemas/<table>.json`).
+    pub schema_json: &'static str,
+}
+
+impl TableSpec {
+    pub fn for_kind(kind: EventKind) -> TableSpec {
+        match kind {
+            EventKind::Transaction => TableSpec {
+                dataset: "flit_bnpl_raw",
+                table: "raw_bnpl_txs_json",
+                partition_field: "_timestamp",
+                schema_json: include_str!("../../schemas/raw_bnpl_txs_json.json"),
+            },
+            EventKind::Prediction => TableSpec {
+                dataset: "flit_ml_raw",
+                table: "raw_bnpl_prediction_logs",
+                partition_field: "prediction_timestamp",
+                schema_json: include_str!("../../schemas/raw_bnpl_prediction_logs.json"),
+            },
+        }
+    }
+
+    /// `dataset.table`, as people and BigQuery name it.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.dataset, self.table)
+    }
+}
+
+/// One upload batch. `batch_id` is unique and stable: writing the same batch
+/// again (after a crash) must not add its rows twice.
+#[derive(Debug)]
+pub struct RowBatch<'a> {
+    pub batch_id: &'a str,
+    pub table: TableSpec,
+    pub rows: &'a [Row],
+    /// Record id per row, used where the sink deduplicates by row.
+    pub row_ids: &'a [String],
+}
+
+/// Rows of a batch the warehouse refused one by one (the rest were written).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// A failed write. `retryable` failures are tried again with backoff;
+/// others fail the batch at once with the warehouse's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        SinkError {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where uploaded rows go.
+pub trait Warehouse: Send + Sync {
+    /// Where this sink writes, for reports (never with secrets).
+    fn describe(&self) -> String;
+
+    /// Creates the table (and dataset) if missing, partitioned by day.
+    fn ensure_table(&self, table: TableSpec) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Writes a batch. Idempotent per `batch_id`: a batch written before
+    /// (completely or in part) is completed, never doubled.
+    fn write(
+        &self,
+        batch: &RowBatch<'_>,
+    ) -> impl Future<Output = Result<WriteOutcome, SinkError>> + Send;
+}
