@@ -98,6 +98,14 @@ pub async fn run_once<W: Warehouse>(
         .await;
         if let Err(err) = result {
             table_report.errors.push(format!("{err:#}"));
+            // Whatever is still queued waits for the next run.
+            if let Ok(mut records) = connect(settings, settings.db_for(kind)).await {
+                let left: redis::RedisResult<u64> = redis::cmd("LLEN")
+                    .arg(crate::keys::UPLOAD_QUEUE)
+                    .query_async(&mut records)
+                    .await;
+                table_report.kept_for_retry = left.unwrap_or_default();
+            }
         }
         if table_report.kept_for_retry > 0 || !table_report.errors.is_empty() {
             report.status = RunStatus::Partial;
@@ -127,17 +135,13 @@ async fn upload_kind<W: Warehouse>(
 ) -> anyhow::Result<()> {
     let upload = &settings.upload;
     let queued_at_start = queue.len().await? as usize;
-    if !options.dry_run {
-        warehouse
-            .ensure_table(table)
-            .await
-            .context("cannot create the table")?;
-        if let Some(manifest) = queue.in_flight().await? {
-            tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
-            if !deliver(settings, warehouse, queue, table, &manifest, report).await? {
-                report.kept_for_retry = queue.len().await?;
-                return Ok(());
-            }
+    if !options.dry_run
+        && let Some(manifest) = queue.in_flight().await?
+    {
+        tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
+        if !deliver(settings, warehouse, queue, table, &manifest, report).await? {
+            report.kept_for_retry = queue.len().await?;
+            return Ok(());
         }
     }
     // Records that arrive during the run wait for the next one, so a run ends.
@@ -193,21 +197,26 @@ async fn deliver<W: Warehouse>(
         row_ids: &row_ids,
     };
     let mut attempts = 1u64;
-    let written = (|| warehouse.write(&batch))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(settings.upload.retry_min_delay)
-                .with_max_delay(Duration::from_secs(60))
-                .with_max_times(settings.upload.attempts.saturating_sub(1))
-                .with_jitter(),
-        )
-        .when(|err| err.retryable)
-        .notify(|err, delay| {
-            attempts += 1;
-            tracing::warn!(table = %table.qualified(), batch = %manifest.batch_id, error = %err,
+    // Creating a missing table is part of delivering: it is retried, and
+    // when it fails the batch is kept like any other failed write.
+    let written = (|| async {
+        warehouse.ensure_table(table).await?;
+        warehouse.write(&batch).await
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(settings.upload.retry_min_delay)
+            .with_max_delay(Duration::from_secs(60))
+            .with_max_times(settings.upload.attempts.saturating_sub(1))
+            .with_jitter(),
+    )
+    .when(|err| err.retryable)
+    .notify(|err, delay| {
+        attempts += 1;
+        tracing::warn!(table = %table.qualified(), batch = %manifest.batch_id, error = %err,
                 retry_in_ms = delay.as_millis() as u64, "warehouse write failed; retrying");
-        })
-        .await;
+    })
+    .await;
     report.attempts += attempts;
     match written {
         Ok(outcome) => {

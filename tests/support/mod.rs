@@ -388,3 +388,65 @@ pub fn assert_exactly_once(
 pub fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// Generates `count` events of each kind and runs the service until all of
+/// them are records in the upload queues; the service is then stopped.
+pub fn ingest_generated(redis: &RedisServer, env: &Env, count: usize) {
+    let out = env.flit(&["generate", "--count", &count.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut service = env.service("ingest");
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    wait_until(Duration::from_secs(180), "events ingested", || {
+        llen(&mut tx, "upload_queue") as usize == count
+            && llen(&mut pred, "upload_queue") as usize == count
+    });
+    assert!(service.terminate().success());
+}
+
+pub const TX_TABLE: &str = "flit_bnpl_raw.raw_bnpl_txs_json";
+pub const PRED_TABLE: &str = "flit_ml_raw.raw_bnpl_prediction_logs";
+
+/// Every row in the local warehouse for `table`, with the day folder it sits in.
+pub fn warehouse_rows(env: &Env, table: &str) -> Vec<(String, serde_json::Value)> {
+    let dir = env.dir.path().join("warehouse").join(table);
+    let mut rows = Vec::new();
+    let Ok(days) = std::fs::read_dir(&dir) else {
+        return rows;
+    };
+    for day in days.filter_map(Result::ok) {
+        let name = day.file_name().to_string_lossy().into_owned();
+        let Some(dt) = name.strip_prefix("dt=") else {
+            continue;
+        };
+        for file in std::fs::read_dir(day.path())
+            .expect("day folder")
+            .filter_map(Result::ok)
+        {
+            let file_name = file.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') || !file_name.ends_with(".ndjson") {
+                continue; // temporary files are not part of the warehouse
+            }
+            let text = std::fs::read_to_string(file.path()).expect("read");
+            for line in text.lines() {
+                rows.push((
+                    dt.to_owned(),
+                    serde_json::from_str(line).expect("each line is JSON"),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// Row ids of a table: transaction_id in json_body, or prediction_id.
+pub fn row_ids(rows: &[(String, serde_json::Value)]) -> Vec<String> {
+    rows.iter()
+        .map(|(_, row)| {
+            row["prediction_id"]
+                .as_str()
+                .or_else(|| row["json_body"]["transaction_id"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}

@@ -1,0 +1,331 @@
+//! Upload runs into the local warehouse, against a real redis-server and the
+//! real binary: every record lands exactly once, in the partition of its own
+//! event day, whatever is killed or fails on the way.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn upload(env: &Env, extra: &[&str]) -> (Option<i32>, Value, String) {
+    let mut args = vec!["batch-upload", "--json"];
+    args.extend_from_slice(extra);
+    let out = env.flit(&args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report, output_text(&out))
+}
+
+fn table<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["tables"]
+        .as_array()
+        .and_then(|tables| tables.iter().find(|t| t["table"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// Exactly `n` rows with `n` distinct ids, each in the folder of its own event day.
+fn assert_rows_once(env: &Env, table_name: &str, n: usize) {
+    let rows = warehouse_rows(env, table_name);
+    let ids = row_ids(&rows);
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(rows.len(), n, "rows in {table_name}");
+    assert_eq!(distinct.len(), n, "distinct ids in {table_name}");
+    let time_column = if table_name == TX_TABLE {
+        "_timestamp"
+    } else {
+        "prediction_timestamp"
+    };
+    for (dt, row) in &rows {
+        let at = row[time_column].as_str().unwrap_or_default();
+        assert_eq!(&at[..10], dt, "row of {at} sits in dt={dt}");
+        assert!(row["_ingestion_timestamp"].is_string());
+    }
+}
+
+fn assert_redis_drained(redis: &RedisServer) {
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    assert_eq!(llen(&mut tx, "upload_queue"), 0, "transaction queue empty");
+    assert_eq!(llen(&mut pred, "upload_queue"), 0, "prediction queue empty");
+    assert!(keys(&mut tx, "tx*").is_empty(), "transaction records gone");
+    assert!(
+        keys(&mut pred, "pred*").is_empty(),
+        "prediction records gone"
+    );
+    assert!(
+        keys(&mut tx, "flit:upload:inflight:*").is_empty(),
+        "no batch left in flight"
+    );
+}
+
+#[test]
+fn twenty_thousand_of_each_kind_land_once_in_their_day_partitions_and_a_second_run_adds_nothing() {
+    const N: usize = 20_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_UPLOAD_BATCH_ROWS", "3000");
+    ingest_generated(&redis, &env, N);
+
+    let (code, report, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["status"], "ok");
+    for name in [TX_TABLE, PRED_TABLE] {
+        assert_eq!(table(&report, name)["rows_uploaded"], N as u64, "{text}");
+        assert!(
+            table(&report, name)["batches"].as_u64() >= Some(7),
+            "bounded batches: {text}"
+        );
+        assert_rows_once(&env, name, N);
+    }
+    let days: HashSet<String> = warehouse_rows(&env, PRED_TABLE)
+        .into_iter()
+        .map(|(dt, _)| dt)
+        .collect();
+    assert!(
+        days.len() >= 7,
+        "rows spread over the generated days: {days:?}"
+    );
+    assert_redis_drained(&redis);
+
+    let stored: String = redis::cmd("GET")
+        .arg("flit:upload:last_run")
+        .query(&mut redis.conn(0))
+        .expect("report kept");
+    let stored: Value = serde_json::from_str(&stored).expect("json");
+    assert_eq!(table(&stored, TX_TABLE)["rows_uploaded"], N as u64);
+
+    let (code, report, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    for name in [TX_TABLE, PRED_TABLE] {
+        assert_eq!(table(&report, name)["rows_uploaded"], 0, "{text}");
+        assert_rows_once(&env, name, N);
+    }
+    let history: u64 = redis::cmd("LLEN")
+        .arg("flit:upload:history")
+        .query(&mut redis.conn(0))
+        .expect("history");
+    assert_eq!(history, 2);
+}
+
+#[test]
+fn batch_upload_killed_at_several_points_then_rerun_uploads_every_record_once() {
+    const N: usize = 30_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis)
+        .set("FLIT_UPLOAD_BATCH_ROWS", "300")
+        .set("FLIT_UPLOAD_LOCK_TTL_MS", "800");
+    ingest_generated(&redis, &env, N);
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    let mut cut_mid_run = 0;
+    for delay_ms in [60u64, 200, 450, 900, 1500] {
+        let mut child = std::process::Command::new(BIN)
+            .arg("batch-upload")
+            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(env.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let left = (llen(&mut tx, "upload_queue") + llen(&mut pred, "upload_queue")) as usize;
+        if left > 0 && left < 2 * N {
+            cut_mid_run += 1;
+        }
+        std::thread::sleep(Duration::from_millis(900)); // the dead run's lock expires
+    }
+    assert!(
+        cut_mid_run >= 2,
+        "kills landed in the middle of runs ({cut_mid_run})"
+    );
+
+    let (code, report, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["status"], "ok", "{text}");
+    for name in [TX_TABLE, PRED_TABLE] {
+        assert_rows_once(&env, name, N);
+    }
+    assert_redis_drained(&redis);
+}
+
+#[test]
+fn invalid_records_are_dead_lettered_and_expired_ones_counted_never_silent() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let mut conn = redis.conn(1);
+    for n in 0..100 {
+        let event = format!(
+            r#"{{"prediction_id":"p{n}","selected_prediction":0.{n},"prediction_timestamp":"2025-09-27T10:00:00Z"}}"#
+        );
+        xadd(
+            &mut conn,
+            "stream:predictions",
+            &[("data", event.as_bytes())],
+        );
+    }
+    // Valid events that cannot be rows of the typed table.
+    xadd(
+        &mut conn,
+        "stream:predictions",
+        &[(
+            "data",
+            br#"{"prediction_id":"bad_score","selected_prediction":"high"}"#,
+        )],
+    );
+    xadd(
+        &mut conn,
+        "stream:predictions",
+        &[("data", br#"{"prediction_id":"bad_level","risk_level":3}"#)],
+    );
+    let mut service = env.service("ingest");
+    wait_until(Duration::from_secs(60), "ingested", || {
+        llen(&mut conn, "upload_queue") == 102
+    });
+    assert!(service.terminate().success());
+    for n in 0..3 {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(format!("pred:p{n}"))
+            .arg(1)
+            .query(&mut conn)
+            .expect("expire");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (code, report, text) = upload(&env, &["--only", "predictions"]);
+    assert_eq!(code, Some(0), "{text}");
+    let predictions = table(&report, PRED_TABLE);
+    assert_eq!(predictions["rows_uploaded"], 97, "{text}");
+    assert_eq!(predictions["dead_lettered"], 2, "{text}");
+    assert_eq!(predictions["expired"], 3, "{text}");
+    assert_eq!(
+        report["tables"].as_array().map(Vec::len),
+        Some(1),
+        "--only uploads one kind"
+    );
+    assert_rows_once(&env, PRED_TABLE, 97);
+    assert_eq!(llen(&mut conn, "upload_queue"), 0);
+
+    let dead: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("stream:predictions:dead")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("xrange");
+    assert_eq!(dead.len(), 2);
+    let reasons: Vec<&str> = dead.iter().map(|(_, f)| f["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`selected_prediction` is a string")),
+        "{reasons:?}"
+    );
+    assert!(
+        dead.iter()
+            .all(|(_, f)| f["reason_code"] == "schema_mismatch" && f["data"].starts_with('{'))
+    );
+}
+
+#[test]
+fn a_warehouse_that_keeps_failing_leaves_the_batch_queued_with_a_fresh_ttl() {
+    const N: usize = 500;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_UPLOAD_RETRY_MIN_MS", "20");
+    ingest_generated(&redis, &env, N);
+    let mut conn = redis.conn(0);
+    for key in keys(&mut conn, "tx:*") {
+        let _: i64 = redis::cmd("EXPIRE")
+            .arg(&key)
+            .arg(3600)
+            .query(&mut conn)
+            .expect("shorten ttl");
+    }
+
+    // A file where the warehouse folder should be: every write fails.
+    let blocked = env.dir.path().join("not-a-folder");
+    std::fs::write(&blocked, b"").expect("file");
+    let failing = Env::new(&redis).set("FLIT_UPLOAD_RETRY_MIN_MS", "20").set(
+        "FLIT_WAREHOUSE_DIR",
+        &format!("{}/warehouse", path_str(&blocked)),
+    );
+    let (code, report, text) = upload(&failing, &["--only", "transactions"]);
+    assert_eq!(code, Some(1), "some records kept for a later run: {text}");
+    let transactions = table(&report, TX_TABLE);
+    assert_eq!(transactions["rows_uploaded"], 0, "{text}");
+    assert_eq!(transactions["kept_for_retry"], N as u64, "{text}");
+    assert!(
+        transactions["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("not-a-folder")),
+        "{text}"
+    );
+    assert_eq!(
+        llen(&mut conn, "upload_queue") as usize,
+        N,
+        "nothing left the queue"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(
+            keys(&mut conn, "tx:*")
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+        )
+        .query(&mut conn)
+        .expect("ttl");
+    assert!(ttl > 604_000, "TTL renewed while waiting: {ttl}");
+
+    let (code, _, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_rows_once(&env, TX_TABLE, N);
+    assert_rows_once(&env, PRED_TABLE, N);
+    assert_redis_drained(&redis);
+}
+
+#[test]
+fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
+    const N: usize = 1_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    ingest_generated(&redis, &env, N);
+    let mut conn = redis.conn(0);
+
+    let _: () = redis::cmd("SET")
+        .arg("flit:upload:lock")
+        .arg("other-host/pid 1")
+        .arg("PX")
+        .arg(10_000)
+        .query(&mut conn)
+        .expect("lock");
+    let (code, report, text) = upload(&env, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(report["status"], "busy");
+    assert!(
+        text.contains("another upload run holds the lock (other-host/pid 1"),
+        "{text}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg("flit:upload:lock")
+        .query(&mut conn)
+        .expect("unlock");
+
+    let (code, report, text) = upload(&env, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(
+        table(&report, TX_TABLE)["rows_uploaded"],
+        N as u64,
+        "would upload: {text}"
+    );
+    assert_eq!(
+        llen(&mut conn, "upload_queue") as usize,
+        N,
+        "nothing removed"
+    );
+    assert!(warehouse_rows(&env, TX_TABLE).is_empty(), "nothing written");
+    let stored: Option<String> = redis::cmd("GET")
+        .arg("flit:upload:last_run")
+        .query(&mut conn)
+        .expect("get");
+    assert!(stored.is_none(), "a dry run leaves no report behind");
+}
