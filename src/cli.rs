@@ -17,7 +17,7 @@ use crate::keys::EventKind;
 use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
 use crate::startup::{self, Application};
 use crate::upload::{self, UploadOptions};
-use crate::warehouse::LocalWarehouse;
+use crate::warehouse;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,7 +94,18 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             dry_run,
             only,
             json,
-        } => batch_upload(settings, UploadOptions { dry_run, only }, json).await,
+        } => {
+            batch_upload(
+                settings,
+                UploadOptions {
+                    dry_run,
+                    only,
+                    stop: None,
+                },
+                json,
+            )
+            .await
+        }
     }
 }
 
@@ -103,12 +114,7 @@ async fn batch_upload(
     options: UploadOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    if settings.warehouse.bigquery_project.is_some() {
-        anyhow::bail!(
-            "BIGQUERY_PROJECT is set, but this build uploads only to the local warehouse; unset it to use FLIT_WAREHOUSE_DIR"
-        );
-    }
-    let warehouse = LocalWarehouse::new(&settings.warehouse.warehouse_dir);
+    let warehouse = warehouse::configured(&settings)?;
     let report = upload::run_once(&settings, &warehouse, options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -267,14 +267,12 @@ impl Env<'_> {
     /// Six fields (seconds first), as tokio-cron-scheduler reads them.
     fn cron(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let text = self.text(name).unwrap_or_else(|| default.to_owned());
-        let fields = text.split_whitespace().count();
-        if fields == 6 || fields == 7 {
-            Ok(text)
-        } else {
-            Err(self.error(
+        match crate::schedule::parse(&text) {
+            Ok(_) => Ok(text),
+            Err(problem) => Err(self.error(
                 name,
-                format!("expected a cron expression with seconds first, such as \"0 0 2 * * *\", got {text:?}"),
-            ))
+                format!("expected a cron expression with seconds first, such as \"0 0 2 * * *\", got {text:?} ({problem})"),
+            )),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod keys;
 pub mod producer;
 pub mod redis_target;
+pub mod schedule;
 pub mod startup;
 pub mod telemetry;
 pub mod upload;

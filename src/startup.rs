@@ -1,7 +1,8 @@
 //! `flit-cache run`: wires the long-running service together — one stream
-//! worker per kind (or more), the spool replayer, and the HTTP server — and
-//! stops them in order when asked: workers finish and acknowledge their batch
-//! before the process exits.
+//! worker per kind (or more), the spool replayer, the upload schedule and the
+//! HTTP server — and stops them in order when asked: workers finish and
+//! acknowledge their batch, an upload stops between batches, before the
+//! process exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
 use crate::redis_target::LazyConnection;
+use crate::schedule;
 
 /// How often the service looks for spooled events to replay.
 const SPOOL_CHECK: Duration = Duration::from_secs(2);
@@ -69,6 +71,10 @@ impl Application {
 
         let producer = Producer::new(settings)?;
         let replayer = tokio::spawn(replay_spool_while_running(producer, shutdown.clone()));
+        let uploads = tokio::spawn(schedule::run_scheduled_uploads(
+            Arc::new(settings.clone()),
+            shutdown.clone(),
+        ));
 
         let readiness = LazyConnection::new(
             settings.redis.url.client(settings.redis.db_transactions)?,
@@ -91,6 +97,7 @@ impl Application {
             totals.push(result.context("a stream worker failed")?);
         }
         replayer.await.context("the spool replayer failed")?;
+        uploads.await.context("the upload schedule failed")??;
         server.await.context("the HTTP server failed")??;
         tracing::info!("stopped");
         Ok(totals)

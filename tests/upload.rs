@@ -329,3 +329,61 @@ fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
         .expect("get");
     assert!(stored.is_none(), "a dry run leaves no report behind");
 }
+
+#[test]
+fn the_service_uploads_on_its_schedule() {
+    const N: usize = 2_000;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_UPLOAD_CRON", "*/2 * * * * *");
+    let out = env.flit(&["generate", "--count", &N.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut service = env.service("scheduled");
+    wait_until(
+        Duration::from_secs(120),
+        "scheduled uploads drained both queues",
+        || warehouse_rows(&env, TX_TABLE).len() == N && warehouse_rows(&env, PRED_TABLE).len() == N,
+    );
+    assert!(service.terminate().success(), "{}", service.log_text());
+    assert_rows_once(&env, TX_TABLE, N);
+    assert_rows_once(&env, PRED_TABLE, N);
+    assert_redis_drained(&redis);
+}
+
+#[test]
+fn a_missed_scheduled_run_is_caught_up_at_start_but_a_fresh_redis_gets_none() {
+    const N: usize = 300;
+    let redis = RedisServer::start();
+    // Daily at 02:00: no tick will come during this test.
+    let env = Env::new(&redis).set("FLIT_UPLOAD_CRON", "0 0 2 * * *");
+    ingest_generated(&redis, &env, N);
+    let mut conn = redis.conn(0);
+
+    // No history: starting the service uploads nothing.
+    let mut first = env.service("no-history");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(first.terminate().success());
+    assert_eq!(
+        llen(&mut conn, "upload_queue") as usize,
+        N,
+        "no catch-up without history"
+    );
+
+    // The last success was two days ago: the service was down at 02:00.
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    let _: () = redis::cmd("SET")
+        .arg("flit:upload:last_success")
+        .arg(&two_days_ago)
+        .query(&mut conn)
+        .expect("set");
+    let mut second = env.service("catch-up");
+    wait_until(Duration::from_secs(60), "catch-up upload", || {
+        warehouse_rows(&env, TX_TABLE).len() == N && warehouse_rows(&env, PRED_TABLE).len() == N
+    });
+    assert!(
+        second.log_text().contains("catching up"),
+        "{}",
+        second.log_text()
+    );
+    assert!(second.terminate().success());
+    assert_redis_drained(&redis);
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
 pub use lock::{Busy, UploadLock};
 pub use queue::{BatchManifest, BatchRecord, InvalidRecord, Settled, UploadQueue};
@@ -23,12 +24,14 @@ use crate::keys::EventKind;
 use crate::redis_target;
 use crate::warehouse::{RowBatch, TableSpec, Warehouse};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
     /// Read and validate, report what would happen, change nothing.
     pub dry_run: bool,
     /// Only this kind.
     pub only: Option<EventKind>,
+    /// When cancelled, the run stops after the batch in hand (service shutdown).
+    pub stop: Option<CancellationToken>,
 }
 
 /// Runs one upload. An `Err` means the run could not start (Redis
@@ -89,7 +92,7 @@ pub async fn run_once<W: Warehouse>(
                 warehouse,
                 &mut queue,
                 table,
-                options,
+                &options,
                 lock.as_ref(),
                 &mut table_report,
             )
@@ -129,7 +132,7 @@ async fn upload_kind<W: Warehouse>(
     warehouse: &W,
     queue: &mut UploadQueue,
     table: TableSpec,
-    options: UploadOptions,
+    options: &UploadOptions,
     lock: Option<&UploadLock>,
     report: &mut TableReport,
 ) -> anyhow::Result<()> {
@@ -149,6 +152,13 @@ async fn upload_kind<W: Warehouse>(
     while handled < queued_at_start {
         if lock.is_some_and(UploadLock::is_lost) {
             anyhow::bail!("the upload lock was lost; stopped between batches");
+        }
+        if options
+            .stop
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            anyhow::bail!("the service is stopping; the rest waits for the next run");
         }
         let skip = if options.dry_run { handled } else { 0 };
         let manifest = queue

@@ -10,7 +10,19 @@ use std::future::Future;
 pub use local::LocalWarehouse;
 pub use rows::{Row, RowError};
 
+use crate::configuration::Settings;
 use crate::keys::EventKind;
+
+/// The sink the settings choose. BigQuery is chosen by `BIGQUERY_PROJECT`;
+/// until its sink is built, that is refused instead of silently writing locally.
+pub fn configured(settings: &Settings) -> anyhow::Result<LocalWarehouse> {
+    if settings.warehouse.bigquery_project.is_some() {
+        anyhow::bail!(
+            "BIGQUERY_PROJECT is set, but this build uploads only to the local warehouse; unset it to use FLIT_WAREHOUSE_DIR"
+        );
+    }
+    Ok(LocalWarehouse::new(&settings.warehouse.warehouse_dir))
+}
 
 /// A warehouse table and how it is partitioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
