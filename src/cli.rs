@@ -17,7 +17,7 @@ use crate::keys::EventKind;
 use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
 use crate::startup::{self, Application};
 use crate::upload::{self, UploadOptions};
-use crate::warehouse;
+use crate::warehouse::{self, TableSpec, Warehouse};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +58,8 @@ pub enum Command {
     },
     /// Re-push events spooled to disk while Redis was unreachable.
     ReplaySpool,
+    /// Create the warehouse datasets and tables from schemas/, partitioned by day (idempotent).
+    Init,
     /// One upload run now: queued records into the warehouse. Exit 0 all uploaded, 1 some kept for a later run, 2 could not start.
     BatchUpload {
         /// Read and validate the queues, print what would be done, change nothing.
@@ -90,6 +92,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             days,
         } => generate(settings, count, kind, seed, days).await,
         Command::ReplaySpool => replay_spool(settings).await,
+        Command::Init => init(settings).await,
         Command::BatchUpload {
             dry_run,
             only,
@@ -109,12 +112,30 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
     }
 }
 
+async fn init(settings: Settings) -> anyhow::Result<ExitCode> {
+    let warehouse = warehouse::configured(&settings).await?;
+    for kind in EventKind::ALL {
+        let table = TableSpec::for_kind(kind);
+        warehouse
+            .ensure_table(table)
+            .await
+            .with_context(|| format!("cannot create {}", table.qualified()))?;
+        println!(
+            "ready: {} (day partitions on {}) in {}",
+            table.qualified(),
+            table.partition_field,
+            warehouse.describe()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn batch_upload(
     settings: Settings,
     options: UploadOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let warehouse = warehouse::configured(&settings)?;
+    let warehouse = warehouse::configured(&settings).await?;
     let report = upload::run_once(&settings, &warehouse, options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -23,6 +23,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How rows reach BigQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Load jobs from NDJSON (multipart upload): free, atomic per batch.
+    Load,
+    /// Streaming inserts (`insertAll`) with insertId = record id.
+    Stream,
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: RedisUrl,
@@ -74,6 +83,7 @@ pub struct WarehouseSettings {
     pub bigquery_api_url: String,
     pub warehouse_dir: PathBuf,
     pub upload_cron: String,
+    pub write_mode: WriteMode,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +143,16 @@ impl Settings {
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
                 warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
                 upload_cron: env.cron("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
+                write_mode: match env.text("FLIT_BQ_WRITE_MODE").as_deref() {
+                    None | Some("load") => WriteMode::Load,
+                    Some("stream") => WriteMode::Stream,
+                    Some(other) => {
+                        return Err(env.error(
+                            "FLIT_BQ_WRITE_MODE",
+                            format!("expected load or stream, got {other:?}"),
+                        ));
+                    }
+                },
             },
             upload: UploadSettings {
                 batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,

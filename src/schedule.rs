@@ -78,7 +78,7 @@ pub async fn run_scheduled_uploads(
             stop: Some(shutdown.clone()),
             ..UploadOptions::default()
         };
-        let result = match warehouse::configured(&settings) {
+        let result = match warehouse::configured(&settings).await {
             Ok(sink) => upload::run_once(&settings, &sink, options).await,
             Err(err) => Err(err),
         };

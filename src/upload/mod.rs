@@ -142,7 +142,7 @@ async fn upload_kind<W: Warehouse>(
         && let Some(manifest) = queue.in_flight().await?
     {
         tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
-        if !deliver(settings, warehouse, queue, table, &manifest, report).await? {
+        if !deliver(settings, warehouse, queue, table, &manifest, true, report).await? {
             report.kept_for_retry = queue.len().await?;
             return Ok(());
         }
@@ -180,7 +180,7 @@ async fn upload_kind<W: Warehouse>(
             report.batches += 1;
             continue;
         }
-        if !deliver(settings, warehouse, queue, table, &manifest, report).await? {
+        if !deliver(settings, warehouse, queue, table, &manifest, false, report).await? {
             report.kept_for_retry = queue.len().await?;
             return Ok(());
         }
@@ -196,20 +196,24 @@ async fn deliver<W: Warehouse>(
     queue: &mut UploadQueue,
     table: TableSpec,
     manifest: &BatchManifest,
+    recovered: bool,
     report: &mut TableReport,
 ) -> anyhow::Result<bool> {
     let rows = manifest.rows();
     let row_ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
-    let batch = RowBatch {
-        batch_id: &manifest.batch_id,
-        table,
-        rows: &rows,
-        row_ids: &row_ids,
-    };
     let mut attempts = 1u64;
+    let tried = std::sync::atomic::AtomicBool::new(recovered);
     // Creating a missing table is part of delivering: it is retried, and
     // when it fails the batch is kept like any other failed write.
     let written = (|| async {
+        let batch = RowBatch {
+            batch_id: &manifest.batch_id,
+            table,
+            rows: &rows,
+            row_ids: &row_ids,
+            // A failed attempt may still have landed: later attempts check first.
+            maybe_written: tried.swap(true, std::sync::atomic::Ordering::SeqCst),
+        };
         warehouse.ensure_table(table).await?;
         warehouse.write(&batch).await
     })
@@ -230,14 +234,10 @@ async fn deliver<W: Warehouse>(
     report.attempts += attempts;
     match written {
         Ok(outcome) => {
-            if !outcome.rejected.is_empty() {
-                // Only sinks that judge rows one by one (streaming inserts) reject some.
-                anyhow::bail!(
-                    "the warehouse refused {} rows of batch {}",
-                    outcome.rejected.len(),
-                    manifest.batch_id
-                );
-            }
+            // Only sinks that judge rows one by one (streaming inserts) refuse
+            // some; those records are dead-lettered with the warehouse's reason.
+            let refused = manifest.with_refused(&outcome.rejected);
+            let manifest = &refused;
             let settled = queue.settle(manifest).await?;
             report.rows_uploaded += manifest.records.len() as u64;
             report.dead_lettered += settled.dead_lettered;

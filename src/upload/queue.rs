@@ -69,6 +69,28 @@ impl BatchManifest {
             && self.repeated.is_empty()
     }
 
+    /// This batch with the records at `refused` (indexes into `records`)
+    /// moved to `invalid`, with the warehouse's reason.
+    pub fn with_refused(&self, refused: &[(usize, String)]) -> BatchManifest {
+        let mut manifest = self.clone();
+        if refused.is_empty() {
+            return manifest;
+        }
+        let reasons: std::collections::HashMap<usize, &String> =
+            refused.iter().map(|(i, r)| (*i, r)).collect();
+        manifest.records.clear();
+        for (index, record) in self.records.iter().enumerate() {
+            match reasons.get(&index) {
+                Some(reason) => manifest.invalid.push(InvalidRecord {
+                    record: record.clone(),
+                    reason: format!("refused by the warehouse: {reason}"),
+                }),
+                None => manifest.records.push(record.clone()),
+            }
+        }
+        manifest
+    }
+
     pub fn entries(&self) -> usize {
         self.records.len() + self.invalid.len() + self.expired.len() + self.repeated.len()
     }

@@ -116,6 +116,7 @@ mod tests {
             table,
             rows: &rows,
             row_ids: &ids,
+            maybe_written: false,
         };
         sink.write(&batch).await.expect("write");
         sink.write(&batch).await.expect("rewrite");

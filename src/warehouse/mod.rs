@@ -2,26 +2,56 @@
 //! take a batch of rows. Sinks sit behind one small trait, so the local
 //! folder and BigQuery are interchangeable for the uploader and in tests.
 
+mod bigquery;
 mod local;
 pub mod rows;
 
 use std::future::Future;
 
+pub use bigquery::BigQueryWarehouse;
 pub use local::LocalWarehouse;
 pub use rows::{Row, RowError};
 
 use crate::configuration::Settings;
 use crate::keys::EventKind;
 
-/// The sink the settings choose. BigQuery is chosen by `BIGQUERY_PROJECT`;
-/// until its sink is built, that is refused instead of silently writing locally.
-pub fn configured(settings: &Settings) -> anyhow::Result<LocalWarehouse> {
-    if settings.warehouse.bigquery_project.is_some() {
-        anyhow::bail!(
-            "BIGQUERY_PROJECT is set, but this build uploads only to the local warehouse; unset it to use FLIT_WAREHOUSE_DIR"
-        );
+/// The sink the settings choose: BigQuery when `BIGQUERY_PROJECT` is set,
+/// else the local warehouse folder.
+pub enum Sink {
+    Local(LocalWarehouse),
+    BigQuery(Box<BigQueryWarehouse>),
+}
+
+pub async fn configured(settings: &Settings) -> anyhow::Result<Sink> {
+    Ok(match settings.warehouse.bigquery_project {
+        Some(_) => Sink::BigQuery(Box::new(
+            BigQueryWarehouse::connect(&settings.warehouse).await?,
+        )),
+        None => Sink::Local(LocalWarehouse::new(&settings.warehouse.warehouse_dir)),
+    })
+}
+
+impl Warehouse for Sink {
+    fn describe(&self) -> String {
+        match self {
+            Sink::Local(sink) => sink.describe(),
+            Sink::BigQuery(sink) => sink.describe(),
+        }
     }
-    Ok(LocalWarehouse::new(&settings.warehouse.warehouse_dir))
+
+    async fn ensure_table(&self, table: TableSpec) -> Result<(), SinkError> {
+        match self {
+            Sink::Local(sink) => sink.ensure_table(table).await,
+            Sink::BigQuery(sink) => sink.ensure_table(table).await,
+        }
+    }
+
+    async fn write(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+        match self {
+            Sink::Local(sink) => sink.write(batch).await,
+            Sink::BigQuery(sink) => sink.write(batch).await,
+        }
+    }
 }
 
 /// A warehouse table and how it is partitioned.
@@ -68,6 +98,9 @@ pub struct RowBatch<'a> {
     pub rows: &'a [Row],
     /// Record id per row, used where the sink deduplicates by row.
     pub row_ids: &'a [String],
+    /// The batch may have reached the warehouse before (a recovered batch,
+    /// or a retry after a failure that may have happened after the write).
+    pub maybe_written: bool,
 }
 
 /// Rows of a batch the warehouse refused one by one (the rest were written).

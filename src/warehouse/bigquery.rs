@@ -1,0 +1,604 @@
+//! The BigQuery sink. Datasets, tables, jobs, queries and streaming inserts
+//! go through gcp-bigquery-client; the one call it lacks, the multipart
+//! upload that starts a load job, is made here with a yup-oauth2 token.
+//!
+//! Exactly-once per batch:
+//! - load jobs (the default) are atomic; each batch gets job ids derived from
+//!   its batch id, so a batch submitted again is refused with 409 and that
+//!   job's status tells whether it committed;
+//! - a batch that may have been written before (recovered after a crash, or
+//!   retried after an ambiguous failure) is first looked up in the table by
+//!   its own `_ingestion_timestamp`, within its partitions only. That also
+//!   covers emulators that ignore job ids.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::job::Job;
+use gcp_bigquery_client::model::query_request::QueryRequest;
+use gcp_bigquery_client::model::table::Table;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
+use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
+use gcp_bigquery_client::model::table_schema::TableSchema;
+use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
+use serde_json::{Value, json};
+use yup_oauth2::authenticator::{ApplicationDefaultCredentialsTypes, DefaultAuthenticator};
+use yup_oauth2::{
+    ApplicationDefaultCredentialsAuthenticator, ApplicationDefaultCredentialsFlowOpts,
+    ServiceAccountAuthenticator,
+};
+
+use super::rows::ndjson_line;
+use super::{RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use crate::configuration::{WarehouseSettings, WriteMode};
+
+const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+const LOCATION: &str = "US";
+/// Reasons BigQuery documents as worth retrying.
+const RETRYABLE_REASONS: [&str; 4] = [
+    "backendError",
+    "rateLimitExceeded",
+    "internalError",
+    "backendErrors",
+];
+/// insertAll request limits (rows and bytes) from BigQuery's quotas, with room to spare.
+const STREAM_ROWS: usize = 500;
+const STREAM_BYTES: usize = 9 * 1024 * 1024;
+const JOB_WAIT: Duration = Duration::from_secs(600);
+const BOUNDARY: &str = "flit_cache_multipart_boundary_7c0a";
+
+/// Who signs requests: nobody for a local emulator, else Google credentials.
+#[derive(Clone)]
+enum Credentials {
+    None,
+    Google(Arc<DefaultAuthenticator>),
+}
+
+impl Credentials {
+    async fn token(&self) -> Result<Option<String>, SinkError> {
+        match self {
+            Credentials::None => Ok(None),
+            Credentials::Google(auth) => {
+                let token = auth.token(&[SCOPE]).await.map_err(|e| {
+                    SinkError::retryable(format!(
+                        "cannot get a Google access token for BigQuery: {e}"
+                    ))
+                })?;
+                token
+                    .token()
+                    .map(|t| Some(t.to_owned()))
+                    .ok_or_else(|| SinkError::fatal("Google returned no access token for BigQuery"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl gcp_bigquery_client::auth::Authenticator for Credentials {
+    async fn access_token(&self) -> Result<String, BQError> {
+        match self.token().await {
+            Ok(token) => Ok(token.unwrap_or_default()),
+            Err(_) => Err(BQError::NoToken),
+        }
+    }
+}
+
+pub struct BigQueryWarehouse {
+    client: Client,
+    http: reqwest::Client,
+    credentials: Credentials,
+    project: String,
+    api_root: String,
+    mode: WriteMode,
+    ensured: Mutex<HashSet<String>>,
+}
+
+impl BigQueryWarehouse {
+    pub async fn connect(settings: &WarehouseSettings) -> anyhow::Result<Self> {
+        let project = settings
+            .bigquery_project
+            .clone()
+            .context("BIGQUERY_PROJECT is not set")?;
+        let api_root = settings.bigquery_api_url.clone();
+        let credentials = if is_local(&api_root) {
+            Credentials::None
+        } else {
+            Credentials::Google(Arc::new(google_authenticator(settings).await?))
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .build()?;
+        let client = ClientBuilder::new()
+            .with_v2_base_url(format!("{api_root}/bigquery/v2"))
+            .with_client(http.clone())
+            .build_from_authenticator(Arc::new(credentials.clone()))
+            .await
+            .context("cannot set up the BigQuery client")?;
+        Ok(BigQueryWarehouse {
+            client,
+            http,
+            credentials,
+            project,
+            api_root,
+            mode: settings.write_mode,
+            ensured: Mutex::new(HashSet::new()),
+        })
+    }
+
+    async fn load(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+        if batch.maybe_written && self.already_loaded(batch).await? {
+            return Ok(WriteOutcome::default());
+        }
+        let mut body = String::new();
+        for row in batch.rows {
+            body.push_str(&ndjson_line(row));
+            body.push('\n');
+        }
+        // A failed job keeps its id for good, so later attempts take the next one.
+        for attempt in 0..10 {
+            let job_id = format!("flit_{}_{attempt}", batch.batch_id);
+            match self.submit_load(batch.table, &job_id, &body).await? {
+                Submitted::Started(job) => {
+                    return self.wait(&job).await.map(|_| WriteOutcome::default());
+                }
+                Submitted::AlreadyExists => {
+                    let job = self
+                        .client
+                        .job()
+                        .get_job(&self.project, &job_id, Some(LOCATION))
+                        .await
+                        .map_err(from_bq)?;
+                    match self.wait(&job).await {
+                        Ok(()) => return Ok(WriteOutcome::default()),
+                        Err(err) => {
+                            tracing::warn!(job = %job_id, error = %err, "an earlier load job of this batch failed; submitting anew")
+                        }
+                    }
+                }
+            }
+        }
+        Err(SinkError::fatal(format!(
+            "batch {}: ten load jobs failed",
+            batch.batch_id
+        )))
+    }
+
+    async fn submit_load(
+        &self,
+        table: TableSpec,
+        job_id: &str,
+        ndjson: &str,
+    ) -> Result<Submitted, SinkError> {
+        let config = json!({
+            "jobReference": {"projectId": self.project, "jobId": job_id, "location": LOCATION},
+            "configuration": {"load": {
+                "destinationTable": {"projectId": self.project, "datasetId": table.dataset, "tableId": table.table},
+                "sourceFormat": "NEWLINE_DELIMITED_JSON",
+                "writeDisposition": "WRITE_APPEND",
+                "createDisposition": "CREATE_NEVER",
+            }},
+        });
+        let body = format!(
+            "--{BOUNDARY}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{config}\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n\r\n{ndjson}\r\n--{BOUNDARY}--\r\n"
+        );
+        let url = format!(
+            "{}/upload/bigquery/v2/projects/{}/jobs?uploadType=multipart",
+            self.api_root, self.project
+        );
+        let mut request = self
+            .http
+            .post(url)
+            .header(
+                "Content-Type",
+                format!("multipart/related; boundary={BOUNDARY}"),
+            )
+            .body(body);
+        if let Some(token) = self.credentials.token().await? {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(from_reqwest)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(from_reqwest)?;
+        match status {
+            200..=299 => serde_json::from_str(&text)
+                .map(|job| Submitted::Started(Box::new(job)))
+                .map_err(|e| SinkError::fatal(format!("unreadable load job from BigQuery: {e}"))),
+            409 => Ok(Submitted::AlreadyExists),
+            _ => Err(from_response(status, &text)),
+        }
+    }
+
+    /// Polls a job until it is done; its error, if any, is the result.
+    async fn wait(&self, job: &Job) -> Result<(), SinkError> {
+        let reference = job.job_reference.clone().unwrap_or_default();
+        let job_id = reference.job_id.unwrap_or_default();
+        let location = reference.location.unwrap_or_else(|| LOCATION.to_owned());
+        let started = std::time::Instant::now();
+        let mut current = job.clone();
+        loop {
+            let status = current.status.clone().unwrap_or_default();
+            if status.state.as_deref() == Some("DONE") {
+                return match status.error_result {
+                    None => Ok(()),
+                    Some(error) => {
+                        let reason = error.reason.unwrap_or_default();
+                        let message = format!(
+                            "load job {job_id} failed: {reason}: {}",
+                            error.message.unwrap_or_default()
+                        );
+                        Err(SinkError {
+                            retryable: RETRYABLE_REASONS.contains(&reason.as_str()),
+                            message,
+                        })
+                    }
+                };
+            }
+            if started.elapsed() > JOB_WAIT {
+                return Err(SinkError::retryable(format!(
+                    "load job {job_id} not done after {JOB_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            current = self
+                .client
+                .job()
+                .get_job(&self.project, &job_id, Some(&location))
+                .await
+                .map_err(from_bq)?;
+        }
+    }
+
+    /// Whether every row of the batch is already in the table, found by the
+    /// batch's own ingestion time within the batch's partitions.
+    async fn already_loaded(&self, batch: &RowBatch<'_>) -> Result<bool, SinkError> {
+        let (Some(first_day), Some(last_day)) = (
+            batch.rows.iter().map(|r| r.day).min(),
+            batch.rows.iter().map(|r| r.day).max(),
+        ) else {
+            return Ok(true);
+        };
+        let ingested = batch.rows[0].columns["_ingestion_timestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let sql = format!(
+            "SELECT COUNT(*) FROM `{}.{}` WHERE _ingestion_timestamp = TIMESTAMP '{ingested}' AND {field} >= TIMESTAMP '{first_day}' AND {field} < TIMESTAMP '{}'",
+            batch.table.dataset,
+            batch.table.table,
+            last_day.succ_opt().unwrap_or(last_day),
+            field = batch.table.partition_field,
+        );
+        let mut request = QueryRequest::new(sql);
+        request.use_legacy_sql = false;
+        let response = self
+            .client
+            .job()
+            .query(&self.project, request)
+            .await
+            .map_err(from_bq)?;
+        let count = response
+            .rows
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| row.columns)
+            .and_then(|cells| cells.into_iter().next())
+            .and_then(|cell| cell.value)
+            .and_then(|value| value.as_str().and_then(|v| v.parse::<usize>().ok()))
+            .unwrap_or(0);
+        match count {
+            0 => Ok(false),
+            n if n == batch.rows.len() => {
+                tracing::info!(batch = %batch.batch_id, rows = n, "batch already in BigQuery; not sent again");
+                Ok(true)
+            }
+            n => Err(SinkError::fatal(format!(
+                "batch {} is partly in {} ({n} of {} rows); refusing to guess",
+                batch.batch_id,
+                batch.table.qualified(),
+                batch.rows.len()
+            ))),
+        }
+    }
+
+    /// Streaming inserts with insertId = record id. Rows BigQuery rejects come
+    /// back as `rejected`; rows it reports as `stopped` are sent again.
+    async fn stream(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+        let mut outcome = WriteOutcome::default();
+        let mut pending: Vec<usize> = (0..batch.rows.len()).collect();
+        for _round in 0..5 {
+            if pending.is_empty() {
+                return Ok(outcome);
+            }
+            let mut stopped = Vec::new();
+            for chunk in chunk_rows(batch, &pending) {
+                let mut request = TableDataInsertAllRequest::new();
+                for &index in &chunk {
+                    request
+                        .add_row(
+                            Some(batch.row_ids[index].clone()),
+                            streaming_row(&batch.rows[index].columns),
+                        )
+                        .map_err(from_bq)?;
+                }
+                let response = self
+                    .client
+                    .tabledata()
+                    .insert_all(
+                        &self.project,
+                        batch.table.dataset,
+                        batch.table.table,
+                        request,
+                    )
+                    .await
+                    .map_err(from_bq)?;
+                for error in response.insert_errors.unwrap_or_default() {
+                    let Some(index) = error
+                        .index
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(|i| chunk.get(i))
+                    else {
+                        continue;
+                    };
+                    let errors = error.errors.unwrap_or_default();
+                    if errors
+                        .iter()
+                        .all(|e| e.reason.as_deref() == Some("stopped"))
+                    {
+                        stopped.push(*index);
+                    } else {
+                        let reason = errors
+                            .iter()
+                            .filter(|e| e.reason.as_deref() != Some("stopped"))
+                            .map(|e| {
+                                format!(
+                                    "{}: {}",
+                                    e.reason.clone().unwrap_or_default(),
+                                    e.message.clone().unwrap_or_default()
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        outcome.rejected.push((*index, reason));
+                    }
+                }
+            }
+            pending = stopped;
+        }
+        Err(SinkError::retryable(format!(
+            "batch {}: {} rows still stopped after five rounds",
+            batch.batch_id,
+            pending.len()
+        )))
+    }
+}
+
+enum Submitted {
+    Started(Box<Job>),
+    AlreadyExists,
+}
+
+impl Warehouse for BigQueryWarehouse {
+    fn describe(&self) -> String {
+        format!(
+            "BigQuery project {} at {} ({:?} mode)",
+            self.project, self.api_root, self.mode
+        )
+    }
+
+    async fn ensure_table(&self, table: TableSpec) -> Result<(), SinkError> {
+        let name = table.qualified();
+        if self
+            .ensured
+            .lock()
+            .map(|set| set.contains(&name))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let dataset = Dataset::new(&self.project, table.dataset).location(LOCATION);
+        match self.client.dataset().create(dataset).await {
+            Ok(_) => tracing::info!(dataset = table.dataset, "created BigQuery dataset"),
+            Err(err) if status_of(&err) == Some(409) => {}
+            Err(err) => return Err(from_bq(err)),
+        }
+        match self
+            .client
+            .table()
+            .get(&self.project, table.dataset, table.table, None)
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if status_of(&err) == Some(404) => {
+                let fields: Vec<TableFieldSchema> = serde_json::from_str(table.schema_json)
+                    .map_err(|e| {
+                        SinkError::fatal(format!("schema of {name} is unreadable: {e}"))
+                    })?;
+                let mut partitioning = TimePartitioning::new("DAY".to_owned());
+                partitioning.field = Some(table.partition_field.to_owned());
+                let definition = Table::new(
+                    &self.project,
+                    table.dataset,
+                    table.table,
+                    TableSchema::new(fields),
+                )
+                .description("Written by flit-cache; see schemas/ in its repository.")
+                .time_partitioning(partitioning);
+                match self.client.table().create(definition).await {
+                    Ok(_) => {
+                        tracing::info!(table = %name, "created BigQuery table, day-partitioned")
+                    }
+                    Err(err) if status_of(&err) == Some(409) => {}
+                    Err(err) => return Err(from_bq(err)),
+                }
+            }
+            Err(err) => return Err(from_bq(err)),
+        }
+        if let Ok(mut set) = self.ensured.lock() {
+            set.insert(name);
+        }
+        Ok(())
+    }
+
+    async fn write(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+        match self.mode {
+            WriteMode::Load => self.load(batch).await,
+            WriteMode::Stream => self.stream(batch).await,
+        }
+    }
+}
+
+/// insertAll takes JSON columns as JSON-encoded strings, as BigQuery documents.
+fn streaming_row(columns: &serde_json::Map<String, Value>) -> Value {
+    let converted = columns
+        .iter()
+        .map(|(name, value)| match value {
+            Value::Object(_) | Value::Array(_) => (name.clone(), Value::String(value.to_string())),
+            other => (name.clone(), other.clone()),
+        })
+        .collect();
+    Value::Object(converted)
+}
+
+/// Splits pending rows into insertAll requests within the row and byte limits.
+fn chunk_rows(batch: &RowBatch<'_>, pending: &[usize]) -> Vec<Vec<usize>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for &index in pending {
+        let size = ndjson_line(&batch.rows[index]).len() + batch.row_ids[index].len() + 32;
+        if !current.is_empty() && (current.len() == STREAM_ROWS || bytes + size > STREAM_BYTES) {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(index);
+        bytes += size;
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+fn is_local(api_root: &str) -> bool {
+    url::Url::parse(api_root)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|host| matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1"))
+}
+
+async fn google_authenticator(
+    settings: &WarehouseSettings,
+) -> anyhow::Result<DefaultAuthenticator> {
+    if let Some(path) = &settings.credentials_file {
+        let key = yup_oauth2::read_service_account_key(path)
+            .await
+            .with_context(|| {
+                format!(
+                    "GOOGLE_APPLICATION_CREDENTIALS: cannot read the service-account key {}",
+                    path.display()
+                )
+            })?;
+        return ServiceAccountAuthenticator::builder(key)
+            .build()
+            .await
+            .context("GOOGLE_APPLICATION_CREDENTIALS: the service-account key is not usable");
+    }
+    let built = match ApplicationDefaultCredentialsAuthenticator::builder(
+        ApplicationDefaultCredentialsFlowOpts::default(),
+    )
+    .await
+    {
+        ApplicationDefaultCredentialsTypes::ServiceAccount(builder) => builder.build().await,
+        ApplicationDefaultCredentialsTypes::InstanceMetadata(builder) => builder.build().await,
+    };
+    built.context("no GOOGLE_APPLICATION_CREDENTIALS and no application default credentials")
+}
+
+fn status_of(err: &BQError) -> Option<i64> {
+    match err {
+        BQError::ResponseError { error } => Some(error.error.code),
+        _ => None,
+    }
+}
+
+fn from_bq(err: BQError) -> SinkError {
+    match err {
+        BQError::ResponseError { error } => {
+            let reason = error
+                .error
+                .errors
+                .first()
+                .and_then(|e| e.get("reason").cloned())
+                .unwrap_or_default();
+            classify(error.error.code as u16, &reason, &error.error.message)
+        }
+        BQError::RequestError(err) => from_reqwest(err),
+        other => SinkError::fatal(other.to_string()),
+    }
+}
+
+fn from_reqwest(err: reqwest::Error) -> SinkError {
+    // Connection refused, reset or timed out: the network or BigQuery may recover.
+    SinkError::retryable(format!("cannot reach BigQuery: {err}"))
+}
+
+/// A BigQuery error body, `{"error": {"code", "message", "errors": [{"reason"}]}}`.
+fn from_response(status: u16, body: &str) -> SinkError {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let error = &parsed["error"];
+    let reason = error["errors"][0]["reason"].as_str().unwrap_or_default();
+    let message = error["message"].as_str().unwrap_or(body);
+    classify(status, reason, message)
+}
+
+fn classify(status: u16, reason: &str, message: &str) -> SinkError {
+    let retryable = status == 429 || status >= 500 || RETRYABLE_REASONS.contains(&reason);
+    SinkError {
+        retryable,
+        message: format!("BigQuery answered {status} {reason}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_follow_bigquery_documentation() {
+        assert!(classify(503, "backendError", "try again").retryable);
+        assert!(classify(403, "rateLimitExceeded", "slow down").retryable);
+        assert!(classify(429, "", "").retryable);
+        assert!(classify(500, "internalError", "").retryable);
+        let bad = from_response(
+            400,
+            r#"{"error":{"code":400,"message":"Invalid schema","errors":[{"reason":"invalid"}]}}"#,
+        );
+        assert!(!bad.retryable);
+        assert!(bad.message.contains("Invalid schema"), "{}", bad.message);
+        assert!(!classify(404, "notFound", "").retryable);
+    }
+
+    #[test]
+    fn streaming_rows_carry_json_columns_as_strings() {
+        let mut columns = serde_json::Map::new();
+        columns.insert("raw".into(), json!({"a": 1}));
+        columns.insert("score".into(), json!(0.5));
+        let row = streaming_row(&columns);
+        assert_eq!(row["raw"], "{\"a\":1}");
+        assert_eq!(row["score"], 0.5);
+    }
+
+    #[test]
+    fn local_api_urls_need_no_token() {
+        assert!(is_local("http://127.0.0.1:9050"));
+        assert!(is_local("http://localhost:1"));
+        assert!(!is_local("https://bigquery.googleapis.com"));
+    }
+}
