@@ -15,6 +15,20 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# The BigQuery emulator (PyPI bqemulator) in a venv of the project's own. It
+# needs DuckDB's spatial extension and cannot download it here, so the copy
+# shipped in the duckdb-extension-spatial wheel is put where DuckDB looks.
+venv="${FLIT_TEST_VENV:-$PWD/.venv}"
+if [ ! -x "$venv/bin/bqemulator" ]; then
+  echo "==> installing bqemulator into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check bqemulator "duckdb==1.5.5" duckdb-extension-spatial==1.5.5 numpy
+fi
+extension=$(find "$venv" -name spatial.duckdb_extension -path "*v1.5.5*" | head -n 1)
+mkdir -p "$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
+cp "$extension" "$HOME/.duckdb/extensions/v1.5.5/linux_amd64/spatial.duckdb_extension"
+export BQEMULATOR_BIN="$venv/bin/bqemulator"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

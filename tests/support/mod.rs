@@ -450,3 +450,178 @@ pub fn row_ids(rows: &[(String, serde_json::Value)]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A private BigQuery emulator (bqemulator) with its data on disk, so it can
+/// be stopped and started again with its tables intact.
+pub struct Emulator {
+    pub port: u16,
+    grpc_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+pub const PROJECT: &str = "flit-data-platform";
+
+impl Emulator {
+    pub fn start() -> Self {
+        let mut emulator = Emulator {
+            port: free_port(),
+            grpc_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        emulator.launch();
+        emulator
+    }
+
+    fn launch(&mut self) {
+        let bin = std::env::var("BQEMULATOR_BIN")
+            .unwrap_or_else(|_| format!("{}/.venv/bin/bqemulator", env!("CARGO_MANIFEST_DIR")));
+        let log = std::fs::File::create(self.dir.path().join("emulator.log")).expect("log");
+        let child = Command::new(&bin)
+            .args([
+                "start",
+                "--rest-port",
+                &self.port.to_string(),
+                "--grpc-port",
+                &self.grpc_port.to_string(),
+            ])
+            .args([
+                "--project",
+                PROJECT,
+                "--persistent",
+                "--log-level",
+                "warning",
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (scripts/test.sh installs it): {e}"));
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            Duration::from_secs(60),
+            "the BigQuery emulator to answer",
+            || {
+                http_get(port, &format!("/bigquery/v2/projects/{PROJECT}/datasets"))
+                    .is_some_and(|(s, _)| s == 200)
+            },
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop first");
+        self.launch();
+    }
+
+    /// Runs standard SQL and returns the rows as lists of string cells.
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        let body = serde_json::json!({"query": sql, "useLegacySql": false}).to_string();
+        let (status, text) = http_post(
+            self.port,
+            &format!("/bigquery/v2/projects/{PROJECT}/queries"),
+            &body,
+        )
+        .expect("emulator answers");
+        assert_eq!(status, 200, "{sql}: {text}");
+        let reply: serde_json::Value = serde_json::from_str(&text).expect("json");
+        reply["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        row["f"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|cell| cell["v"].as_str().unwrap_or_default().to_owned())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Number of rows, and of distinct values of `id_expression`, in `table`.
+    pub fn count(&self, table: &str, id_expression: &str) -> (u64, u64) {
+        let rows = self.query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT {id_expression}) FROM {table}"
+        ));
+        let cell = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (cell(0), cell(1))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body.
+pub fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}

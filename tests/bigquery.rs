@@ -1,0 +1,225 @@
+//! Uploads into the real BigQuery emulator (bqemulator): rows counted by SQL,
+//! day partitions read from INFORMATION_SCHEMA.PARTITIONS, with the uploader
+//! killed and the emulator stopped along the way.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const TX: &str = "flit_bnpl_raw.raw_bnpl_txs_json";
+const PRED: &str = "flit_ml_raw.raw_bnpl_prediction_logs";
+const TX_ID: &str = "JSON_VALUE(json_body, '$.transaction_id')";
+
+fn bigquery_env(redis: &RedisServer, emulator: &Emulator) -> Env {
+    Env::new(redis)
+        .set("BIGQUERY_PROJECT", PROJECT)
+        .set("BIGQUERY_API_URL", &emulator.url())
+        .set("FLIT_UPLOAD_RETRY_MIN_MS", "100")
+        .set("FLIT_UPLOAD_LOCK_TTL_MS", "1000")
+}
+
+fn upload(env: &Env) -> (Option<i32>, Value, String) {
+    let out = env.flit(&["batch-upload", "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report, output_text(&out))
+}
+
+/// Expected rows per day partition (YYYYMMDD), from the records waiting in Redis.
+fn expected_partitions(redis: &RedisServer, db: i64, field: &str) -> BTreeMap<String, u64> {
+    let mut conn = redis.conn(db);
+    let mut days = BTreeMap::new();
+    for chunk in queue(&mut conn).chunks(1000) {
+        let payloads: Vec<String> = redis::cmd("MGET")
+            .arg(chunk)
+            .query(&mut conn)
+            .expect("mget");
+        for payload in payloads {
+            let record: Value = serde_json::from_str(&payload).expect("json");
+            let at = chrono::DateTime::parse_from_rfc3339(record[field].as_str().expect("time"))
+                .expect("rfc3339");
+            *days
+                .entry(at.with_timezone(&chrono::Utc).format("%Y%m%d").to_string())
+                .or_default() += 1;
+        }
+    }
+    days
+}
+
+fn partitions(emulator: &Emulator, dataset: &str, table: &str) -> BTreeMap<String, u64> {
+    emulator
+        .query(&format!(
+            "SELECT partition_id, total_rows FROM {dataset}.INFORMATION_SCHEMA.PARTITIONS WHERE table_name = '{table}'"
+        ))
+        .into_iter()
+        .filter(|row| row[1] != "0")
+        .map(|row| (row[0].clone(), row[1].parse().unwrap_or(0)))
+        .collect()
+}
+
+fn assert_drained(redis: &RedisServer) {
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+    assert_eq!(
+        llen(&mut tx, "upload_queue") + llen(&mut pred, "upload_queue"),
+        0,
+        "queues empty"
+    );
+    assert!(
+        keys(&mut tx, "tx*").is_empty() && keys(&mut pred, "pred*").is_empty(),
+        "records gone"
+    );
+    assert!(
+        keys(&mut tx, "flit:upload:inflight:*").is_empty(),
+        "no batch in flight"
+    );
+}
+
+#[test]
+fn twenty_thousand_of_each_kind_load_once_into_their_day_partitions() {
+    const N: u64 = 20_000;
+    let redis = RedisServer::start();
+    let emulator = Emulator::start();
+    let env = bigquery_env(&redis, &emulator).set("FLIT_UPLOAD_BATCH_ROWS", "5000");
+    ingest_generated(&redis, &env, N as usize);
+    let out = env.flit(&["init"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let expected_tx = expected_partitions(&redis, 0, "_timestamp");
+    let expected_pred = expected_partitions(&redis, 1, "prediction_timestamp");
+    assert!(expected_pred.len() >= 7, "several days: {expected_pred:?}");
+
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["status"], "ok", "{text}");
+    assert_eq!(emulator.count(TX, TX_ID), (N, N));
+    assert_eq!(emulator.count(PRED, "prediction_id"), (N, N));
+    assert_eq!(
+        partitions(&emulator, "flit_bnpl_raw", "raw_bnpl_txs_json"),
+        expected_tx,
+        "each row in its event day"
+    );
+    assert_eq!(
+        partitions(&emulator, "flit_ml_raw", "raw_bnpl_prediction_logs"),
+        expected_pred
+    );
+    assert_drained(&redis);
+
+    // Typed columns and raw JSON came through.
+    let sample = emulator.query(&format!(
+        "SELECT business_decision, JSON_VALUE(raw, '$.prediction_id') = prediction_id FROM {PRED} LIMIT 1"
+    ));
+    assert!(
+        ["approve", "review", "decline"].contains(&sample[0][0].as_str()),
+        "{sample:?}"
+    );
+    assert_eq!(sample[0][1], "true");
+
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["tables"][0]["rows_uploaded"], 0, "{text}");
+    assert_eq!(
+        emulator.count(PRED, "prediction_id"),
+        (N, N),
+        "a second run adds nothing"
+    );
+}
+
+#[test]
+fn killed_uploads_and_a_stopped_emulator_lose_and_double_nothing() {
+    const N: u64 = 20_000;
+    let redis = RedisServer::start();
+    let mut emulator = Emulator::start();
+    let env = bigquery_env(&redis, &emulator).set("FLIT_UPLOAD_BATCH_ROWS", "1000");
+    ingest_generated(&redis, &env, N as usize);
+    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
+
+    let mut cut_mid_run = 0;
+    for delay_ms in [400u64, 1200, 2500] {
+        let mut child = Command::new(BIN)
+            .arg("batch-upload")
+            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(env.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let left = llen(&mut tx, "upload_queue") + llen(&mut pred, "upload_queue");
+        if left > 0 && left < 2 * N {
+            cut_mid_run += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1100)); // the dead run's lock expires
+    }
+    assert!(
+        cut_mid_run >= 2,
+        "kills landed in the middle of runs ({cut_mid_run})"
+    );
+
+    // The emulator goes away during a run: the run keeps what it could not send.
+    let child = Command::new(BIN)
+        .args(["batch-upload", "--json"])
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(700));
+    emulator.stop();
+    let out = child.wait_with_output().expect("wait");
+    let left = llen(&mut tx, "upload_queue") + llen(&mut pred, "upload_queue");
+    if left > 0 {
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "records kept means exit 1: {}",
+            output_text(&out)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+        assert_eq!(report["status"], "partial", "{}", output_text(&out));
+    }
+    emulator.restart();
+
+    let (code, _, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        emulator.count(TX, TX_ID),
+        (N, N),
+        "transactions exactly once"
+    );
+    assert_eq!(
+        emulator.count(PRED, "prediction_id"),
+        (N, N),
+        "predictions exactly once"
+    );
+    assert_drained(&redis);
+}
+
+#[test]
+fn streaming_inserts_write_each_row_once() {
+    const N: u64 = 2_000;
+    let redis = RedisServer::start();
+    let emulator = Emulator::start();
+    let env = bigquery_env(&redis, &emulator).set("FLIT_BQ_WRITE_MODE", "stream");
+    ingest_generated(&redis, &env, N as usize);
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        report["warehouse"]
+            .as_str()
+            .is_some_and(|w| w.contains("Stream")),
+        "{text}"
+    );
+    assert_eq!(emulator.count(TX, TX_ID), (N, N));
+    assert_eq!(emulator.count(PRED, "prediction_id"), (N, N));
+    let sample = emulator.query(&format!(
+        "SELECT JSON_VALUE(model_predictions, '$.ridge') IS NOT NULL FROM {PRED} LIMIT 1"
+    ));
+    assert_eq!(sample[0][0], "true", "JSON columns arrive as JSON");
+    assert_drained(&redis);
+}
