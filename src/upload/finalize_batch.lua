@@ -16,18 +16,26 @@ local superseded = ARGV[1]
 local uploaded, dead_count, gone = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local settled, moved_on, dead_lettered, gone_removed = 0, 0, 0, 0
 
--- Removes the version of record `id` whose content hashes to `digest`;
--- returns true if it was still there.
+-- Queue entries to remove (key -> how many) and record keys to delete.
+local unqueue, unqueue_total = {}, 0
+local delete = {}
+local function drop_entry(key)
+  unqueue[key] = (unqueue[key] or 0) + 1
+  unqueue_total = unqueue_total + 1
+end
+
+-- Marks for removal the version of record `id` whose content hashes to
+-- `digest`; returns true if it was still there.
 local function settle(key, id, digest)
   local current = redis.call('GET', key)
   if current and redis.sha1hex(current) == digest then
-    redis.call('DEL', key)
-    redis.call('LREM', queue, 1, key)
+    delete[#delete + 1] = key
+    drop_entry(key)
     return true
   end
   if not current then
     -- Already settled, or expired: drop a dangling queue entry, if any.
-    redis.call('LREM', queue, 1, key)
+    drop_entry(key)
     return false
   end
   -- A newer version arrived while this one was uploading: ingest moved the
@@ -36,8 +44,8 @@ local function settle(key, id, digest)
   local moved = superseded .. digest .. ':' .. id
   local copy = redis.call('GET', moved)
   if copy and redis.sha1hex(copy) == digest then
-    redis.call('DEL', moved)
-    redis.call('LREM', queue, 1, moved)
+    delete[#delete + 1] = moved
+    drop_entry(moved)
     moved_on = moved_on + 1
     return true
   end
@@ -64,7 +72,29 @@ for _ = 1, gone do
   -- Only while the record is still absent: a record stored again since then
   -- owns a queue entry of its own that must stay.
   if redis.call('EXISTS', key) == 0 then
-    gone_removed = gone_removed + redis.call('LREM', queue, 1, key)
+    drop_entry(key)
+    gone_removed = gone_removed + 1
+  end
+end
+
+for first = 1, #delete, 500 do
+  redis.call('DEL', unpack(delete, first, math.min(first + 499, #delete)))
+end
+
+-- Usually the batch is the head of the queue, in order: trim it off in one
+-- step. Whatever is elsewhere (or was already gone) is removed one by one.
+if unqueue_total > 0 then
+  local head = redis.call('LRANGE', queue, 0, unqueue_total - 1)
+  local prefix = 0
+  for _, key in ipairs(head) do
+    local left = unqueue[key]
+    if not left or left == 0 then break end
+    unqueue[key] = left - 1
+    prefix = prefix + 1
+  end
+  if prefix > 0 then redis.call('LTRIM', queue, prefix, -1) end
+  for key, left in pairs(unqueue) do
+    if left > 0 then redis.call('LREM', queue, left, key) end
   end
 end
 return {settled, moved_on, dead_lettered, gone_removed}

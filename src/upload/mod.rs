@@ -22,7 +22,7 @@ pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 use crate::configuration::Settings;
 use crate::keys::EventKind;
 use crate::redis_target;
-use crate::warehouse::{RowBatch, TableSpec, Warehouse};
+use crate::warehouse::{Row, RowBatch, TableSpec, Warehouse};
 
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -91,7 +91,6 @@ pub async fn run_once<W: Warehouse>(
                 settings,
                 warehouse,
                 &mut queue,
-                table,
                 &options,
                 lock.as_ref(),
                 &mut table_report,
@@ -131,7 +130,6 @@ async fn upload_kind<W: Warehouse>(
     settings: &Settings,
     warehouse: &W,
     queue: &mut UploadQueue,
-    table: TableSpec,
     options: &UploadOptions,
     lock: Option<&UploadLock>,
     report: &mut TableReport,
@@ -142,7 +140,8 @@ async fn upload_kind<W: Warehouse>(
         && let Some(manifest) = queue.in_flight().await?
     {
         tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
-        if !deliver(settings, warehouse, queue, table, &manifest, true, report).await? {
+        let rows = manifest.rows();
+        if !deliver(settings, warehouse, queue, &manifest, rows, true, report).await? {
             report.kept_for_retry = queue.len().await?;
             return Ok(());
         }
@@ -161,7 +160,7 @@ async fn upload_kind<W: Warehouse>(
             anyhow::bail!("the service is stopping; the rest waits for the next run");
         }
         let skip = if options.dry_run { handled } else { 0 };
-        let manifest = queue
+        let (manifest, rows) = queue
             .take_batch(
                 skip,
                 upload.batch_rows,
@@ -180,7 +179,7 @@ async fn upload_kind<W: Warehouse>(
             report.batches += 1;
             continue;
         }
-        if !deliver(settings, warehouse, queue, table, &manifest, false, report).await? {
+        if !deliver(settings, warehouse, queue, &manifest, rows, false, report).await? {
             report.kept_for_retry = queue.len().await?;
             return Ok(());
         }
@@ -194,12 +193,12 @@ async fn deliver<W: Warehouse>(
     settings: &Settings,
     warehouse: &W,
     queue: &mut UploadQueue,
-    table: TableSpec,
     manifest: &BatchManifest,
+    rows: Vec<Row>,
     recovered: bool,
     report: &mut TableReport,
 ) -> anyhow::Result<bool> {
-    let rows = manifest.rows();
+    let table = TableSpec::for_kind(manifest.kind);
     let row_ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
     let mut attempts = 1u64;
     let tried = std::sync::atomic::AtomicBool::new(recovered);
@@ -211,6 +210,7 @@ async fn deliver<W: Warehouse>(
             table,
             rows: &rows,
             row_ids: &row_ids,
+            ingested_at: manifest.ingested_at,
             // A failed attempt may still have landed: later attempts check first.
             maybe_written: tried.swap(true, std::sync::atomic::Ordering::SeqCst),
         };

@@ -13,6 +13,7 @@
 //! and settles it. Records that arrive meanwhile are appended behind it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use redis::Script;
@@ -22,8 +23,13 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{EventKind, UPLOAD_QUEUE, upload_manifest_key};
 use crate::warehouse::rows::{self, Row};
 
-/// Queue entries read per round trip while filling a batch.
-const PAGE: usize = 200;
+/// Payload bytes aimed at per round trip while filling a batch; the number
+/// of entries per page follows from the sizes seen so far, so a page stays
+/// near this size whether events are 300 bytes or a megabyte.
+const PAGE_BYTES: usize = 1 << 20;
+/// Entries in the first page, before any size is known, and the most per page.
+const FIRST_PAGE: usize = 32;
+const MAX_PAGE: usize = 4_000;
 
 /// A record in a batch: the queue key that named it and the content read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,14 +158,15 @@ impl UploadQueue {
 
     /// Reads the next batch from the head of the queue, skipping the first
     /// `skip` entries; with `record`, stores it as the in-flight manifest.
+    /// Returns the rows of its records too, built once while checking them.
     pub async fn take_batch(
         &mut self,
         skip: usize,
         max_rows: usize,
         max_bytes: usize,
         record: bool,
-    ) -> anyhow::Result<BatchManifest> {
-        let ingested_at = Utc::now();
+    ) -> anyhow::Result<(BatchManifest, Vec<Row>)> {
+        let ingested_at = unique_now();
         let mut manifest = BatchManifest {
             batch_id: new_batch_id(self.kind, ingested_at),
             kind: self.kind,
@@ -170,12 +177,18 @@ impl UploadQueue {
             repeated: Vec::new(),
         };
         let mut seen = HashSet::new();
+        let mut rows = Vec::new();
         let mut bytes = 0usize;
         let mut start = skip;
         'pages: while manifest.records.len() + manifest.invalid.len() < max_rows
             && bytes < max_bytes
         {
-            let page = PAGE.min(max_rows - manifest.records.len() - manifest.invalid.len());
+            let read = manifest.records.len() + manifest.invalid.len();
+            let page = match bytes.checked_div(read) {
+                Some(average) if average > 0 => (PAGE_BYTES / average).clamp(FIRST_PAGE, MAX_PAGE),
+                _ => FIRST_PAGE,
+            }
+            .min(max_rows - read);
             let keys: Vec<String> = redis::cmd("LRANGE")
                 .arg(UPLOAD_QUEUE)
                 .arg(start)
@@ -203,7 +216,10 @@ impl UploadQueue {
                 let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
                 let record = BatchRecord { key, id, payload };
                 match rows::to_row(self.kind, &record.payload, ingested_at) {
-                    Ok(_) => manifest.records.push(record),
+                    Ok(row) => {
+                        rows.push(row);
+                        manifest.records.push(record);
+                    }
                     Err(err) => manifest.invalid.push(InvalidRecord {
                         record,
                         reason: err.to_string(),
@@ -221,7 +237,7 @@ impl UploadQueue {
                 .exec_async(&mut self.state)
                 .await?;
         }
-        Ok(manifest)
+        Ok((manifest, rows))
     }
 
     /// Removes a confirmed batch from Redis, then forgets its manifest.
@@ -288,6 +304,23 @@ fn digest(payload: &str) -> String {
     sha1_smol::Sha1::from(payload).digest().to_string()
 }
 
+/// Now, to the microsecond, and later than any earlier call in this process:
+/// a batch's `_ingestion_timestamp` is how it is found in the warehouse again,
+/// so no two batches may share one (runs in different processes are
+/// serialised by the upload lock).
+fn unique_now() -> DateTime<Utc> {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp_micros();
+    let mut last = LAST.load(Ordering::SeqCst);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return DateTime::from_timestamp_micros(next).unwrap_or_else(Utc::now),
+            Err(actual) => last = actual,
+        }
+    }
+}
+
 /// Unique, sortable, and safe in file names and BigQuery job ids.
 fn new_batch_id(kind: EventKind, at: DateTime<Utc>) -> String {
     format!(
@@ -306,6 +339,12 @@ mod tests {
     fn digest_matches_redis_sha1hex() {
         // redis-cli EVAL "return redis.sha1hex('abc')" 0
         assert_eq!(digest("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn ingestion_times_never_repeat() {
+        let times: Vec<_> = (0..1000).map(|_| unique_now()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

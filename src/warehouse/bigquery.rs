@@ -35,7 +35,7 @@ use yup_oauth2::{
     ServiceAccountAuthenticator,
 };
 
-use super::rows::ndjson_line;
+use super::rows::timestamp_text;
 use super::{RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 use crate::configuration::{WarehouseSettings, WriteMode};
 
@@ -139,7 +139,7 @@ impl BigQueryWarehouse {
         }
         let mut body = String::new();
         for row in batch.rows {
-            body.push_str(&ndjson_line(row));
+            body.push_str(&row.json);
             body.push('\n');
         }
         // A failed job keeps its id for good, so later attempts take the next one.
@@ -265,10 +265,7 @@ impl BigQueryWarehouse {
         ) else {
             return Ok(true);
         };
-        let ingested = batch.rows[0].columns["_ingestion_timestamp"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let ingested = timestamp_text(batch.ingested_at);
         let sql = format!(
             "SELECT COUNT(*) FROM `{}.{}` WHERE _ingestion_timestamp = TIMESTAMP '{ingested}' AND {field} >= TIMESTAMP '{first_day}' AND {field} < TIMESTAMP '{}'",
             batch.table.dataset,
@@ -323,7 +320,7 @@ impl BigQueryWarehouse {
                     request
                         .add_row(
                             Some(batch.row_ids[index].clone()),
-                            streaming_row(&batch.rows[index].columns),
+                            streaming_row(&batch.rows[index].json)?,
                         )
                         .map_err(from_bq)?;
                 }
@@ -455,15 +452,18 @@ impl Warehouse for BigQueryWarehouse {
 }
 
 /// insertAll takes JSON columns as JSON-encoded strings, as BigQuery documents.
-fn streaming_row(columns: &serde_json::Map<String, Value>) -> Value {
+fn streaming_row(line: &str) -> Result<Value, SinkError> {
+    let Ok(Value::Object(columns)) = serde_json::from_str::<Value>(line) else {
+        return Err(SinkError::fatal("a row is not a JSON object"));
+    };
     let converted = columns
-        .iter()
+        .into_iter()
         .map(|(name, value)| match value {
-            Value::Object(_) | Value::Array(_) => (name.clone(), Value::String(value.to_string())),
-            other => (name.clone(), other.clone()),
+            Value::Object(_) | Value::Array(_) => (name, Value::String(value.to_string())),
+            other => (name, other),
         })
         .collect();
-    Value::Object(converted)
+    Ok(Value::Object(converted))
 }
 
 /// Splits pending rows into insertAll requests within the row and byte limits.
@@ -472,7 +472,7 @@ fn chunk_rows(batch: &RowBatch<'_>, pending: &[usize]) -> Vec<Vec<usize>> {
     let mut current = Vec::new();
     let mut bytes = 0;
     for &index in pending {
-        let size = ndjson_line(&batch.rows[index]).len() + batch.row_ids[index].len() + 32;
+        let size = batch.rows[index].json.len() + batch.row_ids[index].len() + 32;
         if !current.is_empty() && (current.len() == STREAM_ROWS || bytes + size > STREAM_BYTES) {
             chunks.push(std::mem::take(&mut current));
             bytes = 0;
@@ -587,10 +587,8 @@ mod tests {
 
     #[test]
     fn streaming_rows_carry_json_columns_as_strings() {
-        let mut columns = serde_json::Map::new();
-        columns.insert("raw".into(), json!({"a": 1}));
-        columns.insert("score".into(), json!(0.5));
-        let row = streaming_row(&columns);
+        let row =
+            streaming_row(&json!({"raw": {"a": 1}, "score": 0.5}).to_string()).expect("object");
         assert_eq!(row["raw"], "{\"a\":1}");
         assert_eq!(row["score"], 0.5);
     }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-use super::rows::ndjson_line;
 use super::{RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 
 #[derive(Debug, Clone)]
@@ -46,17 +45,29 @@ impl Warehouse for LocalWarehouse {
         let mut by_day: BTreeMap<NaiveDate, Vec<u8>> = BTreeMap::new();
         for row in batch.rows {
             let file = by_day.entry(row.day).or_default();
-            file.extend_from_slice(ndjson_line(row).as_bytes());
+            file.extend_from_slice(row.json.as_bytes());
             file.push(b'\n');
         }
         let table_dir = self.table_dir(batch.table);
         let name = format!("{}.ndjson", batch.batch_id);
         tokio::task::spawn_blocking(move || {
-            for (day, content) in by_day {
-                let dir = table_dir.join(format!("dt={day}"));
-                write_once(&dir, &name, &content)?;
-            }
-            Ok(WriteOutcome::default())
+            // One file per day; their fsyncs overlap instead of queueing.
+            std::thread::scope(|scope| {
+                let writers: Vec<_> = by_day
+                    .iter()
+                    .map(|(day, content)| {
+                        let dir = table_dir.join(format!("dt={day}"));
+                        let name = &name;
+                        scope.spawn(move || write_once(&dir, name, content))
+                    })
+                    .collect();
+                for writer in writers {
+                    writer
+                        .join()
+                        .map_err(|_| SinkError::fatal("a warehouse writer thread panicked"))??;
+                }
+                Ok(WriteOutcome::default())
+            })
         })
         .await
         .map_err(|e| SinkError::fatal(e.to_string()))?
@@ -116,6 +127,7 @@ mod tests {
             table,
             rows: &rows,
             row_ids: &ids,
+            ingested_at: now,
             maybe_written: false,
         };
         sink.write(&batch).await.expect("write");

@@ -98,6 +98,8 @@ pub struct RowBatch<'a> {
     pub rows: &'a [Row],
     /// Record id per row, used where the sink deduplicates by row.
     pub row_ids: &'a [String],
+    /// The batch's `_ingestion_timestamp`, unique to it: how a batch is found again.
+    pub ingested_at: chrono::DateTime<chrono::Utc>,
     /// The batch may have reached the warehouse before (a recovered batch,
     /// or a retry after a failure that may have happened after the write).
     pub maybe_written: bool,

@@ -1,0 +1,201 @@
+//! Upload benchmark: prints numbers, asserts nothing.
+//!
+//! Fills a private redis-server with `BENCH_RECORDS` records of each kind
+//! (default 100,000) and their queue entries, then runs the release
+//! `flit-cache batch-upload` against the local warehouse folder, and against
+//! the BigQuery emulator when one is installed (`BQEMULATOR_BIN` or
+//! `.venv/bin/bqemulator`). Prints rows/s and the uploader's peak resident
+//! memory (VmHWM, sampled from /proc while it runs).
+//!
+//! Run: `cargo bench --bench upload`
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flit_cache::event;
+use flit_cache::generate::Generator;
+use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
+    let mut generator = Generator::new(3, Utc::now(), 7);
+    let pairs: Vec<_> = (0..per_kind).map(|_| generator.next_pair()).collect();
+    for (db, kind) in [(0, EventKind::Transaction), (1, EventKind::Prediction)] {
+        let mut conn = redis::Client::open(format!("{url}/{db}"))?.get_connection()?;
+        for chunk in pairs.chunks(2_000) {
+            let mut pipe = redis::pipe();
+            for pair in chunk {
+                let raw = if kind == EventKind::Transaction {
+                    &pair.transaction
+                } else {
+                    &pair.prediction
+                };
+                let accepted = event::accept(kind, raw.as_bytes(), Utc::now(), 1 << 20)?;
+                let key = kind.record_key(&accepted.id);
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(&accepted.payload)
+                    .arg("EX")
+                    .arg(604_800)
+                    .ignore();
+                pipe.cmd("RPUSH").arg(UPLOAD_QUEUE).arg(&key).ignore();
+            }
+            pipe.exec(&mut conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs batch-upload, sampling its peak memory; returns (seconds, peak KiB, stdout).
+fn timed_upload(envs: &[(&str, String)], dir: &Path) -> anyhow::Result<(f64, u64, String)> {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flit-cache"))
+        .arg("batch-upload")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    while child.try_wait()?.is_none() {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            peak_kib = peak_kib.max(
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "batch-upload failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    Ok((
+        seconds,
+        peak_kib,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let per_kind: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let _redis = Killed(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str())?;
+    wait_for("redis-server", || client.get_connection().is_ok())?;
+    let rows = 2 * per_kind;
+    println!(
+        "flit-cache upload benchmark: {per_kind} records of each kind ({rows} rows), default batch size"
+    );
+
+    fill(&url, per_kind)?;
+    let local = [
+        ("REDIS_URL", url.clone()),
+        (
+            "FLIT_WAREHOUSE_DIR",
+            dir.path().join("warehouse").display().to_string(),
+        ),
+    ];
+    let (seconds, peak, _) = timed_upload(&local, dir.path())?;
+    println!(
+        "local warehouse: {:.0} rows/s ({rows} rows in {seconds:.2} s), uploader peak memory {:.1} MiB",
+        rows as f64 / seconds,
+        peak as f64 / 1024.0
+    );
+
+    let emulator = std::env::var("BQEMULATOR_BIN")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/bqemulator", env!("CARGO_MANIFEST_DIR")));
+    if !Path::new(&emulator).exists() {
+        println!(
+            "BigQuery emulator: skipped, {emulator} not installed (scripts/test.sh installs it)"
+        );
+        return Ok(());
+    }
+    let (rest, grpc) = (free_port()?, free_port()?);
+    let _emulator = Killed(
+        Command::new(&emulator)
+            .args([
+                "start",
+                "--rest-port",
+                &rest.to_string(),
+                "--grpc-port",
+                &grpc.to_string(),
+            ])
+            .args(["--project", "flit-data-platform", "--log-level", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for("the emulator", || {
+        std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok()
+    })?;
+    fill(&url, per_kind)?;
+    let bigquery = [
+        ("REDIS_URL", url.clone()),
+        ("BIGQUERY_PROJECT", "flit-data-platform".to_owned()),
+        ("BIGQUERY_API_URL", format!("http://127.0.0.1:{rest}")),
+    ];
+    let (seconds, peak, _) = timed_upload(&bigquery, dir.path())?;
+    println!(
+        "BigQuery emulator (load jobs): {:.0} rows/s ({rows} rows in {seconds:.2} s), uploader peak memory {:.1} MiB",
+        rows as f64 / seconds,
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
