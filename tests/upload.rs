@@ -387,3 +387,83 @@ fn a_missed_scheduled_run_is_caught_up_at_start_but_a_fresh_redis_gets_none() {
     assert!(second.terminate().success());
     assert_redis_drained(&redis);
 }
+
+/// An id reused while its batch is being uploaded: the uploaded version
+/// leaves Redis, the newer one stays queued, and each reaches the warehouse once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
+    use flit_cache::keys::EventKind;
+    use flit_cache::upload::UploadQueue;
+    use flit_cache::warehouse::{LocalWarehouse, RowBatch, TableSpec, Warehouse};
+
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let v1 = br#"{"_timestamp":"2025-09-22T10:00:00Z","transaction_id":"tx_again","amount":10}"#;
+    let v2 = br#"{"_timestamp":"2025-09-23T10:00:00Z","transaction_id":"tx_again","amount":20}"#;
+    let ingest = |event: &[u8], queued: u64| {
+        let mut conn = redis.conn(0);
+        xadd(&mut conn, "stream:transactions", &[("data", event)]);
+        let mut service = env.service("ingest");
+        wait_until(Duration::from_secs(60), "ingested", || {
+            llen(&mut conn, "upload_queue") == queued
+                && pending(&mut conn, "stream:transactions") == 0
+        });
+        assert!(service.terminate().success());
+    };
+    ingest(v1, 1);
+
+    let client = redis::Client::open(format!("{}/0", redis.url())).expect("client");
+    let records = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let mut uploads = UploadQueue::new(EventKind::Transaction, records.clone(), records);
+    let (manifest, rows) = uploads
+        .take_batch(0, 100, 1 << 20, true)
+        .await
+        .expect("batch");
+    assert_eq!(manifest.records.len(), 1);
+
+    // While the batch is "in the warehouse's hands", the id comes back with new content.
+    ingest(v2, 2);
+
+    let warehouse = LocalWarehouse::new(env.dir.path().join("warehouse"));
+    let ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
+    let batch = RowBatch {
+        batch_id: &manifest.batch_id,
+        table: TableSpec::for_kind(EventKind::Transaction),
+        rows: &rows,
+        row_ids: &ids,
+        ingested_at: manifest.ingested_at,
+        maybe_written: false,
+    };
+    warehouse.write(&batch).await.expect("write");
+    let settled = uploads.settle(&manifest).await.expect("settle");
+    assert_eq!(settled.removed, 1);
+
+    let mut conn = redis.conn(0);
+    assert_eq!(
+        queue(&mut conn),
+        vec!["tx:tx_again".to_owned()],
+        "the newer version is still queued, once"
+    );
+    let current: String = redis::cmd("GET")
+        .arg("tx:tx_again")
+        .query(&mut conn)
+        .expect("get");
+    assert_eq!(current.as_bytes(), v2);
+    assert!(
+        keys(&mut conn, "tx@*").is_empty(),
+        "the uploaded version's copy is gone"
+    );
+
+    let (code, _, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let amounts: Vec<i64> = warehouse_rows(&env, TX_TABLE)
+        .iter()
+        .filter_map(|(_, row)| row["json_body"]["amount"].as_i64())
+        .collect();
+    let mut sorted = amounts.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![10, 20], "each version once: {amounts:?}");
+}
