@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -138,14 +137,7 @@ fn killed_uploads_and_a_stopped_emulator_lose_and_double_nothing() {
 
     let mut cut_mid_run = 0;
     for delay_ms in [400u64, 1200, 2500] {
-        let mut child = Command::new(BIN)
-            .arg("batch-upload")
-            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(env.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = env.spawn(&["batch-upload"]);
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
@@ -161,14 +153,7 @@ fn killed_uploads_and_a_stopped_emulator_lose_and_double_nothing() {
     );
 
     // The emulator goes away during a run: the run keeps what it could not send.
-    let child = Command::new(BIN)
-        .args(["batch-upload", "--json"])
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = env.spawn(&["batch-upload", "--json"]);
     std::thread::sleep(Duration::from_millis(700));
     emulator.stop();
     let out = child.wait_with_output().expect("wait");

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -58,14 +57,7 @@ fn redis_killed_and_restarted_during_ingest_loses_nothing() {
     let service = env.service("run");
 
     // A producer pushing while Redis dies under it: what Redis did not take is spooled.
-    let producer = Command::new(BIN)
-        .args(["generate", "--count", &N.to_string()])
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn generate");
+    let producer = env.spawn(&["generate", "--count", &N.to_string()]);
     let mut conn = redis.conn(0);
     wait_until(LIMIT, "ingest under way", || {
         llen(&mut conn, "upload_queue") > 1_000

@@ -118,14 +118,7 @@ fn batch_upload_killed_at_several_points_then_rerun_uploads_every_record_once() 
     let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
     let mut cut_mid_run = 0;
     for delay_ms in [60u64, 200, 450, 900, 1500] {
-        let mut child = std::process::Command::new(BIN)
-            .arg("batch-upload")
-            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(env.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = env.spawn(&["batch-upload"]);
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();

@@ -194,6 +194,16 @@ impl Env {
         self.command(args).output().expect("run flit-cache")
     }
 
+    /// Starts a one-shot command in the background, its output piped, so a
+    /// test can kill it mid-run or collect what it printed.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flit-cache")
+    }
+
     /// Runs a one-shot command with `input` on stdin.
     pub fn flit_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         let mut child = self
