@@ -158,7 +158,7 @@ impl Settings {
                 batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,
                 batch_bytes: env.bounded(
                     "FLIT_UPLOAD_BATCH_BYTES",
-                    4 << 20,
+                    3 << 20,
                     64 << 10,
                     100 << 20,
                 )?,

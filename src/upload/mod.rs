@@ -74,41 +74,13 @@ pub async fn run_once<W: Warehouse>(
         }
     };
 
-    for kind in EventKind::ALL
+    // The kinds share nothing but the lock (own database, table and
+    // manifest), so they upload side by side.
+    let runs = EventKind::ALL
         .into_iter()
         .filter(|k| options.only.is_none_or(|only| only == *k))
-    {
-        let table = TableSpec::for_kind(kind);
-        let mut table_report = TableReport {
-            kind: Some(kind),
-            table: table.qualified(),
-            ..TableReport::default()
-        };
-        let result = async {
-            let records = connect(settings, settings.db_for(kind)).await?;
-            let mut queue = UploadQueue::new(kind, records, state.clone());
-            upload_kind(
-                settings,
-                warehouse,
-                &mut queue,
-                &options,
-                lock.as_ref(),
-                &mut table_report,
-            )
-            .await
-        }
-        .await;
-        if let Err(err) = result {
-            table_report.errors.push(format!("{err:#}"));
-            // Whatever is still queued waits for the next run.
-            if let Ok(mut records) = connect(settings, settings.db_for(kind)).await {
-                let left: redis::RedisResult<u64> = redis::cmd("LLEN")
-                    .arg(crate::keys::UPLOAD_QUEUE)
-                    .query_async(&mut records)
-                    .await;
-                table_report.kept_for_retry = left.unwrap_or_default();
-            }
-        }
+        .map(|kind| upload_table(settings, warehouse, kind, &state, &options, lock.as_ref()));
+    for table_report in futures_util::future::join_all(runs).await {
         if table_report.kept_for_retry > 0 || !table_report.errors.is_empty() {
             report.status = RunStatus::Partial;
         }
@@ -124,6 +96,40 @@ pub async fn run_once<W: Warehouse>(
         lock.release().await?;
     }
     Ok(report)
+}
+
+/// Uploads one kind's queue; whatever goes wrong ends up in its report.
+async fn upload_table<W: Warehouse>(
+    settings: &Settings,
+    warehouse: &W,
+    kind: EventKind,
+    state: &redis::aio::MultiplexedConnection,
+    options: &UploadOptions,
+    lock: Option<&UploadLock>,
+) -> TableReport {
+    let mut report = TableReport {
+        kind: Some(kind),
+        table: TableSpec::for_kind(kind).qualified(),
+        ..TableReport::default()
+    };
+    let result = async {
+        let records = connect(settings, settings.db_for(kind)).await?;
+        let mut queue = UploadQueue::new(kind, records, state.clone());
+        upload_kind(settings, warehouse, &mut queue, options, lock, &mut report).await
+    }
+    .await;
+    if let Err(err) = result {
+        report.errors.push(format!("{err:#}"));
+        // Whatever is still queued waits for the next run.
+        if let Ok(mut records) = connect(settings, settings.db_for(kind)).await {
+            let left: redis::RedisResult<u64> = redis::cmd("LLEN")
+                .arg(crate::keys::UPLOAD_QUEUE)
+                .query_async(&mut records)
+                .await;
+            report.kept_for_retry = left.unwrap_or_default();
+        }
+    }
+    report
 }
 
 async fn upload_kind<W: Warehouse>(
