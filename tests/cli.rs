@@ -180,3 +180,27 @@ fn the_redis_password_never_appears_in_logs_or_answers() {
         "the redacted URL is logged"
     );
 }
+
+#[test]
+fn a_missing_credentials_file_is_named_and_the_upload_cannot_start() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis)
+        .set("BIGQUERY_PROJECT", "some-project")
+        .set("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json");
+    for command in [&["batch-upload"][..], &["init"][..]] {
+        let out = env.flit(command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            stderr.contains("GOOGLE_APPLICATION_CREDENTIALS")
+                && stderr.contains("/nonexistent/key.json"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
