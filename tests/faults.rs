@@ -193,3 +193,85 @@ fn producer_spools_while_redis_is_down_and_replay_restores_every_event() {
     assert_exactly_once(&redis, 0, "tx:", "stream:transactions", N + 1);
     assert_exactly_once(&redis, 1, "pred:", "stream:predictions", N);
 }
+
+#[test]
+fn a_full_redis_spools_and_holds_events_until_uploads_free_memory() {
+    const N: usize = 40_000;
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "24mb", "--maxmemory-policy", "noeviction"]);
+    let env = Env::new(&redis).set("FLIT_UPLOAD_BATCH_ROWS", "2000");
+    let mut conn = redis.conn(0);
+    let maxmemory: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query(&mut conn)
+        .expect("config");
+    assert_eq!(
+        maxmemory[1],
+        (24 * 1024 * 1024).to_string(),
+        "the limit is in force"
+    );
+
+    // More events than fit: Redis refuses writes, producers spool the rest.
+    let out = env.flit(&["generate", "--count", &N.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !report.contains(" 0 spooled"),
+        "Redis filled up, so events were spooled: {report}"
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut conn)
+        .expect("info");
+    assert!(info.contains("maxmemory_policy:noeviction"));
+
+    // The streams alone fill Redis: the workers must still turn them into
+    // records (committing past the limit by a batch, then trimming).
+    let service = env.service("run");
+    let mut pred = redis.conn(1);
+    wait_until(
+        Duration::from_secs(120),
+        "streams drained into records",
+        || {
+            pending(&mut conn, "stream:transactions") == 0
+                && llen(&mut conn, "upload_queue") > 0
+                && llen(&mut pred, "upload_queue") > 0
+        },
+    );
+
+    // Uploads are what frees memory; they must work while Redis is full.
+    let mut runs = 0;
+    wait_until(Duration::from_secs(240), "everything uploaded", || {
+        runs += 1;
+        let out = env.flit(&["batch-upload"]);
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            output_text(&out)
+        );
+        warehouse_rows(&env, TX_TABLE).len() == N
+            && warehouse_rows(&env, PRED_TABLE).len() == N
+            && llen(&mut conn, "upload_queue") == 0
+            && llen(&mut pred, "upload_queue") == 0
+    });
+    assert!(
+        runs > 1,
+        "it took several runs while spooled events came back"
+    );
+    for table in [TX_TABLE, PRED_TABLE] {
+        let rows = warehouse_rows(&env, table);
+        let ids: std::collections::HashSet<String> = row_ids(&rows).into_iter().collect();
+        assert_eq!(
+            (rows.len(), ids.len()),
+            (N, N),
+            "{table}: every event exactly once"
+        );
+    }
+    assert_eq!(pending(&mut conn, "stream:transactions"), 0);
+    assert_eq!(pending(&mut pred, "stream:predictions"), 0);
+    assert!(
+        service.log_text().contains("maxmemory"),
+        "the worker met a full Redis"
+    );
+}

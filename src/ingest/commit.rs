@@ -46,19 +46,36 @@ impl std::ops::AddAssign for CommitOutcome {
     }
 }
 
+/// The commit script, and the same script allowed to run when Redis is at
+/// maxmemory. Normally Redis refuses the whole script up front when memory is
+/// full, rather than failing half way. But when the streams alone fill Redis,
+/// refusing every commit would be a deadlock: nothing is acknowledged, so
+/// nothing is trimmed and nothing reaches the upload queue that would free
+/// memory. Committing one batch past the limit and trimming right after turns
+/// stream entries into records at about the same memory cost.
 pub struct BatchCommit {
     script: Script,
+    under_pressure: Script,
 }
+
+const COMMIT_BODY: &str = include_str!("commit_batch.lua");
 
 impl Default for BatchCommit {
     fn default() -> Self {
         BatchCommit {
-            script: Script::new(include_str!("commit_batch.lua")),
+            script: Script::new(&format!("#!lua\n{COMMIT_BODY}")),
+            under_pressure: Script::new(&format!("#!lua flags=allow-oom\n{COMMIT_BODY}")),
         }
     }
 }
 
+/// Whether Redis refused a command because it is at maxmemory.
+pub fn is_out_of_memory(err: &redis::RedisError) -> bool {
+    err.code() == Some("OOM")
+}
+
 impl BatchCommit {
+    /// Commits a batch; `under_pressure` lets it run while Redis is at maxmemory.
     pub async fn commit(
         &self,
         conn: &mut MultiplexedConnection,
@@ -66,11 +83,17 @@ impl BatchCommit {
         ttl_seconds: u64,
         accepted: &[AcceptedEntry],
         rejected: &[RejectedEntry],
+        under_pressure: bool,
     ) -> redis::RedisResult<CommitOutcome> {
         if accepted.is_empty() && rejected.is_empty() {
             return Ok(CommitOutcome::default());
         }
-        let mut invocation = self.script.prepare_invoke();
+        let script = if under_pressure {
+            &self.under_pressure
+        } else {
+            &self.script
+        };
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(kind.stream())
             .key(kind.dead_letter_stream())

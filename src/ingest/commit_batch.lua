@@ -1,10 +1,9 @@
-#!lua
 -- Commits one batch read from an event stream, atomically: stores every
 -- accepted event as a record with its TTL and queues it for upload, writes
 -- every rejected event to the dead-letter stream with its reason, and
 -- acknowledges all of them. Either all of this happens or none of it.
--- The shebang makes Redis refuse the whole script up front when it is out of
--- memory, instead of failing half way.
+-- (The `#!lua` line that makes Redis check memory before running it, with
+-- or without allow-oom, is put in front by commit.rs.)
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,

@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- Trims a stream up to the oldest entry some consumer group may still need:
 -- for every group, its oldest pending entry, or its last delivered entry when
 -- nothing is pending. Entries below that floor are acknowledged by all groups.

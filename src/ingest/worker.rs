@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::commit::{AcceptedEntry, BatchCommit, CommitOutcome, RejectedEntry};
+use super::commit::{AcceptedEntry, BatchCommit, CommitOutcome, RejectedEntry, is_out_of_memory};
 use super::entries::{self, StreamEntry};
 use crate::configuration::IngestSettings;
 use crate::event::{self, Rejection};
@@ -195,14 +195,7 @@ impl StreamWorker {
         self.process(&mut session.conn, batch, totals).await?;
 
         if Instant::now() >= session.next_trim {
-            let trimmed: u64 = self
-                .trim
-                .key(self.kind.stream())
-                .arg(CONSUMER_GROUP)
-                .arg(STALE_CONSUMER.as_millis() as u64)
-                .invoke_async(&mut session.conn)
-                .await?;
-            tracing::debug!(kind = %self.kind, trimmed, "trimmed acknowledged entries");
+            self.trim_stream(&mut session.conn).await?;
             session.next_trim = Instant::now() + self.settings.trim_interval;
         }
         Ok(())
@@ -256,6 +249,19 @@ impl StreamWorker {
             .await
     }
 
+    /// Trims what every group has acknowledged (see trim_stream.lua).
+    async fn trim_stream(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let trimmed: u64 = self
+            .trim
+            .key(self.kind.stream())
+            .arg(CONSUMER_GROUP)
+            .arg(STALE_CONSUMER.as_millis() as u64)
+            .invoke_async(conn)
+            .await?;
+        tracing::debug!(kind = %self.kind, trimmed, "trimmed acknowledged entries");
+        Ok(())
+    }
+
     async fn commit_slice(
         &self,
         conn: &mut MultiplexedConnection,
@@ -266,10 +272,23 @@ impl StreamWorker {
         if accepted.is_empty() && rejected.is_empty() {
             return Ok(());
         }
-        let outcome = self
+        let outcome = match self
             .commit
-            .commit(conn, self.kind, self.ttl_seconds, accepted, rejected)
-            .await?;
+            .commit(conn, self.kind, self.ttl_seconds, accepted, rejected, false)
+            .await
+        {
+            Err(err) if is_out_of_memory(&err) => {
+                // See BatchCommit: past the limit by one batch, then trim at once.
+                tracing::warn!(kind = %self.kind, "Redis is at maxmemory; committing this batch past the limit and trimming the stream");
+                let outcome = self
+                    .commit
+                    .commit(conn, self.kind, self.ttl_seconds, accepted, rejected, true)
+                    .await?;
+                self.trim_stream(conn).await?;
+                outcome
+            }
+            other => other?,
+        };
         for entry in rejected.iter() {
             tracing::warn!(kind = %self.kind, entry = %entry.entry_id, reason = entry.rejection.code(),
                 detail = %entry.rejection, "event dead-lettered");
@@ -321,19 +340,21 @@ pub(crate) async fn ensure_group(
     conn: &mut MultiplexedConnection,
     stream: &str,
 ) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
+    // allow-oom: a full Redis of stream entries can only drain once the
+    // group exists, and a group costs a few bytes.
+    let created: redis::RedisResult<()> = Script::new(CREATE_GROUP)
+        .key(stream)
         .arg(CONSUMER_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
+        .invoke_async(conn)
         .await;
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
 }
+
+const CREATE_GROUP: &str =
+    "#!lua flags=allow-oom\nredis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')";
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()

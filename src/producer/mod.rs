@@ -115,7 +115,8 @@ impl Producer {
                 }
                 Err(err) => {
                     self.breaker.record_failure();
-                    tracing::warn!(%kind, error = %err, events = payloads.len(), "cannot reach Redis; spooling");
+                    tracing::warn!(%kind, error = %summary(&err), events = payloads.len(),
+                        "Redis did not take the events; spooling");
                 }
             }
         }
@@ -229,6 +230,15 @@ impl Producer {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The first part of an error: a failed pipeline lists every command in it.
+fn summary(err: &anyhow::Error) -> String {
+    let text = err.to_string();
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 

@@ -1,9 +1,10 @@
-#!lua
+#!lua flags=allow-oom
 -- Settles a batch the warehouse has confirmed, in the records' database:
 -- uploaded and dead-lettered records leave Redis (key and queue entry),
 -- queue entries whose record was gone are dropped. Safe to run twice for the
 -- same batch (a crash between this script and the manifest's removal): a
 -- record is removed only while it still holds the exact uploaded content.
+-- allow-oom: settling is what frees memory when Redis is full.
 --
 -- KEYS: 1 upload queue, 2 dead-letter stream
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 gone count,

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::UPLOAD_LOCK;
 
+/// SET NX PX that Redis runs even at maxmemory: an upload is what frees memory.
+const ACQUIRE: &str =
+    "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])";
 const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -45,13 +48,11 @@ impl UploadLock {
             std::process::id(),
             rand::random::<u64>()
         );
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(UPLOAD_LOCK)
+        let taken: Option<String> = Script::new(ACQUIRE)
+            .key(UPLOAD_LOCK)
             .arg(&token)
-            .arg("NX")
-            .arg("PX")
             .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         if taken.is_none() {
             let (holder, expires_in_ms): (Option<String>, i64) = redis::pipe()

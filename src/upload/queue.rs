@@ -31,6 +31,10 @@ const PAGE_BYTES: usize = 1 << 20;
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
 
+/// SET that Redis runs even at maxmemory: the uploader is what frees memory,
+/// so it must be able to start a batch when Redis is full.
+const SET_EVEN_WHEN_FULL: &str = "#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[1])";
+
 /// A record in a batch: the queue key that named it and the content read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchRecord {
@@ -231,10 +235,11 @@ impl UploadQueue {
             }
         }
         if record && !manifest.is_empty() {
-            redis::cmd("SET")
-                .arg(upload_manifest_key(self.kind))
+            // Even at maxmemory: this batch's settling frees far more.
+            let () = Script::new(SET_EVEN_WHEN_FULL)
+                .key(upload_manifest_key(self.kind))
                 .arg(serde_json::to_string(&manifest)?)
-                .exec_async(&mut self.state)
+                .invoke_async(&mut self.state)
                 .await?;
         }
         Ok((manifest, rows))

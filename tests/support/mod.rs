@@ -38,6 +38,7 @@ pub struct RedisServer {
     dir: TempDir,
     child: Option<Child>,
     password: Option<String>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -52,6 +53,20 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             password: password.map(str::to_owned),
+            extra: Vec::new(),
+        };
+        server.launch();
+        server
+    }
+
+    /// A server with extra configuration, such as `["--maxmemory", "30mb"]`.
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            password: None,
+            extra: args.iter().map(|a| a.to_string()).collect(),
         };
         server.launch();
         server
@@ -77,6 +92,7 @@ impl RedisServer {
                     .iter()
                     .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
             )
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
