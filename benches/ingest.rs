@@ -9,7 +9,6 @@
 //!
 //! Run: `cargo bench --bench ingest` (optionally `BENCH_EVENTS=200000`).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -20,52 +19,8 @@ use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
 use flit_cache::producer::{PIPELINE_CHUNK, Producer};
 use tokio_util::sync::CancellationToken;
 
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> anyhow::Result<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()?;
-    let redis = Redis {
-        child,
-        port,
-        _dir: dir,
-    };
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    for _ in 0..100 {
-        if client.get_connection().is_ok() {
-            return Ok(redis);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!("redis-server did not start")
-}
+mod support;
+use support::PrivateRedis;
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -159,9 +114,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let batch = std::env::var("FLIT_BATCH_SIZE").unwrap_or_else(|_| "500".into());
-    let redis = start_redis()?;
+    let redis = PrivateRedis::start()?;
     let spool = tempfile::tempdir()?;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let vars = [
         ("REDIS_URL", url.clone()),
         ("FLIT_SPOOL_DIR", spool.path().display().to_string()),

@@ -18,32 +18,8 @@ use flit_cache::event;
 use flit_cache::generate::Generator;
 use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !ready() {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
+use support::{Killed, PrivateRedis, free_port, wait_for};
 
 fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
     let mut generator = Generator::new(3, Utc::now(), 7);
@@ -118,27 +94,9 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let _redis = Killed(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str())?;
-    wait_for("redis-server", || client.get_connection().is_ok())?;
+    let redis = PrivateRedis::start()?;
+    let dir = &redis.dir;
+    let url = redis.url();
     let rows = 2 * per_kind;
     println!(
         "flit-cache upload benchmark: {per_kind} records of each kind ({rows} rows), default batch size"
