@@ -92,8 +92,11 @@ pub async fn run_once<W: Warehouse>(
     if let Err(err) = report.store(&mut state).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");
     }
-    if let Some(lock) = lock {
-        lock.release().await?;
+    // The lock expires by itself; failing to release it must not hide the report.
+    if let Some(lock) = lock
+        && let Err(err) = lock.release().await
+    {
+        tracing::warn!(error = %err, "could not release the upload lock; it expires by itself");
     }
     Ok(report)
 }
