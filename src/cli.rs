@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service: stream workers, spool replay, /healthz and /readyz. Stops cleanly on SIGTERM/SIGINT.
+    /// Run the service: stream workers, spool replay, the upload schedule, /healthz /readyz /metrics. Stops cleanly on SIGTERM/SIGINT.
     Run,
     /// Push NDJSON events (one JSON object per line) onto a stream.
     Push {
@@ -72,6 +72,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Health report of Redis, queues, streams, uploads and lookups against the FLIT_ALERT_* thresholds. Exit 0 healthy, 1 alerts, 2 Redis unreachable.
+    Monitor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also read the warehouse tables: rows ingested in the last 24 hours, newest event time.
+        #[arg(long)]
+        bigquery: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,7 +118,18 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             )
             .await
         }
+        Command::Monitor { json, bigquery } => monitor(settings, json, bigquery).await,
     }
+}
+
+async fn monitor(settings: Settings, json: bool, bigquery: bool) -> anyhow::Result<ExitCode> {
+    let report = crate::monitor::check(&settings, bigquery).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 async fn init(settings: Settings) -> anyhow::Result<ExitCode> {

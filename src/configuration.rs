@@ -86,6 +86,19 @@ pub struct WarehouseSettings {
     pub write_mode: WriteMode,
 }
 
+/// Thresholds of `flit-cache monitor`: past any of them, it raises an alert.
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    /// Redis `used_memory` above this many MiB.
+    pub alert_memory_mb: u64,
+    /// An upload queue (or a stream's consumer-group lag) longer than this.
+    pub alert_queue: u64,
+    /// No successful upload run for longer than this.
+    pub alert_upload_age: Duration,
+    /// Share of failed runs among the recent ones above this (0 to 1).
+    pub alert_failure_rate: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub redis: RedisSettings,
@@ -93,6 +106,7 @@ pub struct Settings {
     pub producer: ProducerSettings,
     pub warehouse: WarehouseSettings,
     pub upload: UploadSettings,
+    pub monitor: MonitorSettings,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
 }
@@ -165,6 +179,14 @@ impl Settings {
                 attempts: env.bounded("FLIT_UPLOAD_ATTEMPTS", 3, 1, 10)?,
                 retry_min_delay: env.millis("FLIT_UPLOAD_RETRY_MIN_MS", 1_000, 1, 600_000)?,
                 lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
+            },
+            monitor: MonitorSettings {
+                alert_memory_mb: env.bounded("FLIT_ALERT_MEMORY_MB", 400, 1, 1 << 20)?,
+                alert_queue: env.bounded("FLIT_ALERT_QUEUE", 10_000, 1, u64::MAX)?,
+                alert_upload_age: Duration::from_secs(
+                    3_600 * env.bounded("FLIT_ALERT_UPLOAD_AGE_HOURS", 26, 1, 24 * 365)?,
+                ),
+                alert_failure_rate: env.fraction("FLIT_ALERT_FAILURE_RATE", 0.05)?,
             },
             http_addr: env.parsed_with(
                 "FLIT_HTTP_ADDR",
@@ -267,6 +289,20 @@ impl Env<'_> {
             .map(Duration::from_millis)
     }
 
+    /// A share from 0 to 1, such as 0.05.
+    fn fraction(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
+        match text.parse::<f64>() {
+            Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+            _ => Err(self.error(
+                name,
+                format!("expected a share from 0 to 1 such as 0.05, got {text:?}"),
+            )),
+        }
+    }
+
     fn path(&self, name: &str, default: &str) -> PathBuf {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
@@ -324,6 +360,10 @@ mod tests {
         );
         assert_eq!(s.ingest.max_event_bytes, 1024 * 1024);
         assert!(s.warehouse.bigquery_project.is_none());
+        assert_eq!(s.monitor.alert_memory_mb, 400);
+        assert_eq!(s.monitor.alert_queue, 10_000);
+        assert_eq!(s.monitor.alert_upload_age, Duration::from_secs(26 * 3_600));
+        assert_eq!(s.monitor.alert_failure_rate, 0.05);
     }
 
     #[test]
@@ -340,6 +380,11 @@ mod tests {
 
         let err = settings(&[("FLIT_LOG_FORMAT", "xml")]).expect_err("bad format");
         assert_eq!(err.variable, "FLIT_LOG_FORMAT");
+
+        let err = settings(&[("FLIT_ALERT_FAILURE_RATE", "5%")]).expect_err("not a share");
+        assert_eq!(err.variable, "FLIT_ALERT_FAILURE_RATE");
+        let err = settings(&[("FLIT_ALERT_FAILURE_RATE", "1.5")]).expect_err("over 1");
+        assert_eq!(err.variable, "FLIT_ALERT_FAILURE_RATE");
 
         let err = settings(&[("FLIT_UPLOAD_CRON", "0 2 * * *")]).expect_err("five fields");
         assert_eq!(err.variable, "FLIT_UPLOAD_CRON");

@@ -133,6 +133,13 @@ fn check_id<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&
         Some(Value::String(id)) => id.as_str(),
         Some(_) => return Err(Rejection::IdNotString(field)),
     };
+    check_id_text(field, id)?;
+    Ok(id)
+}
+
+/// The rules every record id follows: not empty, at most `MAX_ID_BYTES`,
+/// no whitespace or control characters (ids become Redis keys).
+pub fn check_id_text(field: &'static str, id: &str) -> Result<(), Rejection> {
     if id.is_empty() {
         return Err(Rejection::EmptyId(field));
     }
@@ -145,7 +152,7 @@ fn check_id<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&
     if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Rejection::IdBadCharacter(field));
     }
-    Ok(id)
+    Ok(())
 }
 
 fn check_time(field: &'static str, value: &Value) -> Result<(), Rejection> {

@@ -22,6 +22,10 @@ pub const UPLOAD_HISTORY: &str = "flit:upload:history";
 /// Finish time (RFC 3339) of the last upload run that kept nothing back.
 pub const UPLOAD_LAST_SUCCESS: &str = "flit:upload:last_success";
 
+/// Hits and misses of record lookups (`RecordCache`), a hash with fields
+/// `<kind>:hits` and `<kind>:misses`, kept by every process that looks up.
+pub const CACHE_STATS: &str = "flit:cache:stats";
+
 /// The batch of `kind` being uploaded, until it is settled.
 pub fn upload_manifest_key(kind: EventKind) -> String {
     format!("flit:upload:inflight:{}", kind.name())

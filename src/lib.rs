@@ -1,6 +1,7 @@
 //! flit-cache: events from Redis streams become cached records with an upload
 //! queue, on their way to BigQuery. `docs/architecture.md` is the map.
 
+pub mod cache;
 pub mod cli;
 pub mod configuration;
 pub mod event;
@@ -8,6 +9,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod monitor;
 pub mod producer;
 pub mod redis_target;
 pub mod schedule;

@@ -106,6 +106,18 @@ fn twenty_thousand_of_each_kind_load_once_into_their_day_partitions() {
     );
     assert_drained(&redis);
 
+    // The monitor reads the same tables back: all rows arrived today.
+    let out = env.flit(&["monitor", "--json", "--bigquery"]);
+    let health: Value = serde_json::from_slice(&out.stdout).expect("monitor JSON");
+    assert_eq!(out.status.code(), Some(0), "{health:#}");
+    for table in health["warehouse"].as_array().expect("tables") {
+        assert_eq!(table["rows_last_24h"], N, "{table:#}");
+        let age = table["newest_event_age_hours"]
+            .as_f64()
+            .expect("newest event");
+        assert!((0.0..26.0).contains(&age), "{table:#}");
+    }
+
     // Typed columns and raw JSON came through.
     let sample = emulator.query(&format!(
         "SELECT business_decision, JSON_VALUE(raw, '$.prediction_id') = prediction_id FROM {PRED} LIMIT 1"

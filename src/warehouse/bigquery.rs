@@ -36,7 +36,7 @@ use yup_oauth2::{
 };
 
 use super::rows::timestamp_text;
-use super::{RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use super::{Freshness, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 use crate::configuration::{WarehouseSettings, WriteMode};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -276,21 +276,11 @@ impl BigQueryWarehouse {
             last_day.succ_opt().unwrap_or(last_day),
             field = batch.table.partition_field,
         );
-        let mut request = QueryRequest::new(sql);
-        request.use_legacy_sql = false;
-        let response = self
-            .client
-            .job()
-            .query(&self.project, request)
-            .await
-            .map_err(from_bq)?;
-        let count = response
-            .rows
-            .and_then(|rows| rows.into_iter().next())
-            .and_then(|row| row.columns)
-            .and_then(|cells| cells.into_iter().next())
-            .and_then(|cell| cell.value)
-            .and_then(|value| value.as_str().and_then(|v| v.parse::<usize>().ok()))
+        let count = self
+            .first_row(sql)
+            .await?
+            .first()
+            .and_then(|cell| cell.as_deref()?.parse::<usize>().ok())
             .unwrap_or(0);
         match count {
             0 => Ok(false),
@@ -305,6 +295,30 @@ impl BigQueryWarehouse {
                 batch.rows.len()
             ))),
         }
+    }
+
+    /// Runs a standard-SQL query; the cells of its first row as text.
+    async fn first_row(&self, sql: String) -> Result<Vec<Option<String>>, SinkError> {
+        let mut request = QueryRequest::new(sql);
+        request.use_legacy_sql = false;
+        let response = self
+            .client
+            .job()
+            .query(&self.project, request)
+            .await
+            .map_err(from_bq)?;
+        Ok(response
+            .rows
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| row.columns)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|cell| match cell.value {
+                Some(Value::String(text)) => Some(text),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            })
+            .collect())
     }
 
     /// Streaming inserts with insertId = record id. Rows BigQuery rejects come
@@ -451,6 +465,26 @@ impl Warehouse for BigQueryWarehouse {
             WriteMode::Load => self.load(batch).await,
             WriteMode::Stream => self.stream(batch).await,
         }
+    }
+
+    async fn freshness(&self, table: TableSpec, window_days: u32) -> Result<Freshness, SinkError> {
+        // The partition filter keeps the scan to the window's days. The time
+        // comes back as INT64 micros: TIMESTAMP cells are rendered
+        // differently by BigQuery (float seconds) and the emulator.
+        let sql = format!(
+            "SELECT COUNTIF(_ingestion_timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR)), UNIX_MICROS(MAX({field})) FROM `{}.{}` WHERE {field} >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {window_days} DAY)",
+            table.dataset,
+            table.table,
+            field = table.partition_field,
+        );
+        let cells = self.first_row(sql).await?;
+        let cell = |i: usize| cells.get(i).cloned().flatten();
+        Ok(Freshness {
+            rows_last_24h: cell(0).and_then(|n| n.parse().ok()).unwrap_or(0),
+            newest_event_at: cell(1)
+                .and_then(|micros| micros.parse().ok())
+                .and_then(chrono::DateTime::from_timestamp_micros),
+        })
     }
 }
 

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-use super::{RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use chrono::{DateTime, Utc};
+
+use super::{Freshness, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 
 #[derive(Debug, Clone)]
 pub struct LocalWarehouse {
@@ -72,6 +74,57 @@ impl Warehouse for LocalWarehouse {
         .await
         .map_err(|e| SinkError::fatal(e.to_string()))?
     }
+
+    async fn freshness(&self, table: TableSpec, window_days: u32) -> Result<Freshness, SinkError> {
+        let dir = self.table_dir(table);
+        tokio::task::spawn_blocking(move || scan_recent(&dir, table.partition_field, window_days))
+            .await
+            .map_err(|e| SinkError::fatal(e.to_string()))?
+    }
+}
+
+/// Reads every file of the day folders within the window.
+fn scan_recent(dir: &Path, field: &str, window_days: u32) -> Result<Freshness, SinkError> {
+    let now = Utc::now();
+    let first_day = (now - chrono::Duration::days(i64::from(window_days))).date_naive();
+    let day_ago = now - chrono::Duration::hours(24);
+    let mut freshness = Freshness::default();
+    let days = match fs::read_dir(dir) {
+        Ok(days) => days,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(freshness),
+        Err(err) => return Err(io_error(dir, err)),
+    };
+    let time = |row: &serde_json::Value, name: &str| {
+        row.get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    for day in days.filter_map(Result::ok) {
+        let in_window = day
+            .file_name()
+            .to_str()
+            .and_then(|name| name.strip_prefix("dt="))
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .is_some_and(|d| d >= first_day);
+        if !in_window {
+            continue;
+        }
+        for file in fs::read_dir(day.path()).map_err(|e| io_error(&day.path(), e))? {
+            let path = file.map_err(|e| io_error(&day.path(), e))?.path();
+            if path.extension().is_none_or(|ext| ext != "ndjson") {
+                continue; // temporary files are not part of the table
+            }
+            let text = fs::read_to_string(&path).map_err(|e| io_error(&path, e))?;
+            for row in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+                if time(&row, "_ingestion_timestamp").is_some_and(|t| t >= day_ago) {
+                    freshness.rows_last_24h += 1;
+                }
+                freshness.newest_event_at = freshness.newest_event_at.max(time(&row, field));
+            }
+        }
+    }
+    Ok(freshness)
 }
 
 /// Writes `dir/name` atomically unless it is already there.

@@ -52,6 +52,23 @@ impl Warehouse for Sink {
             Sink::BigQuery(sink) => sink.write(batch).await,
         }
     }
+
+    async fn freshness(&self, table: TableSpec, window_days: u32) -> Result<Freshness, SinkError> {
+        match self {
+            Sink::Local(sink) => sink.freshness(table, window_days).await,
+            Sink::BigQuery(sink) => sink.freshness(table, window_days).await,
+        }
+    }
+}
+
+/// What a table received lately, read from its last `window_days` daily
+/// partitions (by event time) so that the check stays cheap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Rows whose `_ingestion_timestamp` is within the last 24 hours.
+    pub rows_last_24h: u64,
+    /// The newest event time in those partitions.
+    pub newest_event_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A warehouse table and how it is partitioned.
@@ -150,4 +167,11 @@ pub trait Warehouse: Send + Sync {
         &self,
         batch: &RowBatch<'_>,
     ) -> impl Future<Output = Result<WriteOutcome, SinkError>> + Send;
+
+    /// Recent rows and the newest event time (the monitor's `--bigquery`).
+    fn freshness(
+        &self,
+        table: TableSpec,
+        window_days: u32,
+    ) -> impl Future<Output = Result<Freshness, SinkError>> + Send;
 }

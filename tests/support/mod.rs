@@ -191,6 +191,24 @@ impl Env {
         self
     }
 
+    /// The settings the binary reads from these variables, for tests that
+    /// use the library directly (record lookups).
+    pub fn settings(&self) -> flit_cache::configuration::Settings {
+        flit_cache::configuration::Settings::from_lookup(|name| {
+            self.vars
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("valid settings")
+    }
+
+    /// Pushes `lines` (NDJSON) with `flit-cache push`; it must succeed.
+    pub fn push(&self, kind: &str, lines: &str) {
+        let out = self.flit_with_input(&["push", kind], lines.as_bytes());
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.path().join("spool")
     }

@@ -1,0 +1,227 @@
+//! `flit-cache monitor`: one look at everything that decides whether records
+//! reach the warehouse — Redis and its configuration, the queues, the
+//! streams, the upload runs, lookups, and with `--bigquery` the tables —
+//! judged against the `FLIT_ALERT_*` thresholds. Exit 0 healthy, 1 alerts,
+//! 2 Redis unreachable.
+
+mod alerts;
+pub mod probe;
+mod render;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+
+pub use alerts::{Alert, evaluate};
+pub use probe::{QueueState, ServerFacts, StreamState, UploadState};
+
+use crate::cache::{LookupCounts, lookup_counts};
+use crate::configuration::Settings;
+use crate::keys::EventKind;
+use crate::producer::Spool;
+use crate::redis_target;
+use crate::warehouse::{self, TableSpec, Warehouse};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisHealth {
+    /// Where, with any password hidden.
+    pub url: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub server: Option<ServerFacts>,
+}
+
+/// One kind's queue, stream and lookups. A part that could not be read is
+/// `None`, with the reason in `errors`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindHealth {
+    pub kind: EventKind,
+    pub db: i64,
+    pub queue: Option<QueueState>,
+    pub stream: Option<StreamState>,
+    pub lookups: Option<LookupCounts>,
+    pub errors: Vec<String>,
+}
+
+/// What a warehouse table received lately.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableFreshness {
+    pub table: String,
+    /// Rows whose `_ingestion_timestamp` is within the last 24 hours.
+    pub rows_last_24h: Option<u64>,
+    pub newest_event_at: Option<DateTime<Utc>>,
+    pub newest_event_age_hours: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorReport {
+    pub generated_at: DateTime<Utc>,
+    pub healthy: bool,
+    pub redis: RedisHealth,
+    pub kinds: Vec<KindHealth>,
+    pub uploads: Option<UploadState>,
+    /// Bytes of events spooled on this host while Redis refused them.
+    pub spool_bytes: u64,
+    /// Only with `--bigquery`.
+    pub warehouse: Option<Vec<TableFreshness>>,
+    pub alerts: Vec<Alert>,
+}
+
+impl MonitorReport {
+    pub fn exit_code(&self) -> u8 {
+        if !self.redis.reachable {
+            2
+        } else if self.alerts.is_empty() {
+            0
+        } else {
+            1
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        render::text(self)
+    }
+}
+
+/// How long the monitor waits for Redis before calling it unreachable.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Gathers the report. Never fails: what cannot be read is in the report.
+pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
+    let generated_at = Utc::now();
+    let spool_bytes = Spool::new(
+        &settings.producer.spool_dir,
+        settings.producer.spool_max_bytes,
+    )
+    .bytes();
+    let mut report = MonitorReport {
+        generated_at,
+        healthy: false,
+        redis: RedisHealth {
+            url: settings.redis.url.redacted(),
+            reachable: false,
+            error: None,
+            server: None,
+        },
+        kinds: Vec::new(),
+        uploads: None,
+        spool_bytes,
+        warehouse: None,
+        alerts: Vec::new(),
+    };
+    match read_redis(settings, &mut report).await {
+        Ok(()) => report.redis.reachable = true,
+        Err(err) => report.redis.error = Some(format!("{err:#}")),
+    }
+    if with_warehouse && report.redis.reachable {
+        report.warehouse = Some(read_warehouse(settings, generated_at).await);
+    }
+    report.alerts = evaluate(&report, &settings.monitor);
+    report.healthy = report.alerts.is_empty();
+    report
+}
+
+async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {
+    let client = settings.redis.url.client(db)?;
+    let conn = tokio::time::timeout(
+        REDIS_TIMEOUT,
+        redis_target::connect(&client, REDIS_TIMEOUT, REDIS_TIMEOUT),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {} s", REDIS_TIMEOUT.as_secs()))??;
+    Ok(conn)
+}
+
+async fn read_redis(settings: &Settings, report: &mut MonitorReport) -> anyhow::Result<()> {
+    let mut state = open(settings, settings.redis.db_transactions).await?;
+    report.redis.server = Some(probe::server_facts(&mut state).await?);
+    for kind in EventKind::ALL {
+        report
+            .kinds
+            .push(read_kind(settings, kind, &mut state).await);
+    }
+    report.uploads = Some(probe::upload_state(&mut state).await?);
+    Ok(())
+}
+
+async fn read_kind(
+    settings: &Settings,
+    kind: EventKind,
+    state: &mut MultiplexedConnection,
+) -> KindHealth {
+    let db = settings.db_for(kind);
+    let mut health = KindHealth {
+        kind,
+        db,
+        queue: None,
+        stream: None,
+        lookups: None,
+        errors: Vec::new(),
+    };
+    let mut records = match open(settings, db).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            health.errors.push(format!("database {db}: {err:#}"));
+            return health;
+        }
+    };
+    match probe::queue_state(&mut records, state, kind, settings.redis.ttl_seconds).await {
+        Ok(queue) => health.queue = Some(queue),
+        Err(err) => health.errors.push(format!("upload queue: {err}")),
+    }
+    match probe::stream_state(&mut records, kind).await {
+        Ok(stream) => health.stream = Some(stream),
+        Err(err) => health.errors.push(format!("stream: {err}")),
+    }
+    match lookup_counts(state, kind).await {
+        Ok(counts) => health.lookups = Some(counts),
+        Err(err) => health.errors.push(format!("lookup counters: {err}")),
+    }
+    health
+}
+
+async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<TableFreshness> {
+    let sink = match warehouse::configured(settings).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            return EventKind::ALL
+                .into_iter()
+                .map(|kind| unreadable(TableSpec::for_kind(kind), format!("{err:#}")))
+                .collect();
+        }
+    };
+    // Rows ingested lately can carry event times up to the record TTL back
+    // (and a day for the upload): read that many daily partitions, no more.
+    let window_days = settings.redis.ttl_seconds.div_ceil(86_400) as u32 + 1;
+    let mut tables = Vec::new();
+    for kind in EventKind::ALL {
+        let spec = TableSpec::for_kind(kind);
+        tables.push(match sink.freshness(spec, window_days).await {
+            Ok(freshness) => TableFreshness {
+                table: spec.qualified(),
+                rows_last_24h: Some(freshness.rows_last_24h),
+                newest_event_at: freshness.newest_event_at,
+                newest_event_age_hours: freshness
+                    .newest_event_at
+                    .map(|at| (now - at).num_seconds() as f64 / 3_600.0),
+                error: None,
+            },
+            Err(err) => unreadable(spec, err.message),
+        });
+    }
+    tables
+}
+
+fn unreadable(spec: TableSpec, error: String) -> TableFreshness {
+    TableFreshness {
+        table: spec.qualified(),
+        rows_last_24h: None,
+        newest_event_at: None,
+        newest_event_age_hours: None,
+        error: Some(error),
+    }
+}

@@ -1,0 +1,306 @@
+//! What the monitor and `/metrics` read from Redis, each with O(1) or
+//! bounded commands (never `KEYS` or a scan): server facts from `INFO` and
+//! `CONFIG GET`, queue heads, stream groups, and the upload run reports.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use redis::InfoDict;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+
+use crate::keys::{
+    CONSUMER_GROUP, EventKind, UPLOAD_HISTORY, UPLOAD_LAST_SUCCESS, UPLOAD_QUEUE,
+    upload_manifest_key,
+};
+use crate::upload::{BatchManifest, RunReport, RunStatus};
+
+/// Facts about the Redis server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFacts {
+    /// Round trip of a PING, the best of three.
+    pub latency_ms: f64,
+    pub version: String,
+    pub used_memory_bytes: u64,
+    /// 0: no limit.
+    pub maxmemory_bytes: u64,
+    pub maxmemory_policy: String,
+    pub connected_clients: u64,
+    pub aof_enabled: bool,
+    /// RDB save points (`CONFIG GET save`); `None` when `CONFIG` is not allowed.
+    pub rdb_save: Option<String>,
+    /// Failed background saves or AOF writes, as Redis reports them.
+    pub persistence_errors: Vec<String>,
+    /// Keys evicted since Redis started.
+    pub evicted_keys: u64,
+    /// Keys per database (`INFO keyspace`), for example `db0 -> 12`.
+    pub keys_per_db: BTreeMap<String, u64>,
+}
+
+impl ServerFacts {
+    /// Neither AOF nor RDB snapshots: a restart loses everything. `None` when unknown.
+    pub fn persistence_off(&self) -> Option<bool> {
+        let save = self.rdb_save.as_deref()?;
+        Some(!self.aof_enabled && save.trim().is_empty())
+    }
+
+    /// A policy under which Redis deletes keys to make room. Every record has
+    /// a TTL, so `volatile-*` policies may evict records not yet uploaded too.
+    pub fn may_evict(&self) -> bool {
+        self.maxmemory_policy.starts_with("allkeys-")
+            || self.maxmemory_policy.starts_with("volatile-")
+    }
+}
+
+pub async fn server_facts(conn: &mut MultiplexedConnection) -> redis::RedisResult<ServerFacts> {
+    let mut latency_ms = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        redis::cmd("PING").query_async::<String>(conn).await?;
+        latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let info: InfoDict = redis::cmd("INFO").query_async(conn).await?;
+    // Managed Redis may rename or forbid CONFIG; the rest of the report still stands.
+    let rdb_save = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .query_async::<Vec<String>>(conn)
+        .await
+        .ok()
+        .and_then(|pair| pair.into_iter().nth(1));
+    let number = |name: &str| info.get::<u64>(name).unwrap_or(0);
+    let text = |name: &str| info.get::<String>(name).unwrap_or_default();
+    let persistence_errors = [
+        "rdb_last_bgsave_status",
+        "aof_last_write_status",
+        "aof_last_bgrewrite_status",
+    ]
+    .into_iter()
+    .filter_map(|field| {
+        let status = text(field);
+        (!status.is_empty() && status != "ok").then(|| format!("{field}:{status}"))
+    })
+    .collect();
+    let keys_per_db = (0..16)
+        .filter_map(|db| {
+            let name = format!("db{db}");
+            let line = info.get::<String>(&name)?;
+            let keys = line
+                .split(',')
+                .find_map(|part| part.strip_prefix("keys="))
+                .and_then(|n| n.parse().ok())?;
+            Some((name, keys))
+        })
+        .collect();
+    Ok(ServerFacts {
+        latency_ms,
+        version: text("redis_version"),
+        used_memory_bytes: number("used_memory"),
+        maxmemory_bytes: number("maxmemory"),
+        maxmemory_policy: text("maxmemory_policy"),
+        connected_clients: number("connected_clients"),
+        aof_enabled: number("aof_enabled") == 1,
+        rdb_save,
+        persistence_errors,
+        evicted_keys: number("evicted_keys"),
+        keys_per_db,
+    })
+}
+
+/// One kind's upload queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueState {
+    pub length: u64,
+    /// Records of the batch an upload is writing now (or left unsettled).
+    pub in_flight: u64,
+    /// The oldest queued record key, if any.
+    pub oldest_key: Option<String>,
+    /// Seconds until the oldest queued record expires; negative: already gone.
+    pub oldest_expires_in_seconds: Option<i64>,
+    /// Seconds since the oldest queued record was stored (or its TTL renewed
+    /// by a failed upload), from its remaining TTL.
+    pub oldest_age_seconds: Option<u64>,
+}
+
+pub async fn queue_state(
+    records: &mut MultiplexedConnection,
+    state: &mut MultiplexedConnection,
+    kind: EventKind,
+    ttl_seconds: u64,
+) -> redis::RedisResult<QueueState> {
+    let (length, oldest): (u64, Option<String>) = redis::pipe()
+        .cmd("LLEN")
+        .arg(UPLOAD_QUEUE)
+        .cmd("LINDEX")
+        .arg(UPLOAD_QUEUE)
+        .arg(0)
+        .query_async(records)
+        .await?;
+    let mut expires_in = None;
+    if let Some(key) = &oldest {
+        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(records).await?;
+        expires_in = Some(match pttl {
+            -2 => -1, // the record is gone: it expired before upload
+            -1 => i64::MAX,
+            ms => ms / 1000,
+        });
+    }
+    let manifest: Option<String> = redis::cmd("GET")
+        .arg(upload_manifest_key(kind))
+        .query_async(state)
+        .await?;
+    let in_flight = manifest
+        .and_then(|text| serde_json::from_str::<BatchManifest>(&text).ok())
+        .map_or(0, |m| m.entries() as u64);
+    Ok(QueueState {
+        length,
+        in_flight,
+        oldest_key: oldest,
+        oldest_expires_in_seconds: expires_in,
+        oldest_age_seconds: expires_in
+            .filter(|left| (0..=ttl_seconds as i64).contains(left))
+            .map(|left| ttl_seconds - left as u64),
+    })
+}
+
+/// One kind's stream and its consumer group.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamState {
+    pub length: u64,
+    /// Whether the `flit-cache` group exists (a worker has run).
+    pub group_exists: bool,
+    pub consumers: u64,
+    /// Entries not yet delivered to the group; `None` when Redis cannot tell.
+    pub lag: Option<u64>,
+    /// Entries delivered but not yet acknowledged.
+    pub pending: u64,
+    pub dead_letter_length: u64,
+}
+
+pub async fn stream_state(
+    conn: &mut MultiplexedConnection,
+    kind: EventKind,
+) -> redis::RedisResult<StreamState> {
+    let (length, dead_letter_length): (u64, u64) = redis::pipe()
+        .cmd("XLEN")
+        .arg(kind.stream())
+        .cmd("XLEN")
+        .arg(kind.dead_letter_stream())
+        .query_async(conn)
+        .await?;
+    let mut state = StreamState {
+        length,
+        group_exists: false,
+        consumers: 0,
+        lag: None,
+        pending: 0,
+        dead_letter_length,
+    };
+    if length == 0 {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(kind.stream())
+            .query_async(conn)
+            .await?;
+        if !exists {
+            state.lag = Some(0);
+            return Ok(state);
+        }
+    }
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(kind.stream())
+        .query_async(conn)
+        .await?;
+    for group in groups {
+        let fields: BTreeMap<String, redis::Value> = redis::from_redis_value(group)?;
+        let text = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        };
+        if text("name").as_deref() != Some(CONSUMER_GROUP) {
+            continue;
+        }
+        let number = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+        };
+        state.group_exists = true;
+        state.consumers = number("consumers").unwrap_or(0);
+        state.pending = number("pending").unwrap_or(0);
+        // `lag` is Redis 7's count of undelivered entries; nil when unknown.
+        state.lag = number("lag");
+    }
+    if !state.group_exists {
+        state.lag = Some(length);
+    }
+    Ok(state)
+}
+
+/// Upload runs the monitor judges, newest first.
+pub const RECENT_RUNS: usize = 20;
+
+/// What the kept run reports say.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadState {
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_run: Option<RunReport>,
+    /// How many of the latest reports the failure rate covers.
+    pub recent_runs: usize,
+    /// Runs among those that kept records back (status partial).
+    pub recent_failures: usize,
+    /// Records that expired before upload, over every kept report.
+    pub expired_in_history: u64,
+    /// The oldest kept report's start, the window of `expired_in_history`.
+    pub history_since: Option<DateTime<Utc>>,
+    /// Reports that could not be read (written by another version?).
+    pub unreadable_reports: usize,
+}
+
+impl UploadState {
+    pub fn failure_rate(&self) -> Option<f64> {
+        (self.recent_runs > 0).then(|| self.recent_failures as f64 / self.recent_runs as f64)
+    }
+}
+
+pub async fn upload_state(state: &mut MultiplexedConnection) -> redis::RedisResult<UploadState> {
+    let (last_success, history): (Option<String>, Vec<String>) = redis::pipe()
+        .cmd("GET")
+        .arg(UPLOAD_LAST_SUCCESS)
+        .cmd("LRANGE")
+        .arg(UPLOAD_HISTORY)
+        .arg(0)
+        .arg(-1)
+        .query_async(state)
+        .await?;
+    let mut unreadable_reports = 0;
+    let reports: Vec<RunReport> = history
+        .iter()
+        .filter_map(|text| {
+            let report = serde_json::from_str(text).ok();
+            unreadable_reports += usize::from(report.is_none());
+            report
+        })
+        .collect();
+    let recent = &reports[..reports.len().min(RECENT_RUNS)];
+    Ok(UploadState {
+        last_success_at: last_success
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        last_run: reports.first().cloned(),
+        recent_runs: recent.len(),
+        recent_failures: recent
+            .iter()
+            .filter(|r| r.status == RunStatus::Partial)
+            .count(),
+        expired_in_history: reports
+            .iter()
+            .flat_map(|r| &r.tables)
+            .map(|t| t.expired)
+            .sum(),
+        history_since: reports.last().map(|r| r.started_at),
+        unreadable_reports,
+    })
+}

@@ -1,0 +1,207 @@
+//! The monitor report as text a person scans: a few aligned sections, then
+//! the alerts with what to do.
+
+use std::fmt::Write;
+
+use super::MonitorReport;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+pub fn text(report: &MonitorReport) -> String {
+    let mut out = String::new();
+    let status = match report.exit_code() {
+        0 => "HEALTHY",
+        1 => "ALERTS",
+        _ => "REDIS UNREACHABLE",
+    };
+    let _ = writeln!(
+        out,
+        "flit-cache monitor  {}  {status}",
+        report.generated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+
+    let _ = writeln!(out, "\nRedis {}", report.redis.url);
+    match &report.redis.server {
+        None => {
+            let _ = writeln!(
+                out,
+                "  unreachable: {}",
+                report.redis.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        Some(s) => {
+            let limit = match s.maxmemory_bytes {
+                0 => "no maxmemory".to_owned(),
+                max => format!("maxmemory {:.1} MiB", max as f64 / MIB),
+            };
+            let _ = writeln!(
+                out,
+                "  version {}   latency {:.2} ms   clients {}",
+                s.version, s.latency_ms, s.connected_clients
+            );
+            let _ = writeln!(
+                out,
+                "  memory {:.1} MiB ({limit}, policy {})   evicted keys {}",
+                s.used_memory_bytes as f64 / MIB,
+                s.maxmemory_policy,
+                s.evicted_keys
+            );
+            let _ = writeln!(
+                out,
+                "  persistence: AOF {}, RDB save {}",
+                if s.aof_enabled { "on" } else { "off" },
+                match s.rdb_save.as_deref() {
+                    None => "unknown (CONFIG not allowed)".to_owned(),
+                    Some("") => "off".to_owned(),
+                    Some(points) => format!("\"{points}\""),
+                }
+            );
+            let keys: Vec<String> = s
+                .keys_per_db
+                .iter()
+                .map(|(db, n)| format!("{db} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  keys: {}",
+                if keys.is_empty() {
+                    "none".to_owned()
+                } else {
+                    keys.join(", ")
+                }
+            );
+        }
+    }
+
+    if !report.kinds.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}",
+            "kind",
+            "db",
+            "queued",
+            "in-batch",
+            "oldest (h)",
+            "stream",
+            "lag",
+            "pending",
+            "dead-letter",
+            "lookups",
+            "hit rate"
+        );
+        for k in &report.kinds {
+            let q = k.queue.as_ref();
+            let st = k.stream.as_ref();
+            let l = k.lookups.as_ref();
+            let _ = writeln!(
+                out,
+                "{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}",
+                k.kind.name(),
+                k.db,
+                or_dash(q.map(|q| q.length)),
+                or_dash(q.map(|q| q.in_flight)),
+                or_dash(
+                    q.and_then(|q| q.oldest_age_seconds)
+                        .map(|s| format!("{:.1}", s as f64 / 3_600.0))
+                ),
+                or_dash(st.map(|s| s.length)),
+                or_dash(st.and_then(|s| s.lag)),
+                or_dash(st.map(|s| s.pending)),
+                or_dash(st.map(|s| s.dead_letter_length)),
+                or_dash(l.map(|l| l.hits + l.misses)),
+                or_dash(
+                    l.and_then(|l| l.hit_rate)
+                        .map(|r| format!("{:.1}%", r * 100.0))
+                ),
+            );
+            for error in &k.errors {
+                let _ = writeln!(out, "  cannot read: {error}");
+            }
+        }
+    }
+    if report.spool_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "spooled on this host: {} bytes (replayed by `run`, or `flit-cache replay-spool`)",
+            report.spool_bytes
+        );
+    }
+
+    if let Some(u) = &report.uploads {
+        let _ = writeln!(out, "\nUploads");
+        let _ = writeln!(
+            out,
+            "  last success: {}",
+            u.last_success_at.map_or_else(
+                || "never".to_owned(),
+                |at| format!(
+                    "{} ({:.1} h ago)",
+                    at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    (report.generated_at - at).num_minutes() as f64 / 60.0
+                )
+            )
+        );
+        let _ = writeln!(
+            out,
+            "  failure rate: {} of the last {} runs{}",
+            u.recent_failures,
+            u.recent_runs,
+            u.failure_rate()
+                .map(|r| format!(" ({:.0}%)", r * 100.0))
+                .unwrap_or_default()
+        );
+        if let Some(last) = &u.last_run {
+            let _ = write!(out, "  last run: ");
+            out.push_str(&last.to_text().replace('\n', "\n  "));
+            out.truncate(out.trim_end().len());
+            out.push('\n');
+        }
+    }
+
+    if let Some(tables) = &report.warehouse {
+        let _ = writeln!(
+            out,
+            "\n{:<42} {:>12} {:>26}",
+            "warehouse table", "rows 24 h", "newest event"
+        );
+        for t in tables {
+            match &t.error {
+                Some(error) => {
+                    let _ = writeln!(out, "{:<42} unreadable: {error}", t.table);
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{:<42} {:>12} {:>26}",
+                        t.table,
+                        or_dash(t.rows_last_24h),
+                        t.newest_event_at.map_or_else(
+                            || "-".to_owned(),
+                            |at| format!(
+                                "{} ({:.1} h)",
+                                at.format("%Y-%m-%d %H:%M"),
+                                t.newest_event_age_hours.unwrap_or_default()
+                            )
+                        )
+                    );
+                }
+            }
+        }
+    }
+
+    if report.alerts.is_empty() {
+        let _ = writeln!(out, "\nNo alerts.");
+    } else {
+        let _ = writeln!(out, "\n{} alert(s):", report.alerts.len());
+        for a in &report.alerts {
+            let _ = writeln!(out, "  [{}] {}", a.code, a.what);
+            let _ = writeln!(out, "      measured {}; threshold {}", a.value, a.threshold);
+            let _ = writeln!(out, "      do: {}", a.action);
+        }
+    }
+    out
+}
