@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod producer;
 pub mod redis_target;
 pub mod schedule;
+pub mod service_metrics;
 pub mod startup;
 pub mod telemetry;
 pub mod upload;

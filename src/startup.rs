@@ -1,6 +1,6 @@
 //! `flit-cache run`: wires the long-running service together — one stream
 //! worker per kind (or more), the spool replayer, the upload schedule and the
-//! HTTP server — and stops them in order when asked: workers finish and
+//! HTTP server (health and metrics) — and stops them in order when asked: workers finish and
 //! acknowledge their batch, an upload stops between batches, before the
 //! process exits.
 
@@ -13,12 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
 use crate::redis_target::LazyConnection;
 use crate::schedule;
+use crate::service_metrics::{self, ScrapeSources};
 
 /// How often the service looks for spooled events to replay.
 const SPOOL_CHECK: Duration = Duration::from_secs(2);
@@ -80,8 +81,14 @@ impl Application {
             settings.redis.url.client(settings.redis.db_transactions)?,
             Duration::from_millis(500),
         );
+        let handle = service_metrics::install()?;
+        let upkeep = tokio::spawn(service_metrics::keep_up(handle.clone(), shutdown.clone()));
         let app = http::router(HttpState {
             redis: Arc::new(readiness),
+            metrics: Arc::new(MetricsEndpoint {
+                handle,
+                sources: ScrapeSources::new(settings)?,
+            }),
         });
         let http_shutdown = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -99,6 +106,7 @@ impl Application {
         replayer.await.context("the spool replayer failed")?;
         uploads.await.context("the upload schedule failed")??;
         server.await.context("the HTTP server failed")??;
+        upkeep.await.context("the metrics upkeep failed")?;
         tracing::info!("stopped");
         Ok(totals)
     }

@@ -18,6 +18,7 @@ use crate::configuration::IngestSettings;
 use crate::event::{self, Rejection};
 use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind};
 use crate::redis_target;
+use crate::service_metrics;
 
 /// Upper bound of payload bytes in one commit, so a batch of large events
 /// does not become one huge script call.
@@ -211,6 +212,7 @@ impl StreamWorker {
         if batch.is_empty() {
             return Ok(());
         }
+        let read_at = Instant::now();
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         let mut bytes = 0usize;
@@ -240,12 +242,12 @@ impl StreamWorker {
                 }
             };
             if bytes >= MAX_COMMIT_BYTES {
-                self.commit_slice(conn, &mut accepted, &mut rejected, totals)
+                self.commit_slice(conn, &mut accepted, &mut rejected, totals, read_at)
                     .await?;
                 bytes = 0;
             }
         }
-        self.commit_slice(conn, &mut accepted, &mut rejected, totals)
+        self.commit_slice(conn, &mut accepted, &mut rejected, totals, read_at)
             .await
     }
 
@@ -268,6 +270,7 @@ impl StreamWorker {
         accepted: &mut Vec<AcceptedEntry>,
         rejected: &mut Vec<RejectedEntry>,
         totals: &mut WorkerTotals,
+        read_at: Instant,
     ) -> redis::RedisResult<()> {
         if accepted.is_empty() && rejected.is_empty() {
             return Ok(());
@@ -293,6 +296,12 @@ impl StreamWorker {
             tracing::warn!(kind = %self.kind, entry = %entry.entry_id, reason = entry.rejection.code(),
                 detail = %entry.rejection, "event dead-lettered");
         }
+        service_metrics::record_commit(
+            self.kind,
+            &outcome,
+            rejected.iter().map(|entry| entry.rejection.code()),
+            read_at.elapsed(),
+        );
         totals.committed += outcome;
         totals.batches += 1;
         tracing::debug!(kind = %self.kind, ?outcome, "batch committed");

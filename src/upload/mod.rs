@@ -22,6 +22,7 @@ pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 use crate::configuration::Settings;
 use crate::keys::EventKind;
 use crate::redis_target;
+use crate::service_metrics;
 use crate::warehouse::{Row, RowBatch, TableSpec, Warehouse};
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +89,7 @@ pub async fn run_once<W: Warehouse>(
     }
 
     report.finished_at = Utc::now();
+    service_metrics::record_upload(&report);
     let mut state = state;
     if let Err(err) = report.store(&mut state).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");

@@ -1,0 +1,305 @@
+//! The service's Prometheus metrics: every name and its meaning in one place
+//! (README lists the same), the recorder behind `/metrics`, and the values
+//! read from Redis at each scrape — queues, streams, lookups, the last
+//! upload — which other processes (producers, a cron `batch-upload`) change.
+//! Without an installed recorder (the library used by another program, the
+//! one-shot commands) recording is a no-op.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::cache::lookup_counts;
+use crate::configuration::Settings;
+use crate::ingest::CommitOutcome;
+use crate::keys::EventKind;
+use crate::monitor::probe;
+use crate::producer::Spool;
+use crate::redis_target::LazyConnection;
+use crate::upload::{RunReport, RunStatus};
+
+pub const EVENTS_INGESTED: &str = "flit_events_ingested_total";
+pub const EVENTS_DUPLICATE: &str = "flit_events_duplicate_total";
+pub const EVENTS_REJECTED: &str = "flit_events_rejected_total";
+pub const WORKER_BATCH_DURATION: &str = "flit_worker_batch_duration_seconds";
+pub const UPLOAD_ROWS: &str = "flit_upload_rows_total";
+pub const UPLOAD_RUNS: &str = "flit_upload_runs_total";
+pub const UPLOAD_DURATION: &str = "flit_upload_duration_seconds";
+pub const UPLOAD_LAST_SUCCESS: &str = "flit_upload_last_success_timestamp_seconds";
+pub const QUEUE_LENGTH: &str = "flit_upload_queue_length";
+pub const QUEUE_OLDEST_AGE: &str = "flit_upload_queue_oldest_age_seconds";
+pub const STREAM_LENGTH: &str = "flit_stream_length";
+pub const STREAM_LAG: &str = "flit_stream_lag";
+pub const STREAM_PENDING: &str = "flit_stream_pending";
+pub const DEAD_LETTER_LENGTH: &str = "flit_dead_letter_length";
+pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
+pub const CACHE_HIT_RATIO: &str = "flit_cache_hit_ratio";
+pub const REDIS_UP: &str = "flit_redis_up";
+pub const REDIS_USED_MEMORY: &str = "flit_redis_used_memory_bytes";
+pub const SPOOL_BYTES: &str = "flit_spool_bytes";
+
+fn describe_all() {
+    describe_counter!(
+        EVENTS_INGESTED,
+        "Events stored as new records and queued for upload, per kind."
+    );
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Events already stored with the same payload (redelivery, producer retry), per kind."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events dead-lettered, per kind and reason code."
+    );
+    describe_histogram!(
+        WORKER_BATCH_DURATION,
+        Unit::Seconds,
+        "Time from a worker's read to the commit of that batch, per kind."
+    );
+    describe_counter!(
+        UPLOAD_ROWS,
+        "Records settled by upload runs in this process, per table and outcome (uploaded, dead_lettered, expired, kept_for_retry)."
+    );
+    describe_counter!(
+        UPLOAD_RUNS,
+        "Upload runs in this process, per status (ok, partial, busy)."
+    );
+    describe_histogram!(
+        UPLOAD_DURATION,
+        Unit::Seconds,
+        "Duration of upload runs in this process."
+    );
+    describe_gauge!(
+        UPLOAD_LAST_SUCCESS,
+        Unit::Seconds,
+        "End of the last upload run that kept nothing back, by any process (Unix time)."
+    );
+    describe_gauge!(QUEUE_LENGTH, "Records waiting in upload_queue, per kind.");
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest queued record (since stored or its TTL renewed), per kind."
+    );
+    describe_gauge!(STREAM_LENGTH, "Entries in the event stream, per kind.");
+    describe_gauge!(
+        STREAM_LAG,
+        "Stream entries not yet read by the flit-cache group, per kind."
+    );
+    describe_gauge!(
+        STREAM_PENDING,
+        "Stream entries read but not yet committed, per kind."
+    );
+    describe_gauge!(
+        DEAD_LETTER_LENGTH,
+        "Entries in the dead-letter stream, per kind."
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Record lookups (get_transaction, get_prediction) by every process, per kind and result (hit, miss)."
+    );
+    describe_gauge!(
+        CACHE_HIT_RATIO,
+        "Hits over all lookups since the counters began, per kind."
+    );
+    describe_gauge!(REDIS_UP, "1 when Redis answered the last scrape, else 0.");
+    describe_gauge!(REDIS_USED_MEMORY, Unit::Bytes, "Redis used_memory.");
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Events spooled to this host's disk while Redis refused them."
+    );
+}
+
+/// Known series start at 0, so a first increment shows as a rate, not a new series.
+fn start_at_zero() {
+    for kind in EventKind::ALL {
+        counter!(EVENTS_INGESTED, "kind" => kind.name()).increment(0);
+        counter!(EVENTS_DUPLICATE, "kind" => kind.name()).increment(0);
+        let table = crate::warehouse::TableSpec::for_kind(kind).qualified();
+        for outcome in UPLOAD_OUTCOMES {
+            counter!(UPLOAD_ROWS, "table" => table.clone(), "outcome" => outcome).increment(0);
+        }
+    }
+    for status in ["ok", "partial", "busy"] {
+        counter!(UPLOAD_RUNS, "status" => status).increment(0);
+    }
+}
+
+const UPLOAD_OUTCOMES: [&str; 4] = ["uploaded", "dead_lettered", "expired", "kept_for_retry"];
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(WORKER_BATCH_DURATION.to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(UPLOAD_DURATION.to_owned()),
+            &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0],
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("another metrics recorder is installed"))?;
+    describe_all();
+    start_at_zero();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Histogram samples are folded on upkeep; without it they pile up between scrapes.
+pub async fn keep_up(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A worker committed a batch read `elapsed` ago; `rejected` are its reason codes.
+pub fn record_commit(
+    kind: EventKind,
+    outcome: &CommitOutcome,
+    rejected: impl Iterator<Item = &'static str>,
+    elapsed: Duration,
+) {
+    counter!(EVENTS_INGESTED, "kind" => kind.name()).increment(outcome.stored);
+    counter!(EVENTS_DUPLICATE, "kind" => kind.name()).increment(outcome.duplicates);
+    for reason in rejected {
+        counter!(EVENTS_REJECTED, "kind" => kind.name(), "reason" => reason).increment(1);
+    }
+    histogram!(WORKER_BATCH_DURATION, "kind" => kind.name()).record(elapsed.as_secs_f64());
+}
+
+/// An upload run finished in this process.
+pub fn record_upload(report: &RunReport) {
+    let status = match report.status {
+        RunStatus::Ok => "ok",
+        RunStatus::Partial => "partial",
+        RunStatus::Busy => "busy",
+    };
+    counter!(UPLOAD_RUNS, "status" => status).increment(1);
+    let seconds = (report.finished_at - report.started_at).num_milliseconds() as f64 / 1000.0;
+    histogram!(UPLOAD_DURATION).record(seconds.max(0.0));
+    for table in report.tables.iter().filter(|t| !t.table.is_empty()) {
+        let rows = [
+            table.rows_uploaded,
+            table.dead_lettered,
+            table.expired,
+            table.kept_for_retry,
+        ];
+        for (outcome, rows) in UPLOAD_OUTCOMES.into_iter().zip(rows) {
+            counter!(UPLOAD_ROWS, "table" => table.table.clone(), "outcome" => outcome)
+                .increment(rows);
+        }
+    }
+}
+
+/// Where scrape-time values come from.
+pub struct ScrapeSources {
+    state: LazyConnection,
+    records: Vec<(EventKind, LazyConnection)>,
+    spool: Spool,
+    ttl_seconds: u64,
+}
+
+/// A scrape waits this long for Redis before reporting it down.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl ScrapeSources {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let lazy = |db| -> anyhow::Result<LazyConnection> {
+            Ok(LazyConnection::new(
+                settings.redis.url.client(db)?,
+                SCRAPE_TIMEOUT,
+            ))
+        };
+        Ok(ScrapeSources {
+            state: lazy(settings.redis.db_transactions)?,
+            records: EventKind::ALL
+                .into_iter()
+                .map(|kind| Ok((kind, lazy(settings.db_for(kind))?)))
+                .collect::<anyhow::Result<_>>()?,
+            spool: Spool::new(
+                &settings.producer.spool_dir,
+                settings.producer.spool_max_bytes,
+            ),
+            ttl_seconds: settings.redis.ttl_seconds,
+        })
+    }
+
+    /// Sets the scrape-time gauges; Redis being down is a value, not an error.
+    pub async fn refresh(&self) {
+        gauge!(SPOOL_BYTES).set(self.spool.bytes() as f64);
+        let up = match self.read_redis().await {
+            Ok(()) => 1.0,
+            Err(err) => {
+                tracing::debug!(error = %format!("{err:#}"), "metrics: Redis unreadable");
+                0.0
+            }
+        };
+        gauge!(REDIS_UP).set(up);
+    }
+
+    async fn read_redis(&self) -> anyhow::Result<()> {
+        let mut state = self.state.get().await?;
+        let info: redis::InfoDict = self
+            .state
+            .bounded(
+                SCRAPE_TIMEOUT,
+                redis::cmd("INFO").arg("memory").query_async(&mut state),
+            )
+            .await?;
+        gauge!(REDIS_USED_MEMORY).set(info.get::<f64>("used_memory").unwrap_or(0.0));
+        let uploads = self
+            .state
+            .bounded(SCRAPE_TIMEOUT, probe::upload_state(&mut state))
+            .await?;
+        if let Some(at) = uploads.last_success_at {
+            gauge!(UPLOAD_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
+        }
+        for (kind, records) in &self.records {
+            let name = kind.name();
+            let mut conn = records.get().await?;
+            let queue = records
+                .bounded(
+                    SCRAPE_TIMEOUT,
+                    probe::queue_state(&mut conn, &mut state, *kind, self.ttl_seconds),
+                )
+                .await?;
+            gauge!(QUEUE_LENGTH, "kind" => name).set(queue.length as f64);
+            gauge!(QUEUE_OLDEST_AGE, "kind" => name)
+                .set(queue.oldest_age_seconds.unwrap_or(0) as f64);
+            let stream = records
+                .bounded(SCRAPE_TIMEOUT, probe::stream_state(&mut conn, *kind))
+                .await?;
+            gauge!(STREAM_LENGTH, "kind" => name).set(stream.length as f64);
+            if let Some(lag) = stream.lag {
+                gauge!(STREAM_LAG, "kind" => name).set(lag as f64);
+            }
+            gauge!(STREAM_PENDING, "kind" => name).set(stream.pending as f64);
+            gauge!(DEAD_LETTER_LENGTH, "kind" => name).set(stream.dead_letter_length as f64);
+            let lookups = self
+                .state
+                .bounded(SCRAPE_TIMEOUT, lookup_counts(&mut state, *kind))
+                .await?;
+            counter!(CACHE_LOOKUPS, "kind" => name, "result" => "hit").absolute(lookups.hits);
+            counter!(CACHE_LOOKUPS, "kind" => name, "result" => "miss").absolute(lookups.misses);
+            if let Some(ratio) = lookups.hit_rate {
+                gauge!(CACHE_HIT_RATIO, "kind" => name).set(ratio);
+            }
+        }
+        Ok(())
+    }
+}
