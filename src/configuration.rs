@@ -40,6 +40,16 @@ pub struct RedisSettings {
     pub ttl_seconds: u64,
 }
 
+/// A value that must never reach a log: its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(***)")
+    }
+}
+
 /// How the stream workers read and commit.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
@@ -80,6 +90,9 @@ pub struct UploadSettings {
 pub struct WarehouseSettings {
     pub bigquery_project: Option<String>,
     pub credentials_file: Option<PathBuf>,
+    /// The service-account key itself, for platforms that hold secrets in
+    /// variables rather than files (Railway).
+    pub credentials_json: Option<SecretText>,
     pub bigquery_api_url: String,
     pub warehouse_dir: PathBuf,
     pub upload_cron: String,
@@ -153,6 +166,9 @@ impl Settings {
                 credentials_file: env
                     .text("GOOGLE_APPLICATION_CREDENTIALS")
                     .map(PathBuf::from),
+                credentials_json: env
+                    .text("GOOGLE_APPLICATION_CREDENTIALS_JSON")
+                    .map(SecretText),
                 bigquery_api_url: env
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
                 warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
@@ -360,6 +376,7 @@ mod tests {
         );
         assert_eq!(s.ingest.max_event_bytes, 1024 * 1024);
         assert!(s.warehouse.bigquery_project.is_none());
+        assert!(s.warehouse.credentials_json.is_none());
         assert_eq!(s.monitor.alert_memory_mb, 400);
         assert_eq!(s.monitor.alert_queue, 10_000);
         assert_eq!(s.monitor.alert_upload_age, Duration::from_secs(26 * 3_600));
@@ -388,6 +405,17 @@ mod tests {
 
         let err = settings(&[("FLIT_UPLOAD_CRON", "0 2 * * *")]).expect_err("five fields");
         assert_eq!(err.variable, "FLIT_UPLOAD_CRON");
+    }
+
+    #[test]
+    fn a_key_in_a_variable_never_shows_in_debug_output() {
+        let s = settings(&[(
+            "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+            r#"{"private_key":"-----BEGIN PRIVATE KEY-----abc"}"#,
+        )])
+        .expect("valid");
+        assert!(s.warehouse.credentials_json.is_some());
+        assert!(!format!("{s:?}").contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -204,3 +204,22 @@ fn a_missing_credentials_file_is_named_and_the_upload_cannot_start() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
 }
+
+#[test]
+fn a_broken_key_in_a_variable_is_named_and_its_text_never_shown() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis)
+        .set("BIGQUERY_PROJECT", "some-project")
+        .set(
+            "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+            r#"{"type":"service_account","private_key":"-----BEGIN PRIVATE KEY-----s3cr3tmaterial"#,
+        );
+    let out = env.flit(&["batch-upload"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("GOOGLE_APPLICATION_CREDENTIALS_JSON"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3tmaterial"), "{text}");
+}

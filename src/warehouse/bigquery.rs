@@ -533,6 +533,16 @@ fn is_local(api_root: &str) -> bool {
 async fn google_authenticator(
     settings: &WarehouseSettings,
 ) -> anyhow::Result<DefaultAuthenticator> {
+    if let Some(json) = &settings.credentials_json {
+        // The parse error of serde_json names positions, never the key's text.
+        let key = yup_oauth2::parse_service_account_key(json.0.as_bytes()).map_err(|e| {
+            anyhow::anyhow!("GOOGLE_APPLICATION_CREDENTIALS_JSON: not a service-account key ({e})")
+        })?;
+        return ServiceAccountAuthenticator::builder(key)
+            .build()
+            .await
+            .context("GOOGLE_APPLICATION_CREDENTIALS_JSON: the service-account key is not usable");
+    }
     if let Some(path) = &settings.credentials_file {
         let key = yup_oauth2::read_service_account_key(path)
             .await
