@@ -39,6 +39,8 @@ pub struct RedisServer {
     child: Option<Child>,
     password: Option<String>,
     extra: Vec<String>,
+    /// A configuration file that replaces the test defaults (AOF always...).
+    config: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -54,6 +56,7 @@ impl RedisServer {
             child: None,
             password: password.map(str::to_owned),
             extra: Vec::new(),
+            config: None,
         };
         server.launch();
         server
@@ -67,12 +70,46 @@ impl RedisServer {
             child: None,
             password: None,
             extra: args.iter().map(|a| a.to_string()).collect(),
+            config: None,
         };
         server.launch();
         server
     }
 
+    /// A server that loads `config` as it is, with only its port and data
+    /// folder set here; `password` is what the configuration requires.
+    pub fn start_with_config(config: &Path, password: &str) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            password: Some(password.to_owned()),
+            extra: Vec::new(),
+            config: Some(config.to_owned()),
+        };
+        server.launch();
+        server
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn launch(&mut self) {
+        if let Some(config) = &self.config {
+            let child = Command::new("redis-server")
+                .arg(config)
+                .args(["--port", &self.port.to_string()])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (the test command installs it)");
+            self.child = Some(child);
+            self.wait_for_answer();
+            return;
+        }
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -98,6 +135,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (the test command installs it)");
         self.child = Some(child);
+        self.wait_for_answer();
+    }
+
+    fn wait_for_answer(&self) {
         let url = self.url();
         wait_until(Duration::from_secs(20), "redis-server to answer", || {
             redis::Client::open(url.as_str())

@@ -1,0 +1,39 @@
+# flit-cache: a small image with the binary as entry point, run as non-root.
+# Build: docker build -t flit-cache .      Run: docker run flit-cache run
+# Railway builds it from railway.toml.
+
+FROM rust:1.89-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so a change in src/ does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs benches/ingest.rs benches/upload.rs \
+    && cargo build --release --locked --bin flit-cache \
+    && rm -rf src benches
+COPY src ./src
+COPY schemas ./schemas
+COPY benches ./benches
+# touch: the dummy build left newer timestamps than the copied sources.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin flit-cache \
+    && mkdir -p /out/spool /out/warehouse
+
+# Distroless: glibc, CA certificates and a non-root user, no shell.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/flit-cache /usr/local/bin/flit-cache
+# Owned by nonroot, so volumes mounted there start writable.
+COPY --from=build --chown=65532:65532 /out/ /home/nonroot/
+WORKDIR /home/nonroot
+# Listen on every interface inside the container; spool and local warehouse
+# under the non-root user's home (mount a volume there to keep the spool
+# across restarts).
+ENV FLIT_HTTP_ADDR=0.0.0.0:9464 \
+    FLIT_SPOOL_DIR=/home/nonroot/spool \
+    FLIT_WAREHOUSE_DIR=/home/nonroot/warehouse \
+    FLIT_LOG_FORMAT=json
+EXPOSE 9464
+# nonroot in distroless.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/flit-cache"]
+CMD ["run"]
