@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (redis-server from the OS packages), checks formatting and lints, then runs
+# (redis-server from the OS packages, the BigQuery emulator and dbt into
+# venvs), checks formatting and lints, then runs
 # unit and integration tests. Each integration test starts its own
 # redis-server on a free port with its own data folder.
 set -euo pipefail
@@ -28,6 +29,17 @@ extension=$(find "$venv" -name spatial.duckdb_extension -path "*v1.5.5*" | head 
 mkdir -p "$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
 cp "$extension" "$HOME/.duckdb/extensions/v1.5.5/linux_amd64/spatial.duckdb_extension"
 export BQEMULATOR_BIN="$venv/bin/bqemulator"
+
+# dbt for the dbt project's test (tests/dbt.rs), in a venv of its own: its
+# Google client libraries and the emulator's pins stay apart. 1.10: newer
+# releases download a wheel from outside the package registries.
+dbt_venv="${FLIT_TEST_DBT_VENV:-$PWD/.venv-dbt}"
+if [ ! -x "$dbt_venv/bin/dbt" ]; then
+  echo "==> installing dbt-core and dbt-bigquery into $dbt_venv"
+  python3 -m venv "$dbt_venv"
+  "$dbt_venv/bin/pip" install -q --disable-pip-version-check "dbt-core~=1.10.0" "dbt-bigquery~=1.10.0"
+fi
+export DBT_BIN="$dbt_venv/bin/dbt"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

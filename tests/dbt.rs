@@ -1,0 +1,367 @@
+//! The dbt project (dbt/) run for real: flit-cache generates, ingests and
+//! uploads events into the BigQuery emulator, duplicates included, then
+//! `dbt build` (models and tests) runs against it and every mart is checked
+//! against what the known input implies. A second round checks that the
+//! incremental run reads only the days that received rows.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use support::*;
+
+const MODELS: [&str; 4] = ["ridge", "logistic", "elastic", "ensemble"];
+const DATASET: &str = "flit_ml_monitoring";
+
+fn dbt_bin() -> String {
+    std::env::var("DBT_BIN").unwrap_or_else(|_| {
+        panic!("DBT_BIN must name the dbt executable (scripts/test.sh installs dbt-bigquery)")
+    })
+}
+
+/// Runs `dbt build` against the emulator; its output must report no error.
+fn dbt_build(emulator: &Emulator, work: &Path) -> String {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbt");
+    let out = Command::new(dbt_bin())
+        .args(["build", "--project-dir"])
+        .arg(&project)
+        .arg("--profiles-dir")
+        .arg(&project)
+        .args(["--target", "emulator"])
+        // The emulator keeps no partition modification times: find changed
+        // days from rows (see dbt/macros/changed_days.sql). No margin: the
+        // rounds here are seconds apart.
+        .args([
+            "--vars",
+            "{changed_days_from: rows, reload_margin_hours: 0}",
+        ])
+        .env("BIGQUERY_API_URL", emulator.url())
+        .env("BIGQUERY_PROJECT", PROJECT)
+        .env("NO_GCE_CHECK", "True")
+        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        .env("DBT_TARGET_PATH", work.join("target"))
+        .env("DBT_LOG_PATH", work.join("logs"))
+        .output()
+        .expect("run dbt");
+    let text = output_text(&out);
+    assert!(out.status.success(), "dbt build failed:\n{text}");
+    assert!(text.contains("ERROR=0"), "{text}");
+    text
+}
+
+/// The records waiting for upload in `db`, as JSON.
+fn queued_records(redis: &RedisServer, db: i64) -> Vec<Value> {
+    let mut conn = redis.conn(db);
+    let keys = queue(&mut conn);
+    let mut records = Vec::new();
+    for chunk in keys.chunks(500) {
+        let payloads: Vec<String> = redis::cmd("MGET")
+            .arg(chunk)
+            .query(&mut conn)
+            .expect("mget");
+        records.extend(
+            payloads
+                .iter()
+                .map(|p| serde_json::from_str::<Value>(p).expect("record")),
+        );
+    }
+    records
+}
+
+/// Runs the service until the queues hold `tx` and `pred` records.
+fn ingest(redis: &RedisServer, env: &Env, tx: u64, pred: u64) {
+    let mut service = env.service("ingest");
+    let (mut t, mut p) = (redis.conn(0), redis.conn(1));
+    wait_until(Duration::from_secs(120), "ingested", || {
+        llen(&mut t, "upload_queue") == tx && llen(&mut p, "upload_queue") == pred
+    });
+    assert!(service.terminate().success());
+}
+
+fn upload(env: &Env) {
+    let out = env.flit(&["batch-upload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+}
+
+fn generate(env: &Env, args: &[&str]) {
+    let mut all = vec!["generate"];
+    all.extend_from_slice(args);
+    let out = env.flit(&all);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+fn time(record: &Value, field: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(record[field].as_str().expect("time"))
+        .expect("rfc3339")
+        .with_timezone(&Utc)
+}
+
+fn day(record: &Value) -> String {
+    time(record, "prediction_timestamp")
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+fn number(record: &Value, pointer: &str) -> f64 {
+    record
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .expect(pointer)
+}
+
+/// APPROX_QUANTILES(x, 100)[OFFSET(k)] is approximate (BigQuery and the
+/// emulator's t-digest alike): its rank must be within 3% of n (at least 2)
+/// of the exact one.
+fn assert_quantile(values: &[f64], k: usize, got: f64, what: &str) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = k as f64 / 100.0 * (sorted.len() - 1) as f64;
+    let slack = (0.03 * sorted.len() as f64).ceil().max(2.0) as usize;
+    let low = sorted[(rank.floor() as usize).saturating_sub(slack)];
+    let high = sorted[(rank.ceil() as usize + slack).min(sorted.len() - 1)];
+    assert!(
+        (low..=high).contains(&got),
+        "{what}: p{k} {got} outside [{low}, {high}]"
+    );
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// Every mart against what `predictions` and `transactions` (one copy of
+/// each event) imply.
+fn check_marts(emulator: &Emulator, predictions: &[Value], transactions: &[Value]) {
+    let query = |sql: &str| emulator.query(&sql.replace("$", DATASET));
+    let int = |s: &str| s.parse::<u64>().expect("integer");
+    let float = |s: &str| s.parse::<f64>().expect("number");
+
+    assert_eq!(
+        query("select count(*) from $.stg_predictions")[0][0],
+        predictions.len().to_string()
+    );
+    assert_eq!(
+        query("select count(*) from $.stg_transactions")[0][0],
+        transactions.len().to_string()
+    );
+
+    // Daily volume per selected model, with its decisions.
+    let mut volume: BTreeMap<(String, String), [u64; 4]> = BTreeMap::new();
+    for p in predictions {
+        let model = p["selected_model"].as_str().expect("model").to_owned();
+        let entry = volume.entry((day(p), model)).or_default();
+        entry[0] += 1;
+        match p["business_decision"].as_str() {
+            Some("approve") => entry[1] += 1,
+            Some("review") => entry[2] += 1,
+            Some("decline") => entry[3] += 1,
+            other => panic!("decision {other:?}"),
+        }
+    }
+    let got: BTreeMap<(String, String), [u64; 4]> = query(
+        "select cast(prediction_day as string), selected_model, predictions, approved, reviewed, declined from $.ml_daily_model_volume",
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            (r[0].clone(), r[1].clone()),
+            [int(&r[2]), int(&r[3]), int(&r[4]), int(&r[5])],
+        )
+    })
+    .collect();
+    assert_eq!(got, volume, "ml_daily_model_volume");
+
+    // Decision and risk-level mix, and each pair's share of its day.
+    let mut mix: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut per_day: BTreeMap<String, u64> = BTreeMap::new();
+    for p in predictions {
+        let key = (
+            day(p),
+            p["business_decision"]
+                .as_str()
+                .expect("decision")
+                .to_owned(),
+            p["risk_level"].as_str().expect("risk").to_owned(),
+        );
+        *mix.entry(key).or_default() += 1;
+        *per_day.entry(day(p)).or_default() += 1;
+    }
+    let rows = query(
+        "select cast(prediction_day as string), business_decision, risk_level, predictions, share_of_day from $.ml_decision_risk_mix",
+    );
+    assert_eq!(rows.len(), mix.len(), "ml_decision_risk_mix rows");
+    for r in rows {
+        let key = (r[0].clone(), r[1].clone(), r[2].clone());
+        let expected = mix[&key];
+        assert_eq!(int(&r[3]), expected, "{key:?}");
+        let share = expected as f64 / per_day[&key.0] as f64;
+        assert!(close(float(&r[4]), share), "{key:?} share {}", r[4]);
+    }
+
+    // Every model's score distribution per day.
+    let mut scores: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for p in predictions {
+        for model in MODELS {
+            scores
+                .entry((day(p), model.to_owned()))
+                .or_default()
+                .push(number(p, &format!("/model_predictions/{model}")));
+        }
+    }
+    let rows = query(
+        "select cast(prediction_day as string), model, predictions, mean_score, p50_score, p95_score from $.ml_score_distribution",
+    );
+    assert_eq!(rows.len(), scores.len(), "ml_score_distribution rows");
+    for r in rows {
+        let values = &scores[&(r[0].clone(), r[1].clone())];
+        let what = format!("{} {}", r[0], r[1]);
+        assert_eq!(int(&r[2]), values.len() as u64, "{what}");
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!(close(float(&r[3]), mean), "{what}: mean {} vs {mean}", r[3]);
+        assert_quantile(values, 50, float(&r[4]), &what);
+        assert_quantile(values, 95, float(&r[5]), &what);
+    }
+
+    // Processing time per day.
+    let mut latency: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for p in predictions {
+        latency
+            .entry(day(p))
+            .or_default()
+            .push(number(p, "/processing_time_ms"));
+    }
+    let rows = query(
+        "select cast(prediction_day as string), predictions, p50_ms, p95_ms, p99_ms from $.ml_processing_time",
+    );
+    assert_eq!(rows.len(), latency.len(), "ml_processing_time rows");
+    for r in rows {
+        let values = &latency[&r[0]];
+        assert_eq!(int(&r[1]), values.len() as u64);
+        for (k, cell) in [(50, &r[2]), (95, &r[3]), (99, &r[4])] {
+            assert_quantile(values, k, float(cell), &r[0]);
+        }
+    }
+
+    // Selected model against the ensemble.
+    let mut gaps: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for p in predictions {
+        let gap =
+            (number(p, "/selected_prediction") - number(p, "/model_predictions/ensemble")).abs();
+        gaps.entry((
+            day(p),
+            p["selected_model"].as_str().expect("model").to_owned(),
+        ))
+        .or_default()
+        .push(gap);
+    }
+    let rows = query(
+        "select cast(prediction_day as string), selected_model, predictions, mean_abs_gap, disagreements from $.ml_model_disagreement",
+    );
+    assert_eq!(rows.len(), gaps.len(), "ml_model_disagreement rows");
+    for r in rows {
+        let values = &gaps[&(r[0].clone(), r[1].clone())];
+        assert_eq!(int(&r[2]), values.len() as u64);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!(close(float(&r[3]), mean), "{r:?} vs {mean}");
+        let over = values.iter().filter(|g| **g > 0.1).count() as u64;
+        assert_eq!(int(&r[4]), over, "{r:?}");
+    }
+
+    // Predictions whose transaction arrived: same ids, event times within 24 h.
+    let mut coverage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in predictions {
+        let at = time(p, "prediction_timestamp");
+        let found = transactions.iter().any(|t| {
+            t["transaction_id"] == p["transaction_id"]
+                && t["customer_id"] == p["customer_id"]
+                && (time(t, "_timestamp") - at).num_seconds().abs() <= 24 * 3_600
+        });
+        let entry = coverage.entry(day(p)).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(found);
+    }
+    let got: BTreeMap<String, (u64, u64)> = query(
+        "select cast(prediction_day as string), predictions, with_transaction from $.ml_transaction_coverage",
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), (int(&r[1]), int(&r[2]))))
+    .collect();
+    assert_eq!(got, coverage, "ml_transaction_coverage");
+}
+
+#[test]
+fn dbt_builds_marts_that_match_the_generated_events() {
+    let redis = RedisServer::start();
+    let emulator = Emulator::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let env = Env::new(&redis)
+        .set("BIGQUERY_PROJECT", PROJECT)
+        .set("BIGQUERY_API_URL", &emulator.url());
+
+    // 300 purchases and their predictions over 3 days, and 40 predictions
+    // whose transactions never come.
+    generate(&env, &["--count", "300", "--seed", "11", "--days", "3"]);
+    generate(
+        &env,
+        &[
+            "--count",
+            "40",
+            "--seed",
+            "12",
+            "--days",
+            "3",
+            "--kind",
+            "predictions",
+        ],
+    );
+    ingest(&redis, &env, 300, 340);
+    let mut transactions = queued_records(&redis, 0);
+    let mut predictions = queued_records(&redis, 1);
+    let out = env.flit(&["init"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    upload(&env);
+
+    // The same events again after their upload: flit-cache stores and
+    // uploads them a second time, and staging must keep one of each.
+    let again =
+        |records: &[Value]| -> String { records[..20].iter().map(|r| format!("{r}\n")).collect() };
+    env.push("transactions", &again(&transactions));
+    env.push("predictions", &again(&predictions));
+    ingest(&redis, &env, 20, 20);
+    upload(&env);
+    assert_eq!(emulator.count(PRED_TABLE, "prediction_id"), (360, 340));
+
+    dbt_build(&emulator, work.path());
+    check_marts(&emulator, &predictions, &transactions);
+
+    // A day later: 50 more purchases within the last day. The incremental
+    // run reads the raw partitions of those days only.
+    generate(&env, &["--count", "50", "--seed", "13", "--days", "1"]);
+    ingest(&redis, &env, 50, 50);
+    let new_predictions = queued_records(&redis, 1);
+    let new_days: BTreeSet<String> = new_predictions.iter().map(day).collect();
+    transactions.extend(queued_records(&redis, 0));
+    predictions.extend(new_predictions);
+    upload(&env);
+
+    dbt_build(&emulator, work.path());
+    let compiled = std::fs::read_to_string(
+        work.path()
+            .join("target/compiled/flit_ml_monitoring/models/staging/stg_predictions.sql"),
+    )
+    .expect("compiled staging model");
+    let read_days: BTreeSet<String> = compiled
+        .match_indices("prediction_timestamp >= timestamp '")
+        .map(|(at, found)| compiled[at + found.len()..at + found.len() + 10].to_owned())
+        .collect();
+    assert_eq!(
+        read_days, new_days,
+        "only the new days are read:\n{compiled}"
+    );
+    check_marts(&emulator, &predictions, &transactions);
+}
