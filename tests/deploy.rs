@@ -3,7 +3,8 @@
 //! it includes are local to the test) must need a password, keep every
 //! record on disk, never evict, and be reported healthy by `monitor`; the
 //! memory a record costs must stay within what its maxmemory comment
-//! assumes. deploy.sh must stop with a clear message without the Railway CLI.
+//! assumes. deploy.sh must stop with a clear message without the Railway CLI,
+//! and a second run must create nothing the first one made.
 
 mod support;
 
@@ -163,4 +164,97 @@ fn the_railway_script_names_what_is_missing() {
         .output()
         .expect("bash");
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A stand-in for the Railway CLI (none can run here): it logs each call and
+/// keeps the project's services in a folder, the way the real one answers.
+const RAILWAY_STAND_IN: &str = r#"#!/bin/sh
+state="$RAILWAY_STATE"
+echo "$*" >> "$state/calls.log"
+case "$1" in
+  whoami) echo "someone@example.com" ;;
+  status) [ -f "$state/project" ] || { echo "No linked project" >&2; exit 1; } ;;
+  init) touch "$state/project" ;;
+  service)
+    printf '['
+    sep=''
+    for s in "$state"/service.*; do
+      [ -e "$s" ] || continue
+      printf '%s{"name": "%s"}' "$sep" "${s##*/service.}"
+      sep=','
+    done
+    echo ']' ;;
+  add)
+    while [ $# -gt 0 ]; do
+      [ "$1" = --service ] && touch "$state/service.$2"
+      shift
+    done ;;
+esac
+exit 0
+"#;
+
+#[test]
+fn the_railway_script_creates_once_and_redeploys_after() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let fake = bin.path().join("railway");
+    std::fs::write(&fake, RAILWAY_STAND_IN).expect("stand-in");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .expect("chmod");
+    let run = |mode: &str| {
+        let out = Command::new("bash")
+            .arg(repository().join("deploy/railway/deploy.sh"))
+            .arg(mode)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+            .env("RAILWAY_STATE", state.path())
+            .output()
+            .expect("bash");
+        assert!(out.status.success(), "{}", output_text(&out));
+        let calls = std::fs::read_to_string(state.path().join("calls.log")).expect("calls");
+        std::fs::remove_file(state.path().join("calls.log")).expect("reset");
+        (calls, output_text(&out))
+    };
+    let created = |calls: &str| -> Vec<String> {
+        calls
+            .lines()
+            .filter(|c| c.starts_with("init") || c.starts_with("add") || c.starts_with("volume"))
+            .map(|c| c.split(" --variables").next().unwrap_or(c).to_owned())
+            .collect()
+    };
+
+    let (calls, output) = run("service");
+    assert_eq!(
+        created(&calls),
+        [
+            "init --name flit-cache",
+            "add --service redis",
+            "volume add --service redis --mount-path /data",
+            "add --service flit-cache",
+        ]
+    );
+    assert!(calls.contains("up deploy/redis --path-as-root --service redis --detach"));
+    assert!(calls.contains("up . --service flit-cache --detach"));
+    assert!(
+        calls.contains("REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379")
+    );
+    let password = calls
+        .lines()
+        .find_map(|c| c.split("REDIS_PASSWORD=").nth(1))
+        .expect("a generated password");
+    assert_eq!(password.len(), 64, "32 random bytes, hex");
+    assert!(!output.contains(password), "the password is never printed");
+
+    // Again: nothing created, everything deployed.
+    let (calls, _) = run("service");
+    assert!(created(&calls).is_empty(), "{calls}");
+    assert!(calls.contains("up . --service flit-cache --detach"));
+
+    // Cron mode adds the upload service, moves the schedule off the run service.
+    let (calls, _) = run("cron");
+    assert_eq!(created(&calls), ["add --service flit-cache-upload"]);
+    assert!(calls.contains("FLIT_UPLOAD_CRON=0 0 0 31 2 *"));
+    assert!(calls.contains("--path-as-root --service flit-cache-upload --detach"));
 }
