@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use flit_cache::cache::RecordCache;
 use flit_cache::configuration::Settings;
 use flit_cache::generate::Generator;
 use flit_cache::ingest::StreamWorker;
@@ -184,6 +185,41 @@ async fn main() -> anyhow::Result<()> {
         "end to end, XADD to stored record: {:.0} events/s ({events} events in {:.2} s)",
         events / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
+    );
+
+    // 4. Record lookups by id, as the prediction path would make them: one
+    // call at a time, every tenth id unknown.
+    let cache = RecordCache::connect(&settings).await?;
+    let ids: Vec<String> = transactions
+        .iter()
+        .take(20_000)
+        .enumerate()
+        .map(|(i, payload)| {
+            let id = serde_json::from_str::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|event| event["transaction_id"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if i % 10 == 9 {
+                format!("{id}-unknown")
+            } else {
+                id
+            }
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(ids.len());
+    let mut hits = 0;
+    for id in &ids {
+        let started = Instant::now();
+        hits += usize::from(cache.get_transaction(id).await?.is_some());
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "get_transaction latency ({} single calls, {hits} hits): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
     );
     Ok(())
 }
