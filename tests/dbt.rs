@@ -26,9 +26,17 @@ fn dbt_bin() -> String {
 
 /// Runs `dbt build` against the emulator; its output must report no error.
 fn dbt_build(emulator: &Emulator, work: &Path) -> String {
+    let text = dbt(emulator, work, &["build"]);
+    assert!(text.contains("ERROR=0"), "{text}");
+    text
+}
+
+/// Runs a dbt command against the emulator; it must succeed.
+fn dbt(emulator: &Emulator, work: &Path, command: &[&str]) -> String {
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbt");
     let out = Command::new(dbt_bin())
-        .args(["build", "--project-dir"])
+        .args(command)
+        .arg("--project-dir")
         .arg(&project)
         .arg("--profiles-dir")
         .arg(&project)
@@ -49,8 +57,7 @@ fn dbt_build(emulator: &Emulator, work: &Path) -> String {
         .output()
         .expect("run dbt");
     let text = output_text(&out);
-    assert!(out.status.success(), "dbt build failed:\n{text}");
-    assert!(text.contains("ERROR=0"), "{text}");
+    assert!(out.status.success(), "dbt {command:?} failed:\n{text}");
     text
 }
 
@@ -338,6 +345,13 @@ fn dbt_builds_marts_that_match_the_generated_events() {
 
     dbt_build(&emulator, work.path());
     check_marts(&emulator, &predictions, &transactions);
+    // Both raw tables were loaded moments ago: fresh.
+    let freshness = dbt(&emulator, work.path(), &["source", "freshness"]);
+    assert_eq!(
+        freshness.matches(" PASS freshness of ").count(),
+        2,
+        "{freshness}"
+    );
 
     // A day later: 50 more purchases within the last day. The incremental
     // run reads the raw partitions of those days only.
