@@ -184,6 +184,8 @@ case "$1" in
       sep=','
     done
     echo ']' ;;
+  variable)
+    case "$*" in *--stdin*) cat > "$state/stdin.$(echo "$*" | tr ' /' '__')" ;; esac ;;
   add)
     while [ $# -gt 0 ]; do
       [ "$1" = --service ] && touch "$state/service.$2"
@@ -221,7 +223,7 @@ fn the_railway_script_creates_once_and_redeploys_after() {
         calls
             .lines()
             .filter(|c| c.starts_with("init") || c.starts_with("add") || c.starts_with("volume"))
-            .map(|c| c.split(" --variables").next().unwrap_or(c).to_owned())
+            .map(str::to_owned)
             .collect()
     };
 
@@ -240,12 +242,17 @@ fn the_railway_script_creates_once_and_redeploys_after() {
     assert!(
         calls.contains("REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379")
     );
-    let password = calls
-        .lines()
-        .find_map(|c| c.split("REDIS_PASSWORD=").nth(1))
-        .expect("a generated password");
-    assert_eq!(password.len(), 64, "32 random bytes, hex");
-    assert!(!output.contains(password), "the password is never printed");
+    let set_password = "variable set --service redis --skip-deploys REDIS_PASSWORD --stdin";
+    assert!(calls.contains(set_password), "{calls}");
+    let password = std::fs::read_to_string(
+        state
+            .path()
+            .join(format!("stdin.{}", set_password.replace([' ', '/'], "_"))),
+    )
+    .expect("the password came on stdin");
+    assert_eq!(password.trim().len(), 64, "32 random bytes, hex");
+    assert!(!calls.contains(password.trim()), "never on a command line");
+    assert!(!output.contains(password.trim()), "never printed");
 
     // Again: nothing created, everything deployed.
     let (calls, _) = run("service");

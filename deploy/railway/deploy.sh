@@ -43,7 +43,10 @@ has_service() {
 # made once; running this again keeps it.
 if ! has_service redis; then
   echo "==> adding the redis service (password generated, stored as a Railway variable)"
-  railway add --service redis --variables "REDIS_PASSWORD=$(openssl rand -hex 32)"
+  railway add --service redis
+  # Through stdin: a command line is visible to every local user.
+  openssl rand -hex 32 |
+    railway variable set --service redis --skip-deploys REDIS_PASSWORD --stdin >/dev/null
   railway volume add --service redis --mount-path /data
 fi
 echo "==> deploying redis from deploy/redis"
