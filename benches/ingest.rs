@@ -28,6 +28,17 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e6
 }
 
+fn print_latencies(what: &str, latencies: &mut [Duration], note: &str) {
+    latencies.sort();
+    println!(
+        "{what} ({} single calls{note}): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        latencies.len(),
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+        percentile(latencies, 1.0)
+    );
+}
+
 async fn queued(client: &redis::Client) -> anyhow::Result<u64> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     Ok(redis::cmd("LLEN")
@@ -145,14 +156,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         latencies.push(started.elapsed());
     }
-    latencies.sort();
-    println!(
-        "producer XADD latency ({} single calls): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-        latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
-    );
+    print_latencies("producer XADD latency", &mut latencies, "");
     flush(&all).await?;
 
     // 2. Backlog drain: events already on the streams.
@@ -213,13 +217,10 @@ async fn main() -> anyhow::Result<()> {
         hits += usize::from(cache.get_transaction(id).await?.is_some());
         latencies.push(started.elapsed());
     }
-    latencies.sort();
-    println!(
-        "get_transaction latency ({} single calls, {hits} hits): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-        latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
+    print_latencies(
+        "get_transaction latency",
+        &mut latencies,
+        &format!(", {hits} hits"),
     );
     Ok(())
 }

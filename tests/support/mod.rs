@@ -96,40 +96,36 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        if let Some(config) = &self.config {
-            let child = Command::new("redis-server")
-                .arg(config)
-                .args(["--port", &self.port.to_string()])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (the test command installs it)");
-            self.child = Some(child);
-            self.wait_for_answer();
-            return;
+        let mut command = Command::new("redis-server");
+        match &self.config {
+            // The file as it is: only the port and the data folder are the test's.
+            Some(config) => {
+                command.arg(config).args(["--port", &self.port.to_string()]);
+            }
+            None => {
+                command
+                    .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                    // Every acknowledged write is on disk, so a kill -9 loses nothing Redis said OK to.
+                    .args([
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--save",
+                        "",
+                    ])
+                    .args(["--logfile", "redis.log"])
+                    .args(
+                        self.password
+                            .iter()
+                            .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
+                    )
+                    .args(&self.extra);
+            }
         }
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let child = command
             .arg("--dir")
             .arg(self.dir.path())
-            // Every acknowledged write is on disk, so a kill -9 loses nothing Redis said OK to.
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--logfile", "redis.log"])
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
-            )
-            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
