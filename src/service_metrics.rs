@@ -262,11 +262,11 @@ impl ScrapeSources {
             )
             .await?;
         gauge!(REDIS_USED_MEMORY).set(info.get::<f64>("used_memory").unwrap_or(0.0));
-        let uploads = self
+        let last_success = self
             .state
-            .bounded(SCRAPE_TIMEOUT, probe::upload_state(&mut state))
+            .bounded(SCRAPE_TIMEOUT, probe::last_success(&mut state))
             .await?;
-        if let Some(at) = uploads.last_success_at {
+        if let Some(at) = last_success {
             gauge!(UPLOAD_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
         }
         for (kind, records) in &self.records {

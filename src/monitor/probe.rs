@@ -265,6 +265,23 @@ impl UploadState {
     }
 }
 
+/// When the last upload run that kept nothing back finished, if any did.
+/// `/metrics` reads this key alone at each scrape, not the whole history.
+pub async fn last_success(
+    state: &mut MultiplexedConnection,
+) -> redis::RedisResult<Option<DateTime<Utc>>> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(UPLOAD_LAST_SUCCESS)
+        .query_async(state)
+        .await?;
+    Ok(parse_time(text))
+}
+
+fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
+    text.and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 pub async fn upload_state(state: &mut MultiplexedConnection) -> redis::RedisResult<UploadState> {
     let (last_success, history): (Option<String>, Vec<String>) = redis::pipe()
         .cmd("GET")
@@ -286,9 +303,7 @@ pub async fn upload_state(state: &mut MultiplexedConnection) -> redis::RedisResu
         .collect();
     let recent = &reports[..reports.len().min(RECENT_RUNS)];
     Ok(UploadState {
-        last_success_at: last_success
-            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
-            .map(|t| t.with_timezone(&Utc)),
+        last_success_at: parse_time(last_success),
         last_run: reports.first().cloned(),
         recent_runs: recent.len(),
         recent_failures: recent
