@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -263,20 +262,8 @@ fn setup(stub: Stub) -> (RedisServer, Env, Shared) {
         .set("BIGQUERY_PROJECT", "stub-project")
         .set("BIGQUERY_API_URL", &format!("http://127.0.0.1:{port}"))
         .set("FLIT_UPLOAD_RETRY_MIN_MS", "20");
-    let out = env.flit(&[
-        "generate",
-        "--count",
-        &N.to_string(),
-        "--kind",
-        "predictions",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let mut service = env.service("ingest");
-    let mut conn = redis.conn(1);
-    wait_until(Duration::from_secs(60), "ingested", || {
-        llen(&mut conn, "upload_queue") as usize == N
-    });
-    assert!(service.terminate().success());
+    env.generate(&["--count", &N.to_string(), "--kind", "predictions"]);
+    ingest_until_queued(&redis, &env, 0, N as u64);
     (redis, env, shared)
 }
 

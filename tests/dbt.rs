@@ -9,7 +9,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -80,26 +79,9 @@ fn queued_records(redis: &RedisServer, db: i64) -> Vec<Value> {
     records
 }
 
-/// Runs the service until the queues hold `tx` and `pred` records.
-fn ingest(redis: &RedisServer, env: &Env, tx: u64, pred: u64) {
-    let mut service = env.service("ingest");
-    let (mut t, mut p) = (redis.conn(0), redis.conn(1));
-    wait_until(Duration::from_secs(120), "ingested", || {
-        llen(&mut t, "upload_queue") == tx && llen(&mut p, "upload_queue") == pred
-    });
-    assert!(service.terminate().success());
-}
-
 fn upload(env: &Env) {
     let out = env.flit(&["batch-upload"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-}
-
-fn generate(env: &Env, args: &[&str]) {
-    let mut all = vec!["generate"];
-    all.extend_from_slice(args);
-    let out = env.flit(&all);
-    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 fn time(record: &Value, field: &str) -> DateTime<Utc> {
@@ -312,21 +294,18 @@ fn dbt_builds_marts_that_match_the_generated_events() {
 
     // 300 purchases and their predictions over 3 days, and 40 predictions
     // whose transactions never come.
-    generate(&env, &["--count", "300", "--seed", "11", "--days", "3"]);
-    generate(
-        &env,
-        &[
-            "--count",
-            "40",
-            "--seed",
-            "12",
-            "--days",
-            "3",
-            "--kind",
-            "predictions",
-        ],
-    );
-    ingest(&redis, &env, 300, 340);
+    env.generate(&["--count", "300", "--seed", "11", "--days", "3"]);
+    env.generate(&[
+        "--count",
+        "40",
+        "--seed",
+        "12",
+        "--days",
+        "3",
+        "--kind",
+        "predictions",
+    ]);
+    ingest_until_queued(&redis, &env, 300, 340);
     let mut transactions = queued_records(&redis, 0);
     let mut predictions = queued_records(&redis, 1);
     let out = env.flit(&["init"]);
@@ -339,7 +318,7 @@ fn dbt_builds_marts_that_match_the_generated_events() {
         |records: &[Value]| -> String { records[..20].iter().map(|r| format!("{r}\n")).collect() };
     env.push("transactions", &again(&transactions));
     env.push("predictions", &again(&predictions));
-    ingest(&redis, &env, 20, 20);
+    ingest_until_queued(&redis, &env, 20, 20);
     upload(&env);
     assert_eq!(emulator.count(PRED_TABLE, "prediction_id"), (360, 340));
 
@@ -355,8 +334,8 @@ fn dbt_builds_marts_that_match_the_generated_events() {
 
     // A day later: 50 more purchases within the last day. The incremental
     // run reads the raw partitions of those days only.
-    generate(&env, &["--count", "50", "--seed", "13", "--days", "1"]);
-    ingest(&redis, &env, 50, 50);
+    env.generate(&["--count", "50", "--seed", "13", "--days", "1"]);
+    ingest_until_queued(&redis, &env, 50, 50);
     let new_predictions = queued_records(&redis, 1);
     let new_days: BTreeSet<String> = new_predictions.iter().map(day).collect();
     transactions.extend(queued_records(&redis, 0));

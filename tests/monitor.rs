@@ -268,14 +268,8 @@ fn failing_runs_raise_the_failure_rate_alert() {
             &format!("http://127.0.0.1:{}", free_port()),
         )
         .set("FLIT_UPLOAD_ATTEMPTS", "1");
-    let out = unreachable.flit(&["generate", "--count", "3"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let mut service = unreachable.service("ingest");
-    let mut tx = redis.conn(0);
-    wait_until(std::time::Duration::from_secs(60), "ingested", || {
-        llen(&mut tx, "upload_queue") == 3
-    });
-    assert!(service.terminate().success());
+    unreachable.generate(&["--count", "3"]);
+    ingest_until_queued(&redis, &unreachable, 3, 3);
     for _ in 0..2 {
         let out = unreachable.flit(&["batch-upload"]);
         assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
@@ -335,12 +329,7 @@ async fn lookups_count_hits_and_misses_for_every_process() {
         "predictions",
         r#"{"prediction_id":"p_1","transaction_id":"tx_0","customer_id":"c","selected_model":"ridge","selected_prediction":0.2}"#,
     );
-    let mut service = env.service("ingest");
-    let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
-    wait_until(std::time::Duration::from_secs(60), "ingested", || {
-        llen(&mut tx, "upload_queue") == 3 && llen(&mut pred, "upload_queue") == 1
-    });
-    assert!(service.terminate().success());
+    ingest_until_queued(&redis, &env, 3, 1);
 
     let settings = env.settings();
     let cache = RecordCache::connect(&settings).await.expect("connect");

@@ -240,6 +240,14 @@ impl Env {
         .expect("valid settings")
     }
 
+    /// Runs `flit-cache generate` with `args`; it must succeed.
+    pub fn generate(&self, args: &[&str]) {
+        let mut all = vec!["generate"];
+        all.extend_from_slice(args);
+        let out = self.flit(&all);
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+
     /// Pushes `lines` (NDJSON) with `flit-cache push`; it must succeed.
     pub fn push(&self, kind: &str, lines: &str) {
         let out = self.flit_with_input(&["push", kind], lines.as_bytes());
@@ -473,13 +481,18 @@ pub fn path_str(path: &Path) -> String {
 /// Generates `count` events of each kind and runs the service until all of
 /// them are records in the upload queues; the service is then stopped.
 pub fn ingest_generated(redis: &RedisServer, env: &Env, count: usize) {
-    let out = env.flit(&["generate", "--count", &count.to_string()]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    env.generate(&["--count", &count.to_string()]);
+    ingest_until_queued(redis, env, count as u64, count as u64);
+}
+
+/// Runs the service until the upload queues hold `transactions` and
+/// `predictions` records, then stops it with SIGTERM (which must succeed).
+pub fn ingest_until_queued(redis: &RedisServer, env: &Env, transactions: u64, predictions: u64) {
     let mut service = env.service("ingest");
     let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
     wait_until(Duration::from_secs(180), "events ingested", || {
-        llen(&mut tx, "upload_queue") as usize == count
-            && llen(&mut pred, "upload_queue") as usize == count
+        llen(&mut tx, "upload_queue") == transactions
+            && llen(&mut pred, "upload_queue") == predictions
     });
     assert!(service.terminate().success());
 }
