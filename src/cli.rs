@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use crate::configuration::Settings;
 use crate::generate::Generator;
 use crate::keys::EventKind;
 use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
+use crate::redis_target;
 use crate::startup::{self, Application};
 use crate::upload::{self, UploadOptions};
 use crate::warehouse::{self, TableSpec, Warehouse};
@@ -72,6 +73,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect dead letters, or send those today's rules accept back onto their stream.
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Health report of Redis, queues, streams, uploads and lookups against the FLIT_ALERT_* thresholds. Exit 0 healthy, 1 alerts, 2 Redis unreachable.
     Monitor {
         /// Print the report as JSON.
@@ -81,6 +87,34 @@ pub enum Command {
         #[arg(long)]
         bigquery: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// One line per dead letter, oldest first: id, time, reason code, size, reason.
+    List(DeadLetterArgs),
+    /// Dead letters in full, with the event data kept.
+    Show(DeadLetterArgs),
+    /// Re-check with today's rules: an acceptable event goes back onto its stream (and leaves the dead-letter stream in the same step); one still refused for another reason gets a dead letter with the new reason. Exit 1 when some stay dead.
+    Redrive(DeadLetterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLetterArgs {
+    /// Which kind's dead letters.
+    kind: EventKind,
+    /// Only dead letters with this reason code (invalid_type, timestamp_out_of_range, ...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// At most this many (default: 100 for list and show, all for redrive).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Only the dead letter with this entry id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,7 +153,127 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             .await
         }
         Command::Monitor { json, bigquery } => monitor(settings, json, bigquery).await,
+        Command::DeadLetter { action } => dead_letter(settings, action).await,
     }
+}
+
+async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Result<ExitCode> {
+    use crate::dead_letter::{self, Redriven, Selection};
+    let (args, redrive) = match &action {
+        DeadLetterAction::List(args) | DeadLetterAction::Show(args) => (args, false),
+        DeadLetterAction::Redrive(args) => (args, true),
+    };
+    let selection = Selection {
+        reason: args.reason.clone(),
+        id: args.id.clone(),
+        limit: args.limit.unwrap_or(if redrive { usize::MAX } else { 100 }),
+    };
+    let db = settings.db_for(args.kind);
+    let client = settings.redis.url.client(db)?;
+    let mut conn = redis_target::connect(
+        &client,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot reach Redis at {} (database {db})",
+            settings.redis.url
+        )
+    })?;
+    if redrive {
+        let outcomes =
+            dead_letter::redrive(&mut conn, args.kind, &selection, &settings.door).await?;
+        let stays = outcomes.iter().filter(|o| o.stays_dead()).count();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        } else {
+            let count = |f: fn(&Redriven) -> bool| outcomes.iter().filter(|o| f(o)).count();
+            println!(
+                "{} dead letters of {}: {} back on {}, {} refused again with a new reason, {} refused for the same reason, {} cannot be redriven, {} already gone",
+                outcomes.len(),
+                args.kind,
+                count(|o| matches!(o, Redriven::Back { .. })),
+                args.kind.stream(),
+                count(|o| matches!(o, Redriven::Replaced { .. })),
+                count(|o| matches!(o, Redriven::Unchanged { .. })),
+                count(|o| matches!(o, Redriven::NotRedrivable { .. })),
+                count(|o| matches!(o, Redriven::Gone { .. })),
+            );
+            for outcome in &outcomes {
+                match outcome {
+                    Redriven::Replaced {
+                        id,
+                        new_id,
+                        reason_code,
+                        reason,
+                    } => println!("  {id} -> {new_id}: still refused, {reason_code}: {reason}"),
+                    Redriven::NotRedrivable { id, why } => {
+                        println!("  {id}: cannot be redriven: {why}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        return Ok(if stays == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let (letters, total) = dead_letter::read(&mut conn, args.kind, &selection).await?;
+    let show = matches!(action, DeadLetterAction::Show(_));
+    if args.json {
+        let mut values = serde_json::to_value(&letters)?;
+        if !show && let Some(items) = values.as_array_mut() {
+            for item in items.iter_mut().filter_map(|v| v.as_object_mut()) {
+                item.remove("data");
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} of {total} dead letters in {}",
+        letters.len(),
+        args.kind.dead_letter_stream()
+    );
+    for letter in &letters {
+        let at = letter
+            .at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        if show {
+            println!("\n{}  {at} UTC", letter.id);
+            println!("  reason:  {}: {}", letter.reason_code, letter.reason);
+            println!("  source:  {}", letter.source);
+            println!(
+                "  size:    {} bytes{}, sha1 {}",
+                letter.size,
+                if letter.truncated {
+                    " (only a prefix is kept)"
+                } else {
+                    ""
+                },
+                letter.sha1
+            );
+            if let Some(from) = &letter.redriven_from {
+                println!("  replaces {from} (refused again by a redrive)");
+            }
+            println!("  data:    {}", String::from_utf8_lossy(&letter.data));
+        } else {
+            let reason: String = letter.reason.chars().take(100).collect();
+            println!(
+                "{:<22} {at}  {:<24} {:>8}{}  {reason}",
+                letter.id,
+                letter.reason_code,
+                letter.size,
+                if letter.truncated { "*" } else { " " }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn monitor(settings: Settings, json: bool, bigquery: bool) -> anyhow::Result<ExitCode> {
@@ -191,7 +345,7 @@ async fn push(
         ),
     };
     let mut reader = BufReader::new(input);
-    let limit = settings.producer.max_event_bytes;
+    let limit = settings.door.max_event_bytes;
     let mut line_number = 0u64;
     let mut bad = 0u64;
     let mut totals = Totals::default();
@@ -199,11 +353,14 @@ async fn push(
     while let Some(line) = next_line(&mut reader, limit).await? {
         line_number += 1;
         let outcome = match line {
-            Line::TooLong(size) => Err(format!("line is over {size} bytes, the limit is {limit}")),
+            Line::TooLong(size) => {
+                let rejection = crate::event::Rejection::TooLarge { size, limit };
+                Err(format!("{}: {rejection}", rejection.code()))
+            }
             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Text(text) => producer
                 .prepare(kind, &text)
-                .map_err(|rejection| rejection.to_string()),
+                .map_err(|rejection| format!("{}: {rejection}", rejection.code())),
         };
         match outcome {
             Ok(event) => chunk.push(event.payload),

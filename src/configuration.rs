@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::event::{DoorRules, TimeWindow};
 use crate::redis_target::RedisUrl;
 
 /// A variable that is set to something the service cannot use.
@@ -57,7 +58,6 @@ pub struct IngestSettings {
     pub block: Duration,
     /// Entries pending this long on a consumer are taken over by another.
     pub claim_idle: Duration,
-    pub max_event_bytes: usize,
     pub workers_per_kind: usize,
     pub consumer_name: String,
     pub trim_interval: Duration,
@@ -71,7 +71,17 @@ pub struct ProducerSettings {
     pub breaker_cooldown: Duration,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
-    pub max_event_bytes: usize,
+}
+
+/// How dead letters are kept: bounded per entry and per stream, so no
+/// input, however large or frequent, fills Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterSettings {
+    /// Bytes of a refused event kept in its dead letter; a longer one keeps
+    /// this prefix, its size and its SHA-1 (and cannot be redriven).
+    pub keep_bytes: usize,
+    /// Approximate cap of each dead-letter stream; what it drops is counted.
+    pub max_len: u64,
 }
 
 /// How upload runs cut and retry batches.
@@ -110,11 +120,16 @@ pub struct MonitorSettings {
     pub alert_upload_age: Duration,
     /// Share of failed runs among the recent ones above this (0 to 1).
     pub alert_failure_rate: f64,
+    /// More dead letters than this in the last hour, per kind.
+    pub alert_dead_letters_per_hour: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub redis: RedisSettings,
+    /// What the door accepts (`event`): sizes and the time window.
+    pub door: DoorRules,
+    pub dead_letters: DeadLetterSettings,
     pub ingest: IngestSettings,
     pub producer: ProducerSettings,
     pub warehouse: WarehouseSettings,
@@ -133,8 +148,6 @@ impl Settings {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env { lookup: &lookup };
-        let max_event_bytes =
-            env.bounded("FLIT_MAX_EVENT_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024)?;
         Ok(Settings {
             redis: RedisSettings {
                 url: env.parsed("REDIS_URL", RedisUrl::default())?,
@@ -142,11 +155,38 @@ impl Settings {
                 db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
                 ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
             },
+            door: DoorRules {
+                max_event_bytes: env.bounded(
+                    "FLIT_MAX_EVENT_BYTES",
+                    1024 * 1024,
+                    1024,
+                    64 * 1024 * 1024,
+                )?,
+                window: TimeWindow {
+                    earliest: env
+                        .time("FLIT_EARLIEST_EVENT_TIME", TimeWindow::default().earliest)?,
+                    max_ahead: chrono::TimeDelta::seconds(env.bounded(
+                        "FLIT_MAX_EVENT_AHEAD_SECONDS",
+                        86_400,
+                        0,
+                        100 * 366 * 86_400,
+                    )?),
+                },
+                arrival_skew: chrono::TimeDelta::milliseconds(env.bounded(
+                    "FLIT_MAX_ARRIVAL_SKEW_MS",
+                    60_000,
+                    0,
+                    86_400_000,
+                )?),
+            },
+            dead_letters: DeadLetterSettings {
+                keep_bytes: env.bounded("FLIT_DEAD_LETTER_KEEP_BYTES", 4096, 256, 1 << 20)?,
+                max_len: env.bounded("FLIT_DEAD_LETTER_MAXLEN", 100_000, 100, 100_000_000)?,
+            },
             ingest: IngestSettings {
                 batch_size: env.bounded("FLIT_BATCH_SIZE", 500, 1, 10_000)?,
                 block: env.millis("FLIT_BLOCK_MS", 1_000, 10, 60_000)?,
                 claim_idle: env.millis("FLIT_CLAIM_IDLE_MS", 60_000, 100, 86_400_000)?,
-                max_event_bytes,
                 workers_per_kind: env.bounded("FLIT_WORKERS", 1, 1, 64)?,
                 consumer_name: env
                     .text("FLIT_CONSUMER_NAME")
@@ -159,7 +199,6 @@ impl Settings {
                 breaker_cooldown: env.millis("FLIT_BREAKER_COOLDOWN_MS", 2_000, 10, 600_000)?,
                 spool_dir: env.path("FLIT_SPOOL_DIR", "./spool"),
                 spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
-                max_event_bytes,
             },
             warehouse: WarehouseSettings {
                 bigquery_project: env.text("BIGQUERY_PROJECT"),
@@ -203,6 +242,12 @@ impl Settings {
                     3_600 * env.bounded("FLIT_ALERT_UPLOAD_AGE_HOURS", 26, 1, 24 * 365)?,
                 ),
                 alert_failure_rate: env.fraction("FLIT_ALERT_FAILURE_RATE", 0.05)?,
+                alert_dead_letters_per_hour: env.bounded(
+                    "FLIT_ALERT_DEAD_LETTERS_PER_HOUR",
+                    100,
+                    0,
+                    1_000_000,
+                )?,
             },
             http_addr: env.parsed_with(
                 "FLIT_HTTP_ADDR",
@@ -319,6 +364,27 @@ impl Env<'_> {
         }
     }
 
+    /// A time as the door reads one (RFC 3339, or without offset for UTC).
+    fn time(
+        &self,
+        name: &'static str,
+        default: chrono::DateTime<chrono::Utc>,
+    ) -> Result<chrono::DateTime<chrono::Utc>, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
+        crate::event::time::parse_timestamp(&text)
+            .filter(|at| *at >= crate::event::time::bigquery_range().0)
+            .ok_or_else(|| {
+                self.error(
+                    name,
+                    format!(
+                        "expected a time from 0001-01-01 such as 1960-01-01T00:00:00Z, got {text:?}"
+                    ),
+                )
+            })
+    }
+
     fn path(&self, name: &str, default: &str) -> PathBuf {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
@@ -374,7 +440,11 @@ mod tests {
             s.warehouse.bigquery_api_url,
             "https://bigquery.googleapis.com"
         );
-        assert_eq!(s.ingest.max_event_bytes, 1024 * 1024);
+        assert_eq!(s.door.max_event_bytes, 1024 * 1024);
+        assert_eq!(s.door, crate::event::DoorRules::default());
+        assert_eq!(s.dead_letters.keep_bytes, 4096);
+        assert_eq!(s.dead_letters.max_len, 100_000);
+        assert_eq!(s.monitor.alert_dead_letters_per_hour, 100);
         assert!(s.warehouse.bigquery_project.is_none());
         assert!(s.warehouse.credentials_json.is_none());
         assert_eq!(s.monitor.alert_memory_mb, 400);
@@ -402,6 +472,15 @@ mod tests {
         assert_eq!(err.variable, "FLIT_ALERT_FAILURE_RATE");
         let err = settings(&[("FLIT_ALERT_FAILURE_RATE", "1.5")]).expect_err("over 1");
         assert_eq!(err.variable, "FLIT_ALERT_FAILURE_RATE");
+
+        let err = settings(&[("FLIT_EARLIEST_EVENT_TIME", "1960")]).expect_err("not a time");
+        assert_eq!(err.variable, "FLIT_EARLIEST_EVENT_TIME");
+        let s =
+            settings(&[("FLIT_EARLIEST_EVENT_TIME", "2000-01-01 00:00:00")]).expect("naive is UTC");
+        assert_eq!(
+            s.door.window.earliest.to_rfc3339(),
+            "2000-01-01T00:00:00+00:00"
+        );
 
         let err = settings(&[("FLIT_UPLOAD_CRON", "0 2 * * *")]).expect_err("five fields");
         assert_eq!(err.variable, "FLIT_UPLOAD_CRON");

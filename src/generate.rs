@@ -225,20 +225,18 @@ mod tests {
         let mut generator = Generator::new(1, Utc::now(), 3);
         for _ in 0..500 {
             let pair = generator.next_pair();
-            event::accept(
-                EventKind::Transaction,
-                pair.transaction.as_bytes(),
-                Utc::now(),
-                1 << 20,
-            )
-            .expect("tx valid");
-            event::accept(
-                EventKind::Prediction,
-                pair.prediction.as_bytes(),
-                Utc::now(),
-                1 << 20,
-            )
-            .expect("pred valid");
+            let rules = event::DoorRules::default();
+            for (kind, text) in [
+                (EventKind::Transaction, &pair.transaction),
+                (EventKind::Prediction, &pair.prediction),
+            ] {
+                let accepted = event::accept(kind, text.as_bytes(), Utc::now(), Utc::now(), &rules)
+                    .expect("valid");
+                assert_eq!(
+                    accepted.original, *text,
+                    "generated events are already one line"
+                );
+            }
         }
     }
 

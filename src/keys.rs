@@ -80,6 +80,15 @@ impl EventKind {
         }
     }
 
+    /// How many dead letters of this kind the stream's cap has removed (a
+    /// counter beside the dead-letter stream, in the kind's database).
+    pub fn dead_letters_trimmed_key(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "flit:dead_letters_trimmed:transactions",
+            EventKind::Prediction => "flit:dead_letters_trimmed:predictions",
+        }
+    }
+
     /// Prefix of the cached record key: `tx:{id}` / `pred:{id}`.
     pub fn record_prefix(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod cli;
 pub mod configuration;
+pub mod dead_letter;
 pub mod event;
 pub mod generate;
 pub mod http;

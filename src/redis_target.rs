@@ -74,6 +74,23 @@ impl fmt::Display for RedisUrl {
     }
 }
 
+/// A `TIME` reply (seconds, microseconds) as a time: the Redis server's
+/// clock, which the door's window and arrival stamps are read against, so
+/// that the clocks of producers and workers do not matter.
+pub fn clock_reading((seconds, micros): (i64, i64)) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(
+        seconds.saturating_mul(1_000_000).saturating_add(micros),
+    )
+    .unwrap_or_else(chrono::Utc::now)
+}
+
+/// The Redis server's clock.
+pub async fn server_time(
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<chrono::DateTime<chrono::Utc>> {
+    Ok(clock_reading(redis::cmd("TIME").query_async(conn).await?))
+}
+
 /// Opens a connection of its own to `client`. `response_timeout` bounds every
 /// command; blocking reads need it longer than their BLOCK time.
 pub async fn connect(

@@ -36,6 +36,9 @@ pub const STREAM_LENGTH: &str = "flit_stream_length";
 pub const STREAM_LAG: &str = "flit_stream_lag";
 pub const STREAM_PENDING: &str = "flit_stream_pending";
 pub const DEAD_LETTER_LENGTH: &str = "flit_dead_letter_length";
+pub const DEAD_LETTERS_LAST_HOUR: &str = "flit_dead_letters_last_hour";
+pub const DEAD_LETTERS_TRIMMED: &str = "flit_dead_letters_trimmed_total";
+pub const STREAM_LAST_ID_AHEAD: &str = "flit_stream_last_id_ahead_seconds";
 pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
 pub const CACHE_HIT_RATIO: &str = "flit_cache_hit_ratio";
 pub const REDIS_UP: &str = "flit_redis_up";
@@ -96,6 +99,19 @@ fn describe_all() {
     describe_gauge!(
         DEAD_LETTER_LENGTH,
         "Entries in the dead-letter stream, per kind."
+    );
+    describe_gauge!(
+        DEAD_LETTERS_LAST_HOUR,
+        "Dead letters added in the last hour, per kind (counted up to 1,000 or the alert threshold)."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TRIMMED,
+        "Old dead letters removed by the dead-letter stream's cap (FLIT_DEAD_LETTER_MAXLEN), per kind."
+    );
+    describe_gauge!(
+        STREAM_LAST_ID_AHEAD,
+        Unit::Seconds,
+        "How far the stream's last generated id is ahead of the Redis clock (negative: behind, as it should be), per kind."
     );
     describe_counter!(
         CACHE_LOOKUPS,
@@ -212,6 +228,8 @@ pub struct ScrapeSources {
     records: Vec<(EventKind, LazyConnection)>,
     spool: Spool,
     ttl_seconds: u64,
+    /// Dead letters of the last hour are counted up to this.
+    dead_letter_limit: u64,
 }
 
 /// A scrape waits this long for Redis before reporting it down.
@@ -236,6 +254,7 @@ impl ScrapeSources {
                 settings.producer.spool_max_bytes,
             ),
             ttl_seconds: settings.redis.ttl_seconds,
+            dead_letter_limit: settings.monitor.alert_dead_letters_per_hour.max(1000) + 1,
         })
     }
 
@@ -282,7 +301,10 @@ impl ScrapeSources {
             gauge!(QUEUE_OLDEST_AGE, "kind" => name)
                 .set(queue.oldest_age_seconds.unwrap_or(0) as f64);
             let stream = records
-                .bounded(SCRAPE_TIMEOUT, probe::stream_state(&mut conn, *kind))
+                .bounded(
+                    SCRAPE_TIMEOUT,
+                    probe::stream_state(&mut conn, *kind, self.dead_letter_limit),
+                )
                 .await?;
             gauge!(STREAM_LENGTH, "kind" => name).set(stream.length as f64);
             if let Some(lag) = stream.lag {
@@ -290,6 +312,12 @@ impl ScrapeSources {
             }
             gauge!(STREAM_PENDING, "kind" => name).set(stream.pending as f64);
             gauge!(DEAD_LETTER_LENGTH, "kind" => name).set(stream.dead_letter_length as f64);
+            gauge!(DEAD_LETTERS_LAST_HOUR, "kind" => name)
+                .set(stream.dead_letters_last_hour as f64);
+            counter!(DEAD_LETTERS_TRIMMED, "kind" => name).absolute(stream.dead_letters_trimmed);
+            if let Some(ahead) = stream.last_id_ahead_ms {
+                gauge!(STREAM_LAST_ID_AHEAD, "kind" => name).set(ahead as f64 / 1000.0);
+            }
             let lookups = self
                 .state
                 .bounded(SCRAPE_TIMEOUT, lookup_counts(&mut state, *kind))

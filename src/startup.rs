@@ -64,6 +64,8 @@ impl Application {
                     client.clone(),
                     consumer,
                     settings.ingest.clone(),
+                    settings.door,
+                    settings.dead_letters,
                     settings.redis.ttl_seconds,
                 );
                 workers.spawn(worker.run(shutdown.clone()));

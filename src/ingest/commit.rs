@@ -6,6 +6,7 @@
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
+use crate::dead_letter::KeptBody;
 use crate::event::{AcceptedEvent, Rejection};
 use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
 
@@ -16,13 +17,13 @@ pub struct AcceptedEntry {
     pub event: AcceptedEvent,
 }
 
-/// An entry refused with a reason; `data` is what the producer sent, or a JSON
-/// object of the entry's fields when it had no `data` field.
+/// An entry refused with a reason; `body` is what the producer sent (or a
+/// JSON object of the entry's fields when it had no `data` field), bounded.
 #[derive(Debug)]
 pub struct RejectedEntry {
     pub entry_id: String,
     pub rejection: Rejection,
-    pub data: Vec<u8>,
+    pub body: KeptBody,
 }
 
 /// What one commit did, for logs and metrics.
@@ -35,6 +36,8 @@ pub struct CommitOutcome {
     /// Ids reused with a new payload: the waiting version was kept and queued too.
     pub superseded: u64,
     pub dead_lettered: u64,
+    /// Old dead letters the stream's cap removed.
+    pub dead_letters_trimmed: u64,
 }
 
 impl std::ops::AddAssign for CommitOutcome {
@@ -43,6 +46,7 @@ impl std::ops::AddAssign for CommitOutcome {
         self.duplicates += other.duplicates;
         self.superseded += other.superseded;
         self.dead_lettered += other.dead_lettered;
+        self.dead_letters_trimmed += other.dead_letters_trimmed;
     }
 }
 
@@ -54,17 +58,33 @@ impl std::ops::AddAssign for CommitOutcome {
 /// memory. Committing one batch past the limit and trimming right after turns
 /// stream entries into records at about the same memory cost.
 pub struct BatchCommit {
+    kind: EventKind,
+    ttl_seconds: u64,
+    dead_letter_cap: u64,
     script: Script,
-    under_pressure: Script,
+    past_the_limit: Script,
+}
+
+/// Whether a commit may run while Redis is at maxmemory (see `BatchCommit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    Respect,
+    /// Once, after Redis refused the commit for memory.
+    Exceed,
 }
 
 const COMMIT_BODY: &str = include_str!("commit_batch.lua");
 
-impl Default for BatchCommit {
-    fn default() -> Self {
+impl BatchCommit {
+    /// Commits of `kind`: records kept `ttl_seconds`, each dead-letter stream
+    /// capped near `dead_letter_cap` entries.
+    pub fn new(kind: EventKind, ttl_seconds: u64, dead_letter_cap: u64) -> Self {
         BatchCommit {
+            kind,
+            ttl_seconds,
+            dead_letter_cap,
             script: Script::new(&format!("#!lua\n{COMMIT_BODY}")),
-            under_pressure: Script::new(&format!("#!lua flags=allow-oom\n{COMMIT_BODY}")),
+            past_the_limit: Script::new(&format!("#!lua flags=allow-oom\n{COMMIT_BODY}")),
         }
     }
 }
@@ -75,60 +95,69 @@ pub fn is_out_of_memory(err: &redis::RedisError) -> bool {
 }
 
 impl BatchCommit {
-    /// Commits a batch; `under_pressure` lets it run while Redis is at maxmemory.
+    /// Commits a batch of stream entries.
     pub async fn commit(
         &self,
         conn: &mut MultiplexedConnection,
-        kind: EventKind,
-        ttl_seconds: u64,
         accepted: &[AcceptedEntry],
         rejected: &[RejectedEntry],
-        under_pressure: bool,
+        memory: MemoryLimit,
     ) -> redis::RedisResult<CommitOutcome> {
         if accepted.is_empty() && rejected.is_empty() {
             return Ok(CommitOutcome::default());
         }
-        let script = if under_pressure {
-            &self.under_pressure
-        } else {
-            &self.script
+        let kind = self.kind;
+        let script = match memory {
+            MemoryLimit::Respect => &self.script,
+            MemoryLimit::Exceed => &self.past_the_limit,
         };
         let mut invocation = script.prepare_invoke();
         invocation
             .key(kind.stream())
             .key(kind.dead_letter_stream())
             .key(UPLOAD_QUEUE)
+            .key(kind.dead_letters_trimmed_key())
             .arg(CONSUMER_GROUP)
-            .arg(ttl_seconds)
+            .arg(self.ttl_seconds)
             .arg(kind.record_prefix())
             .arg(kind.superseded_prefix())
-            .arg(kind.timestamp_field())
+            .arg(self.dead_letter_cap)
             .arg(accepted.len())
             .arg(rejected.len());
         for entry in accepted {
+            let event = &entry.event;
+            let stamp = event.stamped_at_arrival;
             invocation
                 .arg(&entry.entry_id)
-                .arg(&entry.event.id)
-                .arg(&entry.event.payload)
-                .arg(match entry.event.stamped_at_arrival {
-                    true => entry.event.original.as_str(),
-                    false => "",
-                });
+                .arg(&event.id)
+                .arg(&event.payload)
+                .arg(stamp.map_or("", |_| event.original.as_str()))
+                .arg(stamp.map_or(0, |s| s.at))
+                .arg(stamp.map_or(0, |s| s.replaced));
         }
         for entry in rejected {
             invocation
                 .arg(&entry.entry_id)
                 .arg(entry.rejection.code())
                 .arg(entry.rejection.to_string())
-                .arg(&entry.data);
+                .arg(&entry.body.data)
+                .arg(entry.body.size)
+                .arg(&entry.body.sha1)
+                .arg(if entry.body.truncated { "1" } else { "0" });
         }
-        let (stored, duplicates, superseded, dead_lettered): (u64, u64, u64, u64) =
-            invocation.invoke_async(conn).await?;
+        let (stored, duplicates, superseded, dead_lettered, dead_letters_trimmed): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+        ) = invocation.invoke_async(conn).await?;
         Ok(CommitOutcome {
             stored,
             duplicates,
             superseded,
             dead_lettered,
+            dead_letters_trimmed,
         })
     }
 }

@@ -5,26 +5,34 @@
 -- (The `#!lua` line that makes Redis check memory before running it, with
 -- or without allow-oom, is put in front by commit.rs.)
 --
--- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue
+-- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue, 4 counter of dead
+--       letters the cap trimmed
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
---       5 timestamp field, 6 number of accepted events, 7 number of rejected,
---       then per accepted event: entry id, record id, payload, original
---         (original is empty unless the timestamp was stamped at arrival)
---       then per rejected event: entry id, reason code, reason, original data
--- Returns {stored, duplicates, superseded, dead_lettered}
-local stream, dead, queue = KEYS[1], KEYS[2], KEYS[3]
+--       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
+--       then per accepted event: entry id, record id, payload, original,
+--         stamp offset, stamp length (original is empty unless the
+--         timestamp was stamped at arrival: the payload is then the original
+--         with the bytes from the offset, of that length, replaced by a stamp)
+--       then per rejected event: entry id, reason code, reason, data kept,
+--         whole size, sha1 of the whole data, '1' when data is a prefix
+-- Returns {stored, duplicates, superseded, dead_lettered, dead_letters_trimmed}
+local stream, dead, queue, trimmed_counter = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
-local stamp_prefix = '{"' .. ARGV[5] .. '":"'
+local cap = tonumber(ARGV[5])
 local accepted, rejected = tonumber(ARGV[6]), tonumber(ARGV[7])
 
 -- A copy of an event that carried no time of its own differs from the stored
--- one only in the arrival time stamped first into it: compare what follows.
-local function same_apart_from_stamp(current, original)
-  if original == '' or current:sub(1, #stamp_prefix) ~= stamp_prefix then return false end
-  local close = current:find('",', #stamp_prefix + 1, true)
-  return close ~= nil and ('{' .. current:sub(close + 2)) == original
+-- record only in the arrival time stamped into it: compare around the stamp.
+local function same_apart_from_stamp(current, original, at, replaced)
+  if original == '' then return false end
+  local prefix = original:sub(1, at)
+  local suffix = original:sub(at + replaced + 1)
+  if #suffix == 0 or #current <= #prefix + #suffix then return false end
+  return current:sub(1, #prefix) == prefix
+    and current:sub(-#suffix) == suffix
+    and current:sub(#prefix + 1, #prefix + 1) == '"'
 end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
@@ -33,14 +41,15 @@ local i = 8
 
 for _ = 1, accepted do
   local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local at, replaced = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  i = i + 6
   local key = record_prefix .. id
   local current = redis.call('GET', key)
   if not current then
     redis.call('SET', key, payload, 'EX', ttl)
     redis.call('RPUSH', queue, key)
     stored = stored + 1
-  elseif current == payload or same_apart_from_stamp(current, original) then
+  elseif current == payload or same_apart_from_stamp(current, original, at, replaced) then
     -- The same event again (redelivery, producer retry): nothing new.
     duplicates = duplicates + 1
   else
@@ -65,12 +74,20 @@ for _ = 1, accepted do
 end
 
 for _ = 1, rejected do
-  local entry, code, reason, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  redis.call('XADD', dead, '*', 'reason_code', code, 'reason', reason,
-             'source_id', entry, 'data', data)
+  local entry = ARGV[i]
+  redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 1], 'reason', ARGV[i + 2],
+             'source_id', entry, 'data', ARGV[i + 3], 'size', ARGV[i + 4],
+             'sha1', ARGV[i + 5], 'truncated', ARGV[i + 6])
+  i = i + 7
   dead_lettered = dead_lettered + 1
   acks[#acks + 1] = entry
+end
+
+-- The dead-letter stream is capped; what the cap removes is counted.
+local trimmed = 0
+if dead_lettered > 0 then
+  trimmed = redis.call('XTRIM', dead, 'MAXLEN', '~', cap)
+  if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
 end
 
 -- XACK in slices: Lua's unpack has a limit on the number of values.
@@ -78,4 +95,4 @@ for first = 1, #acks, 200 do
   redis.call('XACK', stream, group, unpack(acks, first, math.min(first + 199, #acks)))
 end
 
-return {stored, duplicates, superseded, dead_lettered}
+return {stored, duplicates, superseded, dead_lettered, trimmed}

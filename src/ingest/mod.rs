@@ -6,6 +6,8 @@ mod commit;
 mod entries;
 mod worker;
 
-pub use commit::{AcceptedEntry, BatchCommit, CommitOutcome, RejectedEntry, is_out_of_memory};
+pub use commit::{
+    AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
+};
 pub use entries::StreamEntry;
 pub use worker::{StreamWorker, WorkerTotals};

@@ -7,15 +7,18 @@
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use redis::{Client, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::commit::{AcceptedEntry, BatchCommit, CommitOutcome, RejectedEntry, is_out_of_memory};
+use super::commit::{
+    AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
+};
 use super::entries::{self, StreamEntry};
-use crate::configuration::IngestSettings;
-use crate::event::{self, Rejection};
+use crate::configuration::{DeadLetterSettings, IngestSettings};
+use crate::dead_letter::KeptBody;
+use crate::event::{self, DoorRules, Rejection};
 use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind};
 use crate::redis_target;
 use crate::service_metrics;
@@ -43,7 +46,8 @@ pub struct StreamWorker {
     client: Client,
     consumer: String,
     settings: IngestSettings,
-    ttl_seconds: u64,
+    door: DoorRules,
+    dead_letters: DeadLetterSettings,
     commit: BatchCommit,
     trim: Script,
 }
@@ -71,6 +75,8 @@ impl StreamWorker {
         client: Client,
         consumer: String,
         settings: IngestSettings,
+        door: DoorRules,
+        dead_letters: DeadLetterSettings,
         ttl_seconds: u64,
     ) -> Self {
         StreamWorker {
@@ -78,8 +84,9 @@ impl StreamWorker {
             client,
             consumer,
             settings,
-            ttl_seconds,
-            commit: BatchCommit::default(),
+            door,
+            dead_letters,
+            commit: BatchCommit::new(kind, ttl_seconds, dead_letters.max_len),
             trim: Script::new(include_str!("trim_stream.lua")),
         }
     }
@@ -147,18 +154,19 @@ impl StreamWorker {
         totals: &mut WorkerTotals,
     ) -> redis::RedisResult<()> {
         if Instant::now() >= session.next_claim {
-            let (cursor, claimed, deleted) = entries::from_autoclaim_reply(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(self.kind.stream())
-                    .arg(CONSUMER_GROUP)
-                    .arg(&self.consumer)
-                    .arg(self.settings.claim_idle.as_millis() as u64)
-                    .arg(&session.claim_cursor)
-                    .arg("COUNT")
-                    .arg(self.settings.batch_size)
-                    .query_async(&mut session.conn)
-                    .await?,
-            )?;
+            let (reply, clock): (redis::Value, (i64, i64)) = redis::pipe()
+                .cmd("XAUTOCLAIM")
+                .arg(self.kind.stream())
+                .arg(CONSUMER_GROUP)
+                .arg(&self.consumer)
+                .arg(self.settings.claim_idle.as_millis() as u64)
+                .arg(&session.claim_cursor)
+                .arg("COUNT")
+                .arg(self.settings.batch_size)
+                .cmd("TIME")
+                .query_async(&mut session.conn)
+                .await?;
+            let (cursor, claimed, deleted) = entries::from_autoclaim_reply(reply)?;
             if !deleted.is_empty() {
                 // Redis already dropped these from the pending list.
                 totals.vanished += deleted.len() as u64;
@@ -167,7 +175,13 @@ impl StreamWorker {
             }
             if !claimed.is_empty() {
                 tracing::info!(kind = %self.kind, count = claimed.len(), "took over entries of a stalled consumer");
-                self.process(&mut session.conn, claimed, totals).await?;
+                self.process(
+                    &mut session.conn,
+                    claimed,
+                    redis_target::clock_reading(clock),
+                    totals,
+                )
+                .await?;
             }
             if cursor == "0-0" {
                 session.next_claim = Instant::now() + self.settings.claim_idle / 2;
@@ -189,11 +203,23 @@ impl StreamWorker {
             read.arg("BLOCK").arg(block.as_millis() as u64);
         }
         read.arg("STREAMS").arg(self.kind.stream()).arg(start_id);
-        let batch = entries::from_read_reply(read.query_async(&mut session.conn).await?)?;
+        // The server's clock right after the read: the door's window and the
+        // arrival stamp of entries whose id a producer chose are read against it.
+        let mut pipe = redis::pipe();
+        pipe.add_command(read).cmd("TIME");
+        let (reply, clock): (redis::Value, (i64, i64)) =
+            pipe.query_async(&mut session.conn).await?;
+        let batch = entries::from_read_reply(reply)?;
         if batch.is_empty() && session.phase == Phase::OwnPending {
             session.phase = Phase::New;
         }
-        self.process(&mut session.conn, batch, totals).await?;
+        self.process(
+            &mut session.conn,
+            batch,
+            redis_target::clock_reading(clock),
+            totals,
+        )
+        .await?;
 
         if Instant::now() >= session.next_trim {
             self.trim_stream(&mut session.conn).await?;
@@ -207,6 +233,7 @@ impl StreamWorker {
         &self,
         conn: &mut MultiplexedConnection,
         batch: Vec<StreamEntry>,
+        server_now: DateTime<Utc>,
         totals: &mut WorkerTotals,
     ) -> redis::RedisResult<()> {
         if batch.is_empty() {
@@ -217,14 +244,14 @@ impl StreamWorker {
         let mut rejected = Vec::new();
         let mut bytes = 0usize;
         for entry in batch {
-            bytes += match self.classify(entry) {
+            bytes += match self.classify(entry, server_now) {
                 Classified::Accepted(entry) => {
                     let size = entry.event.payload.len();
                     accepted.push(entry);
                     size
                 }
                 Classified::Rejected(entry) => {
-                    let size = entry.data.len();
+                    let size = entry.body.data.len();
                     rejected.push(entry);
                     size
                 }
@@ -277,7 +304,7 @@ impl StreamWorker {
         }
         let outcome = match self
             .commit
-            .commit(conn, self.kind, self.ttl_seconds, accepted, rejected, false)
+            .commit(conn, accepted, rejected, MemoryLimit::Respect)
             .await
         {
             Err(err) if is_out_of_memory(&err) => {
@@ -285,7 +312,7 @@ impl StreamWorker {
                 tracing::warn!(kind = %self.kind, "Redis is at maxmemory; committing this batch past the limit and trimming the stream");
                 let outcome = self
                     .commit
-                    .commit(conn, self.kind, self.ttl_seconds, accepted, rejected, true)
+                    .commit(conn, accepted, rejected, MemoryLimit::Exceed)
                     .await?;
                 self.trim_stream(conn).await?;
                 outcome
@@ -310,26 +337,27 @@ impl StreamWorker {
         Ok(())
     }
 
-    fn classify(&self, entry: StreamEntry) -> Classified {
+    fn classify(&self, entry: StreamEntry, server_now: DateTime<Utc>) -> Classified {
         if entry.fields.is_none() {
             return Classified::Vanished(entry.id);
         }
+        let keep = self.dead_letters.keep_bytes;
         let Some(data) = entry.field(DATA_FIELD) else {
             return Classified::Rejected(RejectedEntry {
-                data: entry.fields_as_json(),
+                body: KeptBody::new(&entry.fields_as_json(), keep),
                 entry_id: entry.id,
                 rejection: Rejection::MissingData,
             });
         };
         // Stamping with the entry's own time keeps redelivered copies identical.
-        let arrival = event::entry_time(&entry.id).unwrap_or_else(Utc::now);
-        match event::accept(self.kind, data, arrival, self.settings.max_event_bytes) {
+        let arrival = event::arrival_time(&entry.id, server_now, &self.door);
+        match event::accept(self.kind, data, arrival, server_now, &self.door) {
             Ok(event) => Classified::Accepted(AcceptedEntry {
                 entry_id: entry.id,
                 event,
             }),
             Err(rejection) => Classified::Rejected(RejectedEntry {
-                data: data.to_vec(),
+                body: KeptBody::new(data, keep),
                 entry_id: entry.id,
                 rejection,
             }),

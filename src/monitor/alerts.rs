@@ -151,8 +151,57 @@ fn kind_alerts(kind: &KindHealth, limits: &MonitorSettings, alerts: &mut Vec<Ale
             _ => {}
         }
     }
-    if let Some(stream) = &kind.stream
-        && let Some(lag) = stream.lag
+    if let Some(stream) = &kind.stream {
+        stream_alerts(kind, stream, limits, alerts);
+    }
+}
+
+/// A stream id ahead of the clock by more than this is no clock jitter.
+const ID_AHEAD_TOLERANCE_MS: i64 = 1_000;
+
+fn stream_alerts(
+    kind: &KindHealth,
+    stream: &super::StreamState,
+    limits: &MonitorSettings,
+    alerts: &mut Vec<Alert>,
+) {
+    let name = kind.kind.name();
+    if let Some(ahead) = stream
+        .last_id_ahead_ms
+        .filter(|ms| *ms > ID_AHEAD_TOLERANCE_MS)
+    {
+        alerts.push(alert(
+            "stream_id_in_future",
+            format!(
+                "the last id of {} is ahead of the Redis clock (a producer chose it): every later XADD * gets an id after it, and an exhausted id makes XADD * fail",
+                kind.kind.stream()
+            ),
+            format!(
+                "{} ({:.1} h ahead)",
+                stream.last_generated_id.clone().unwrap_or_default(),
+                ahead as f64 / 3_600_000.0
+            ),
+            "not ahead of the clock",
+            "arrival stamps are safe (the workers stamp with the Redis clock); to reset the ids follow README, \"A stream id in the future\"",
+        ));
+    }
+    if stream.dead_letters_last_hour > limits.alert_dead_letters_per_hour {
+        alerts.push(alert(
+            "dead_letters_recent",
+            format!("{name} events are being refused at the door"),
+            format!(
+                "{}{} dead letters in the last hour",
+                stream.dead_letters_last_hour,
+                if stream.dead_letters_last_hour > limits.alert_dead_letters_per_hour { "+" } else { "" }
+            ),
+            format!(
+                "{} per hour (FLIT_ALERT_DEAD_LETTERS_PER_HOUR)",
+                limits.alert_dead_letters_per_hour
+            ),
+            format!("see why with flit-cache dead-letter list {name}; after a fix, flit-cache dead-letter redrive {name}"),
+        ));
+    }
+    if let Some(lag) = stream.lag
         && lag > limits.alert_queue
     {
         alerts.push(alert(
@@ -300,6 +349,7 @@ mod tests {
             alert_queue: 10_000,
             alert_upload_age: Duration::from_secs(26 * 3_600),
             alert_failure_rate: 0.05,
+            alert_dead_letters_per_hour: 100,
         }
     }
 

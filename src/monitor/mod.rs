@@ -173,7 +173,8 @@ async fn read_kind(
         Ok(queue) => health.queue = Some(queue),
         Err(err) => health.errors.push(format!("upload queue: {err}")),
     }
-    match probe::stream_state(&mut records, kind).await {
+    let dead_letter_limit = settings.monitor.alert_dead_letters_per_hour + 1;
+    match probe::stream_state(&mut records, kind, dead_letter_limit).await {
         Ok(stream) => health.stream = Some(stream),
         Err(err) => health.errors.push(format!("stream: {err}")),
     }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use redis::InfoDict;
 use redis::aio::MultiplexedConnection;
+use redis::{InfoDict, Script};
 use serde::Serialize;
 
 use crate::keys::{
@@ -165,7 +165,7 @@ pub async fn queue_state(
 }
 
 /// One kind's stream and its consumer group.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamState {
     pub length: u64,
     /// Whether the `flit-cache` group exists (a worker has run).
@@ -176,11 +176,24 @@ pub struct StreamState {
     /// Entries delivered but not yet acknowledged.
     pub pending: u64,
     pub dead_letter_length: u64,
+    /// How far the stream's last generated id is ahead of the server's
+    /// clock, in ms (negative: behind, as it should be). Every later
+    /// automatic id is at least that far ahead.
+    pub last_id_ahead_ms: Option<i64>,
+    /// The stream's last generated id.
+    pub last_generated_id: Option<String>,
+    /// Dead letters of the last hour, counted up to the alert threshold + 1.
+    pub dead_letters_last_hour: u64,
+    /// Dead letters the stream's cap removed, since the counter began.
+    pub dead_letters_trimmed: u64,
 }
 
+/// Reads one kind's stream facts; `dead_letter_limit` bounds the count of
+/// the last hour's dead letters (the alert threshold is all that matters).
 pub async fn stream_state(
     conn: &mut MultiplexedConnection,
     kind: EventKind,
+    dead_letter_limit: u64,
 ) -> redis::RedisResult<StreamState> {
     let (length, dead_letter_length): (u64, u64) = redis::pipe()
         .cmd("XLEN")
@@ -189,13 +202,27 @@ pub async fn stream_state(
         .arg(kind.dead_letter_stream())
         .query_async(conn)
         .await?;
+    let (now_ms, last_id, recent, trimmed): (i64, String, u64, u64) =
+        Script::new(include_str!("stream_facts.lua"))
+            .key(kind.stream())
+            .key(kind.dead_letter_stream())
+            .key(kind.dead_letters_trimmed_key())
+            .arg(3_600_000)
+            .arg(dead_letter_limit.max(1))
+            .invoke_async(conn)
+            .await?;
+    let last_id_ahead_ms = last_id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .map(|ms| i64::try_from(i128::from(ms) - i128::from(now_ms)).unwrap_or(i64::MAX));
     let mut state = StreamState {
         length,
-        group_exists: false,
-        consumers: 0,
-        lag: None,
-        pending: 0,
         dead_letter_length,
+        last_id_ahead_ms,
+        last_generated_id: (!last_id.is_empty()).then_some(last_id),
+        dead_letters_last_hour: recent,
+        dead_letters_trimmed: trimmed,
+        ..StreamState::default()
     };
     if length == 0 {
         let exists: bool = redis::cmd("EXISTS")

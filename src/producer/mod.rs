@@ -13,7 +13,7 @@ pub use breaker::CircuitBreaker;
 pub use spool::{Spool, SpoolError};
 
 use crate::configuration::{ProducerSettings, Settings};
-use crate::event::{self, AcceptedEvent, Rejection};
+use crate::event::{self, AcceptedEvent, DoorRules, Rejection};
 use crate::keys::{DATA_FIELD, EventKind};
 use crate::redis_target::LazyConnection;
 
@@ -52,6 +52,7 @@ pub struct Producer {
     breaker: CircuitBreaker,
     spool: Spool,
     settings: ProducerSettings,
+    door: DoorRules,
 }
 
 impl Producer {
@@ -73,6 +74,7 @@ impl Producer {
             breaker: CircuitBreaker::new(producer.breaker_failures, producer.breaker_cooldown),
             spool: Spool::new(&producer.spool_dir, producer.spool_max_bytes),
             settings: producer.clone(),
+            door: settings.door,
         })
     }
 
@@ -80,15 +82,12 @@ impl Producer {
         &self.spool
     }
 
-    /// Validates one event as the workers will, stamping a missing timestamp
-    /// now, so a retried copy of it is identical and deduplicated downstream.
+    /// Checks one event at the door as the workers will (against this
+    /// host's clock), stamping a missing timestamp now, so a retried copy of
+    /// it is identical and deduplicated downstream.
     pub fn prepare(&self, kind: EventKind, event: &[u8]) -> Result<AcceptedEvent, Rejection> {
-        event::accept(
-            kind,
-            event,
-            chrono::Utc::now(),
-            self.settings.max_event_bytes,
-        )
+        let now = chrono::Utc::now();
+        event::accept(kind, event, now, now, &self.door)
     }
 
     /// Sends one event: to the stream, or to the spool when Redis fails.

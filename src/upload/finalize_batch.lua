@@ -6,15 +6,20 @@
 -- record is removed only while it still holds the exact uploaded content.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
--- KEYS: 1 upload queue, 2 dead-letter stream
+-- KEYS: 1 upload queue, 2 dead-letter stream, 3 counter of dead letters
+--       the cap trimmed
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 gone count,
+--       5 dead-letter cap,
 --       per uploaded: queue key, id, sha1 of payload
---       per dead:     queue key, id, sha1 of payload, reason, payload
+--       per dead:     queue key, id, sha1 of payload, reason code, reason,
+--                     payload kept (a prefix when long), whole size,
+--                     '1' when the kept payload is a prefix
 --       per gone:     queue key
 -- Returns {settled, moved_on, dead_lettered, gone_removed}
-local queue, dead = KEYS[1], KEYS[2]
+local queue, dead, trimmed_counter = KEYS[1], KEYS[2], KEYS[3]
 local superseded = ARGV[1]
 local uploaded, dead_count, gone = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cap = tonumber(ARGV[5])
 local settled, moved_on, dead_lettered, gone_removed = 0, 0, 0, 0
 
 -- Queue entries to remove (key -> how many) and record keys to delete.
@@ -53,19 +58,24 @@ local function settle(key, id, digest)
   return false
 end
 
-local i = 5
+local i = 6
 for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
   i = i + 3
 end
 for _ = 1, dead_count do
-  local key, id, digest, reason, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
+  local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if settle(key, id, digest) then
-    redis.call('XADD', dead, '*', 'reason_code', 'schema_mismatch', 'reason', reason,
-               'source_key', key, 'data', payload)
+    redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
+               'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
+               'sha1', digest, 'truncated', ARGV[i + 7])
     dead_lettered = dead_lettered + 1
   end
+  i = i + 8
+end
+if dead_lettered > 0 then
+  local trimmed = redis.call('XTRIM', dead, 'MAXLEN', '~', cap)
+  if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
 end
 for _ = 1, gone do
   local key = ARGV[i]

@@ -119,7 +119,7 @@ async fn upload_table<W: Warehouse>(
     };
     let result = async {
         let records = connect(settings, settings.db_for(kind)).await?;
-        let mut queue = UploadQueue::new(kind, records, state.clone());
+        let mut queue = UploadQueue::new(kind, records, state.clone(), settings.dead_letters);
         upload_kind(settings, warehouse, &mut queue, options, lock, &mut report).await
     }
     .await;

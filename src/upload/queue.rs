@@ -20,6 +20,9 @@ use redis::Script;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
+use crate::configuration::DeadLetterSettings;
+use crate::dead_letter::KeptBody;
+use crate::event::Rejection;
 use crate::keys::{EventKind, UPLOAD_QUEUE, upload_manifest_key};
 use crate::warehouse::rows::{self, Row};
 
@@ -41,6 +44,20 @@ pub struct BatchRecord {
     pub key: String,
     pub id: String,
     pub payload: String,
+    /// SHA-1 of the value as stored, when `payload` is not that value
+    /// byte for byte (it was not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_sha1: Option<String>,
+}
+
+impl BatchRecord {
+    /// The SHA-1 of the value as Redis holds it: settling removes the record
+    /// only while it still holds exactly that.
+    pub fn digest(&self) -> String {
+        self.stored_sha1
+            .clone()
+            .unwrap_or_else(|| digest(&self.payload))
+    }
 }
 
 /// A record that cannot be a row, and why.
@@ -48,7 +65,18 @@ pub struct BatchRecord {
 pub struct InvalidRecord {
     pub record: BatchRecord,
     pub reason: String,
+    /// The reason code of its dead letter (manifests of earlier versions
+    /// carry none: theirs were all `schema_mismatch`).
+    #[serde(default = "schema_mismatch")]
+    pub code: String,
 }
+
+fn schema_mismatch() -> String {
+    "schema_mismatch".to_owned()
+}
+
+/// The dead-letter reason code of a record the warehouse refused.
+pub const REFUSED_BY_WAREHOUSE: &str = "refused_by_warehouse";
 
 /// Everything needed to write a batch again and settle it, exactly as first decided.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -94,6 +122,7 @@ impl BatchManifest {
                 Some(reason) => manifest.invalid.push(InvalidRecord {
                     record: record.clone(),
                     reason: format!("refused by the warehouse: {reason}"),
+                    code: REFUSED_BY_WAREHOUSE.to_owned(),
                 }),
                 None => manifest.records.push(record.clone()),
             }
@@ -119,6 +148,7 @@ pub struct UploadQueue {
     records: MultiplexedConnection,
     /// The database holding the service's own state (manifests).
     state: MultiplexedConnection,
+    dead_letters: DeadLetterSettings,
     finalize: Script,
 }
 
@@ -127,11 +157,13 @@ impl UploadQueue {
         kind: EventKind,
         records: MultiplexedConnection,
         state: MultiplexedConnection,
+        dead_letters: DeadLetterSettings,
     ) -> Self {
         UploadQueue {
             kind,
             records,
             state,
+            dead_letters,
             finalize: Script::new(include_str!("finalize_batch.lua")),
         }
     }
@@ -203,7 +235,9 @@ impl UploadQueue {
                 break;
             }
             start += keys.len();
-            let payloads: Vec<Option<String>> = redis::cmd("MGET")
+            // Bytes, not text: a value that is not UTF-8 (set by hand past
+            // the door) is one bad record, not a batch that never loads.
+            let payloads: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(&keys)
                 .query_async(&mut self.records)
                 .await?;
@@ -218,15 +252,35 @@ impl UploadQueue {
                 };
                 bytes += payload.len();
                 let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
-                let record = BatchRecord { key, id, payload };
-                match rows::to_row(self.kind, &record.payload, ingested_at) {
+                let (payload, stored_sha1, row) = match String::from_utf8(payload) {
+                    Ok(text) => {
+                        let row = rows::to_row(self.kind, &text, ingested_at);
+                        (text, None, row)
+                    }
+                    Err(err) => (
+                        String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                        Some(sha1_smol::Sha1::from(err.as_bytes()).digest().to_string()),
+                        Err(Rejection::InvalidJson(format!(
+                            "not UTF-8 ({})",
+                            err.utf8_error()
+                        ))),
+                    ),
+                };
+                let record = BatchRecord {
+                    key,
+                    id,
+                    payload,
+                    stored_sha1,
+                };
+                match row {
                     Ok(row) => {
                         rows.push(row);
                         manifest.records.push(record);
                     }
-                    Err(err) => manifest.invalid.push(InvalidRecord {
+                    Err(rejection) => manifest.invalid.push(InvalidRecord {
                         record,
-                        reason: err.to_string(),
+                        reason: rejection.to_string(),
+                        code: rejection.code().to_owned(),
                     }),
                 }
                 if bytes >= max_bytes {
@@ -251,24 +305,30 @@ impl UploadQueue {
         invocation
             .key(UPLOAD_QUEUE)
             .key(self.kind.dead_letter_stream())
+            .key(self.kind.dead_letters_trimmed_key())
             .arg(self.kind.superseded_prefix())
             .arg(manifest.records.len())
             .arg(manifest.invalid.len())
-            .arg(manifest.expired.len() + manifest.repeated.len());
+            .arg(manifest.expired.len() + manifest.repeated.len())
+            .arg(self.dead_letters.max_len);
         for record in &manifest.records {
             invocation
                 .arg(&record.key)
                 .arg(&record.id)
-                .arg(digest(&record.payload));
+                .arg(record.digest());
         }
         for invalid in &manifest.invalid {
             let record = &invalid.record;
+            let kept = KeptBody::new(record.payload.as_bytes(), self.dead_letters.keep_bytes);
             invocation
                 .arg(&record.key)
                 .arg(&record.id)
-                .arg(digest(&record.payload))
+                .arg(record.digest())
+                .arg(&invalid.code)
                 .arg(&invalid.reason)
-                .arg(&record.payload);
+                .arg(kept.data)
+                .arg(kept.size)
+                .arg(if kept.truncated { "1" } else { "0" });
         }
         for key in manifest.expired.iter().chain(&manifest.repeated) {
             invocation.arg(key);

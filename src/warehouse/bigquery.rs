@@ -36,7 +36,7 @@ use yup_oauth2::{
 };
 
 use super::rows::timestamp_text;
-use super::{Freshness, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use super::{Freshness, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 use crate::configuration::{WarehouseSettings, WriteMode};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -52,6 +52,13 @@ const RETRYABLE_REASONS: [&str; 4] = [
 const STREAM_ROWS: usize = 500;
 const STREAM_BYTES: usize = 9 * 1024 * 1024;
 const JOB_WAIT: Duration = Duration::from_secs(600);
+/// BigQuery streams into a time-partitioned table only rows whose partition
+/// time lies between 5 years in the past and 1 year in the future; the rest
+/// of a stream-mode batch goes by load job. The window is taken from the
+/// batch's own ingestion time, with margins, so a batch splits the same way
+/// on every retry, and whole days, so the two parts share no partition.
+const STREAM_PAST_DAYS: i64 = 5 * 365 - 60;
+const STREAM_FUTURE_DAYS: i64 = 365 - 30;
 const BOUNDARY: &str = "flit_cache_multipart_boundary_7c0a";
 
 /// Who signs requests: nobody for a local emulator, else Google credentials.
@@ -321,11 +328,34 @@ impl BigQueryWarehouse {
             .collect())
     }
 
+    /// Stream mode: rows within BigQuery's streaming window by insertAll,
+    /// the others by a load job of their own.
+    async fn stream_or_load(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+        let (streamable, by_job): (Vec<usize>, Vec<usize>) =
+            (0..batch.rows.len()).partition(|&i| streamable(&batch.rows[i], batch.ingested_at));
+        if !by_job.is_empty() {
+            let rows: Vec<Row> = by_job.iter().map(|&i| batch.rows[i].clone()).collect();
+            let ids: Vec<String> = by_job.iter().map(|&i| batch.row_ids[i].clone()).collect();
+            let batch_id = format!("{}_outside_streaming_window", batch.batch_id);
+            self.load(&RowBatch {
+                batch_id: &batch_id,
+                rows: &rows,
+                row_ids: &ids,
+                ..*batch
+            })
+            .await?;
+        }
+        self.stream(batch, streamable).await
+    }
+
     /// Streaming inserts with insertId = record id. Rows BigQuery rejects come
     /// back as `rejected`; rows it reports as `stopped` are sent again.
-    async fn stream(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
+    async fn stream(
+        &self,
+        batch: &RowBatch<'_>,
+        mut pending: Vec<usize>,
+    ) -> Result<WriteOutcome, SinkError> {
         let mut outcome = WriteOutcome::default();
-        let mut pending: Vec<usize> = (0..batch.rows.len()).collect();
         for _round in 0..5 {
             if pending.is_empty() {
                 return Ok(outcome);
@@ -463,7 +493,7 @@ impl Warehouse for BigQueryWarehouse {
     async fn write(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
         match self.mode {
             WriteMode::Load => self.load(batch).await,
-            WriteMode::Stream => self.stream(batch).await,
+            WriteMode::Stream => self.stream_or_load(batch).await,
         }
     }
 
@@ -486,6 +516,14 @@ impl Warehouse for BigQueryWarehouse {
                 .and_then(chrono::DateTime::from_timestamp_micros),
         })
     }
+}
+
+/// Whether a row's whole partition day lies within the streaming window.
+fn streamable(row: &Row, ingested_at: chrono::DateTime<chrono::Utc>) -> bool {
+    let start = row.day.and_time(chrono::NaiveTime::MIN).and_utc();
+    let end = start + chrono::TimeDelta::days(1);
+    start >= ingested_at - chrono::TimeDelta::days(STREAM_PAST_DAYS)
+        && end <= ingested_at + chrono::TimeDelta::days(STREAM_FUTURE_DAYS)
 }
 
 /// insertAll takes JSON columns as JSON-encoded strings, as BigQuery documents.
@@ -638,6 +676,26 @@ mod tests {
             streaming_row(&json!({"raw": {"a": 1}, "score": 0.5}).to_string()).expect("object");
         assert_eq!(row["raw"], "{\"a\":1}");
         assert_eq!(row["score"], 0.5);
+    }
+
+    #[test]
+    fn only_rows_within_the_streaming_window_stream() {
+        let now = chrono::Utc::now();
+        let row = |at: chrono::DateTime<chrono::Utc>| Row {
+            day: at.date_naive(),
+            at,
+            json: String::new(),
+        };
+        assert!(streamable(&row(now), now));
+        assert!(streamable(
+            &row(now - chrono::TimeDelta::days(4 * 365)),
+            now
+        ));
+        assert!(!streamable(
+            &row(now - chrono::TimeDelta::days(5 * 365)),
+            now
+        ));
+        assert!(!streamable(&row(now + chrono::TimeDelta::days(365)), now));
     }
 
     #[test]

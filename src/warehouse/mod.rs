@@ -10,7 +10,7 @@ use std::future::Future;
 
 pub use bigquery::BigQueryWarehouse;
 pub use local::LocalWarehouse;
-pub use rows::{Row, RowError};
+pub use rows::Row;
 
 use crate::configuration::Settings;
 use crate::keys::EventKind;
@@ -89,13 +89,13 @@ impl TableSpec {
                 dataset: "flit_bnpl_raw",
                 table: "raw_bnpl_txs_json",
                 partition_field: "_timestamp",
-                schema_json: include_str!("../../schemas/raw_bnpl_txs_json.json"),
+                schema_json: crate::event::schema::table_schema_json(kind),
             },
             EventKind::Prediction => TableSpec {
                 dataset: "flit_ml_raw",
                 table: "raw_bnpl_prediction_logs",
                 partition_field: "prediction_timestamp",
-                schema_json: include_str!("../../schemas/raw_bnpl_prediction_logs.json"),
+                schema_json: crate::event::schema::table_schema_json(kind),
             },
         }
     }

@@ -1,23 +1,18 @@
-//! From cached record to warehouse row, checked against the table schema
-//! (`schemas/*.json`) before anything is sent: a record that cannot be a
-//! valid row is refused here with the reason, and dead-lettered by the
-//! uploader instead of failing its batch.
+//! From cached record to warehouse row. The record is checked with the
+//! door's own rules (`event::check`), so a record the door accepted always
+//! becomes a row; one that cannot (written by an older binary) is refused
+//! here with the door's reason and dead-lettered instead of failing its
+//! batch. The row is written in the table's column order: typed columns as
+//! the door normalised them, the event column as the record's own text.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::{Number, Value};
+use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::event::json_text::minify;
+use crate::event::schema::ColumnSource;
+use crate::event::{self, EventSchema, Rejection, check};
 use crate::keys::EventKind;
 
-/// A record that cannot become a row of its table.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RowError(pub String);
-
-impl RowError {
-    pub const CODE: &'static str = "schema_mismatch";
-}
+pub use crate::event::time::canonical as timestamp_text;
 
 /// One row, ready for the sink, and the day partition it belongs to. The
 /// row is kept as its finished NDJSON line (JSON columns as JSON values), the
@@ -26,184 +21,61 @@ impl RowError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub day: NaiveDate,
+    /// The partition column's time.
+    pub at: DateTime<Utc>,
     pub json: String,
 }
 
-/// The fields of a transaction record the row needs; the rest stays in the
-/// payload, which becomes `json_body` verbatim.
-#[derive(Deserialize)]
-struct TransactionFields {
-    #[serde(rename = "_timestamp")]
-    timestamp: Option<Value>,
-}
-
-/// The typed columns of a prediction; `raw` is the payload verbatim.
-#[derive(Deserialize)]
-struct PredictionFields<'a> {
-    prediction_id: Option<Value>,
-    transaction_id: Option<Value>,
-    customer_id: Option<Value>,
-    selected_model: Option<Value>,
-    business_decision: Option<Value>,
-    risk_level: Option<Value>,
-    selected_prediction: Option<Value>,
-    processing_time_ms: Option<Value>,
-    prediction_timestamp: Option<Value>,
-    #[serde(borrow)]
-    model_predictions: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-struct TransactionRow<'a> {
-    _timestamp: String,
-    json_body: &'a RawValue,
-    _ingestion_timestamp: &'a str,
-}
-
-#[derive(Serialize)]
-struct PredictionRow<'a> {
-    prediction_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    transaction_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    customer_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model_predictions: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    selected_model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    selected_prediction: Option<&'a Number>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    business_decision: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    risk_level: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    processing_time_ms: Option<&'a Number>,
-    prediction_timestamp: String,
-    raw: &'a RawValue,
-    _ingestion_timestamp: &'a str,
-}
-
-/// Builds the row of a record, checking it against the table's schema. Only
-/// the typed fields are parsed; JSON columns are the record's own text.
-pub fn to_row(kind: EventKind, payload: &str, ingested_at: DateTime<Utc>) -> Result<Row, RowError> {
-    let body: &RawValue =
-        serde_json::from_str(payload).map_err(|e| RowError(format!("record is not JSON: {e}")))?;
-    if !body.get().trim_start().starts_with('{') {
-        return Err(RowError("record is not a JSON object".into()));
-    }
-    let ingested = timestamp_text(ingested_at);
-    let not_a_row = |e: serde_json::Error| RowError(format!("record does not fit the table: {e}"));
-    let (day, json) = match kind {
-        EventKind::Transaction => {
-            let fields: TransactionFields = serde_json::from_str(payload).map_err(not_a_row)?;
-            let at = required_time("_timestamp", fields.timestamp.as_ref())?;
-            let row = TransactionRow {
-                _timestamp: timestamp_text(at),
-                json_body: body,
-                _ingestion_timestamp: &ingested,
-            };
-            (at.date_naive(), serde_json::to_string(&row))
-        }
-        EventKind::Prediction => {
-            let fields: PredictionFields = serde_json::from_str(payload).map_err(not_a_row)?;
-            let at = required_time("prediction_timestamp", fields.prediction_timestamp.as_ref())?;
-            let prediction_id = match &fields.prediction_id {
-                Some(Value::String(id)) if !id.is_empty() => id.as_str(),
-                _ => {
-                    return Err(RowError(
-                        "`prediction_id` must be a non-empty string (REQUIRED STRING)".into(),
-                    ));
-                }
-            };
-            if let Some(scores) = fields.model_predictions
-                && !scores.get().trim_start().starts_with(['{', 'n'])
-            {
-                let found: Value = serde_json::from_str(scores.get()).unwrap_or(Value::Null);
-                return Err(mismatch("model_predictions", "JSON object", &found));
-            }
-            let row = PredictionRow {
-                prediction_id,
-                transaction_id: string_column("transaction_id", &fields.transaction_id)?,
-                customer_id: string_column("customer_id", &fields.customer_id)?,
-                model_predictions: fields.model_predictions.filter(|v| v.get() != "null"),
-                selected_model: string_column("selected_model", &fields.selected_model)?,
-                selected_prediction: number_column(
-                    "selected_prediction",
-                    &fields.selected_prediction,
-                )?,
-                business_decision: string_column("business_decision", &fields.business_decision)?,
-                risk_level: string_column("risk_level", &fields.risk_level)?,
-                processing_time_ms: number_column(
-                    "processing_time_ms",
-                    &fields.processing_time_ms,
-                )?,
-                prediction_timestamp: timestamp_text(at),
-                raw: body,
-                _ingestion_timestamp: &ingested,
-            };
-            (at.date_naive(), serde_json::to_string(&row))
+/// Builds the row of a record. Records are one line already; an older
+/// record that is not is made one, so no row can span two lines.
+pub fn to_row(
+    kind: EventKind,
+    payload: &str,
+    ingested_at: DateTime<Utc>,
+) -> Result<Row, Rejection> {
+    let text = String::from_utf8(minify(payload.as_bytes()))
+        .map_err(|e| Rejection::InvalidJson(format!("not UTF-8 ({e})")))?;
+    let checked = check(kind, &text, None)?;
+    let at = match checked.time {
+        event::check::EventTime::Present(at) => at,
+        event::check::EventTime::Missing { .. } => {
+            return Err(Rejection::MissingField(kind.timestamp_field().to_owned()));
         }
     };
-    let json = json.map_err(|e| RowError(format!("cannot write the row: {e}")))?;
-    Ok(Row { day, json })
-}
-
-fn string_column<'a>(field: &str, value: &'a Option<Value>) -> Result<Option<&'a str>, RowError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(other) => Err(mismatch(field, "STRING", other)),
+    let ingested = serde_json::Value::from(timestamp_text(ingested_at)).to_string();
+    let schema = EventSchema::for_kind(kind);
+    let mut json = String::with_capacity(text.len() * 2 + 128);
+    json.push('{');
+    for (name, source) in &schema.columns {
+        let value = match source {
+            ColumnSource::Event => &text,
+            ColumnSource::Ingestion => &ingested,
+            ColumnSource::Field(index) => match checked.values.get(*index) {
+                Some(Some(value)) => value.as_ref(),
+                _ => continue,
+            },
+        };
+        if json.len() > 1 {
+            json.push(',');
+        }
+        // Column names come from schemas/ and need no escaping, but
+        // serialising keeps that true.
+        json.push_str(&serde_json::Value::from(name.as_str()).to_string());
+        json.push(':');
+        json.push_str(value);
     }
-}
-
-fn number_column<'a>(
-    field: &str,
-    value: &'a Option<Value>,
-) -> Result<Option<&'a Number>, RowError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => Ok(Some(n)),
-        Some(other) => Err(mismatch(field, "FLOAT64", other)),
-    }
-}
-
-/// BigQuery's canonical TIMESTAMP text, in UTC with microseconds.
-pub fn timestamp_text(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn required_time(field: &str, value: Option<&Value>) -> Result<DateTime<Utc>, RowError> {
-    match value {
-        Some(Value::String(text)) => DateTime::parse_from_rfc3339(text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                RowError(format!(
-                    "`{field}` is not an RFC 3339 time (REQUIRED TIMESTAMP)"
-                ))
-            }),
-        None | Some(Value::Null) => Err(RowError(format!(
-            "`{field}` is missing (REQUIRED TIMESTAMP)"
-        ))),
-        Some(other) => Err(mismatch(field, "TIMESTAMP", other)),
-    }
-}
-
-fn mismatch(field: &str, expected: &str, found: &Value) -> RowError {
-    let found = match found {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    RowError(format!("`{field}` is {found}, the column is {expected}"))
+    json.push('}');
+    Ok(Row {
+        day: at.date_naive(),
+        at,
+        json,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn columns(row: &Row) -> Value {
         serde_json::from_str(&row.json).expect("a row is JSON")
@@ -218,7 +90,7 @@ mod tests {
     #[test]
     fn transaction_row_keeps_the_body_and_lands_on_its_event_day() {
         let payload =
-            r#"{"_timestamp":"2025-09-27T23:30:00-02:00","transaction_id":"t1","amount":299.99}"#;
+            r#"{"_timestamp":"2025-09-27T23:30:00-02:00","transaction_id":"t1","amount":299.990}"#;
         let row = to_row(EventKind::Transaction, payload, at()).expect("valid");
         let columns = columns(&row);
         assert_eq!(
@@ -228,6 +100,10 @@ mod tests {
         );
         assert_eq!(columns["_timestamp"], "2025-09-28T01:30:00.000000Z");
         assert_eq!(columns["json_body"]["amount"], 299.99);
+        assert!(
+            row.json.contains(r#""amount":299.990"#),
+            "number kept as written"
+        );
         assert_eq!(
             columns["_ingestion_timestamp"],
             "2026-01-02T03:04:05.123456Z"
@@ -236,11 +112,22 @@ mod tests {
 
     #[test]
     fn prediction_row_has_typed_columns_and_raw() {
-        let payload = r#"{"prediction_timestamp":"2025-09-27T14:30:00Z","prediction_id":"p1","transaction_id":"t1","model_predictions":{"ridge":0.2},"selected_model":"ridge","selected_prediction":0.2,"business_decision":"approve","risk_level":"LOW","processing_time_ms":23.4,"new_field":[1]}"#;
+        let payload = r#"{"prediction_timestamp":"2025-09-27 14:30:00","prediction_id":"p1","transaction_id":"t1","model_predictions":{"ridge":0.2},"selected_model":"ridge","selected_prediction":"0.2","business_decision":"approve","risk_level":"LOW","processing_time_ms":23.4,"new_field":[1]}"#;
         let row = to_row(EventKind::Prediction, payload, at()).expect("valid");
         let columns = columns(&row);
         assert_eq!(columns["prediction_id"], "p1");
-        assert_eq!(columns["selected_prediction"], 0.2);
+        assert_eq!(
+            columns["selected_prediction"], 0.2,
+            "numeric string is a number"
+        );
+        assert_eq!(
+            columns["raw"]["selected_prediction"], "0.2",
+            "raw keeps the text"
+        );
+        assert_eq!(
+            columns["prediction_timestamp"],
+            "2025-09-27T14:30:00.000000Z"
+        );
         assert_eq!(columns["model_predictions"]["ridge"], 0.2);
         assert_eq!(columns["raw"]["new_field"][0], 1, "new fields kept in raw");
         assert!(
@@ -250,45 +137,46 @@ mod tests {
     }
 
     #[test]
+    fn an_indented_record_becomes_one_line() {
+        let payload = "{\n  \"_timestamp\": \"2025-09-27T14:30:00Z\",\n  \"transaction_id\": \"t1\",\n  \"note\": \"a\\nb\",\n  \"nested\": {\n    \"a\": 1\n  }\n}";
+        let row = to_row(EventKind::Transaction, payload, at()).expect("valid");
+        assert!(!row.json.contains('\n'));
+        assert_eq!(columns(&row)["json_body"]["nested"]["a"], 1);
+    }
+
+    #[test]
     fn records_that_cannot_be_rows_say_why() {
         let cases = [
             (
                 EventKind::Prediction,
                 r#"{"prediction_timestamp":"2025-09-27T14:30:00Z","prediction_id":"p","selected_prediction":"high"}"#,
-                "`selected_prediction` is a string, the column is FLOAT64",
+                "invalid_type",
             ),
             (
                 EventKind::Prediction,
                 r#"{"prediction_timestamp":"2025-09-27T14:30:00Z","prediction_id":"p","risk_level":3}"#,
-                "`risk_level` is a number, the column is STRING",
-            ),
-            (
-                EventKind::Prediction,
-                r#"{"prediction_timestamp":"2025-09-27T14:30:00Z","prediction_id":"p","model_predictions":[0.1]}"#,
-                "`model_predictions` is an array",
+                "invalid_type",
             ),
             (
                 EventKind::Prediction,
                 r#"{"prediction_id":"p"}"#,
-                "`prediction_timestamp` is missing",
+                "missing_field",
             ),
             (
                 EventKind::Transaction,
                 r#"{"transaction_id":"t","_timestamp":"soon"}"#,
-                "`_timestamp` is not an RFC 3339 time",
+                "invalid_timestamp",
             ),
-            (EventKind::Transaction, "[]", "not a JSON object"),
+            (
+                EventKind::Transaction,
+                r#"{"transaction_id":"t","_timestamp":"0000-01-01T00:00:00Z"}"#,
+                "timestamp_out_of_range",
+            ),
+            (EventKind::Transaction, "[]", "not_an_object"),
         ];
-        for (kind, payload, expected) in cases {
+        for (kind, payload, code) in cases {
             let err = to_row(kind, payload, at()).expect_err(payload);
-            assert!(err.0.contains(expected), "{payload}: {err}");
+            assert_eq!(err.code(), code, "{payload}: {err}");
         }
-    }
-
-    #[test]
-    fn ndjson_line_is_one_line() {
-        let payload = r#"{"_timestamp":"2025-09-27T14:30:00Z","transaction_id":"t\n1"}"#;
-        let row = to_row(EventKind::Transaction, payload, at()).expect("valid");
-        assert!(!row.json.contains('\n'));
     }
 }
