@@ -220,3 +220,77 @@ fn streaming_inserts_write_each_row_once() {
     assert_eq!(sample[0][0], "true", "JSON columns arrive as JSON");
     assert_drained(&redis);
 }
+
+#[test]
+fn what_producers_send_loads_as_one_row_per_accepted_event_and_nothing_else() {
+    let redis = RedisServer::start();
+    let emulator = Emulator::start();
+    let env = bigquery_env(&redis, &emulator).set("FLIT_MAX_EVENT_BYTES", "2048");
+    let cases = corpus::cases();
+    let expected = corpus::send(&redis, &cases);
+    ingest_until_queued(
+        &redis,
+        &env,
+        expected.records("transactions") as u64,
+        expected.records("predictions") as u64,
+    );
+    for kind in ["transactions", "predictions"] {
+        corpus::check_dead_letters(&redis, &expected, kind);
+    }
+    let out = env.flit(&["init"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["status"], "ok", "{text}");
+    assert_drained(&redis);
+
+    let records = &expected.records["predictions"];
+    let rows = emulator.query(&format!(
+        "SELECT prediction_id, TO_JSON_STRING(raw), CAST(selected_prediction AS STRING), UNIX_MICROS(prediction_timestamp) FROM {PRED}"
+    ));
+    assert_eq!(rows.len(), records.len(), "one row per accepted prediction");
+    for row in &rows {
+        let case = records
+            .get(&row[0])
+            .unwrap_or_else(|| panic!("a row nobody sent: {row:?}"));
+        let raw: Value = serde_json::from_str(&row[1]).expect("raw is JSON");
+        if let (Some(record), false) = (&case.record, case.stamped) {
+            let sent: Value = serde_json::from_str(record).expect("record");
+            assert_eq!(raw, sent, "{}: raw is the event", case.name);
+        }
+    }
+    let cell = |id: &str, i: usize| {
+        rows.iter()
+            .find(|r| r[0] == id)
+            .map(|r| r[i].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        cell("p_str", 2),
+        "0.234",
+        "a numeric string loads as a number"
+    );
+    assert_eq!(
+        cell("p_naive", 3),
+        "1795185000123456",
+        "a naive time is UTC: 2026-11-20T14:30:00.123456Z"
+    );
+    assert_eq!(
+        cell("p_off", 3),
+        "1795224600000000",
+        "23:30-02:00 is 01:30Z"
+    );
+
+    let tx = &expected.records["transactions"];
+    assert_eq!(
+        emulator.count(TX, TX_ID),
+        (tx.len() as u64, tx.len() as u64)
+    );
+    let amounts = emulator.query(&format!(
+        "SELECT {TX_ID}, SAFE_CAST(JSON_VALUE(json_body, '$.amount') AS FLOAT64) FROM {TX}"
+    ));
+    assert!(
+        amounts.iter().any(|r| r[0] == "t_amt" && r[1] == "299.99"),
+        "the staging cast reads an amount sent as a string: {amounts:?}"
+    );
+}

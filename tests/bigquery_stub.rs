@@ -42,6 +42,8 @@ struct Stub {
     queries: usize,
     /// Committed rows: (_ingestion_timestamp, insertId or id).
     rows: Vec<(String, String)>,
+    /// Ids of the rows committed by load jobs.
+    loaded: Vec<String>,
     insert_ids: HashMap<String, usize>,
 }
 
@@ -112,6 +114,7 @@ async fn upload(State(stub): State<Shared>, Path(project): Path<String>, body: S
     stub.job_ids_seen.push(job_id.clone());
     match stub.uploads.pop_front().unwrap_or(Upload::Commit) {
         Upload::Commit => {
+            stub.loaded.extend(rows.iter().map(|(_, id)| id.clone()));
             stub.rows.extend(rows);
             axum::Json(done_job(&project, &job_id, None)).into_response()
         }
@@ -387,5 +390,40 @@ fn insert_errors_dead_letter_the_invalid_row_and_resend_the_stopped_ones() {
         dead[0].1["reason"].contains("Cannot convert value to floating point"),
         "{:?}",
         dead[0].1
+    );
+}
+
+#[test]
+fn stream_mode_loads_rows_outside_the_streaming_window_by_job() {
+    let redis = RedisServer::start();
+    let (port, stub) = start_stub(Stub::default());
+    let env = Env::new(&redis)
+        .set("BIGQUERY_PROJECT", "stub-project")
+        .set("BIGQUERY_API_URL", &format!("http://127.0.0.1:{port}"))
+        .set("FLIT_BQ_WRITE_MODE", "stream");
+    env.generate(&["--count", &N.to_string(), "--kind", "predictions"]);
+    // A backfill from 2015: BigQuery streams nothing older than five years.
+    let old: Vec<String> = (0..5).map(|i| format!("p_2015_{i}")).collect();
+    let lines: Vec<String> = old
+        .iter()
+        .map(|id| {
+            format!(r#"{{"prediction_id":"{id}","prediction_timestamp":"2015-06-01T00:00:00Z"}}"#)
+        })
+        .collect();
+    env.push("predictions", &lines.join("\n"));
+    ingest_until_queued(&redis, &env, 0, (N + old.len()) as u64);
+    let (code, report, text) = upload_predictions(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["tables"][0]["rows_uploaded"], (N + old.len()) as u64);
+    let stub = stub.lock().expect("stub");
+    let mut loaded = stub.loaded.clone();
+    loaded.sort();
+    assert_eq!(loaded, old, "the old rows went by load job");
+    assert_eq!(stub.insert_ids.len(), N, "the recent ones were streamed");
+    assert!(old.iter().all(|id| !stub.insert_ids.contains_key(id)));
+    assert!(
+        stub.job_ids_seen
+            .iter()
+            .all(|j| j.contains("_outside_streaming_window"))
     );
 }

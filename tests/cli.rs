@@ -110,10 +110,16 @@ fn push_sends_good_lines_and_names_each_bad_line() {
     let out = env.flit_with_input(&["push", "predictions", "-"], input.as_bytes());
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 3: not valid JSON"), "{stderr}");
-    assert!(stderr.contains("line 5: line is over"), "{stderr}");
     assert!(
-        stderr.contains("line 6: `prediction_id` is missing"),
+        stderr.contains("line 3: invalid_json: not valid JSON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 5: too_large: event is 5035 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 6: missing_id: `prediction_id` is missing"),
         "{stderr}"
     );
     assert!(

@@ -3,6 +3,8 @@
 //! run against it as a service or as a one-shot command.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpListener;
