@@ -5,7 +5,10 @@
 //! 1. the producer's single-event XADD latency (p50, p99, max), one call at a time;
 //! 2. the workers draining a backlog already on the streams (events/s);
 //! 3. end to end: events pushed pipelined while the workers run, from the
-//!    first XADD until the last record is stored and queued (events/s).
+//!    first XADD until the last record is stored and queued (events/s);
+//! 4. record lookups by id;
+//! 5. what the door's checks cost on one core, per event, for the compact
+//!    events `generate` sends and for the same events indented.
 //!
 //! Run: `cargo bench --bench ingest` (optionally `BENCH_EVENTS=200000`).
 
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use flit_cache::cache::RecordCache;
 use flit_cache::configuration::Settings;
+use flit_cache::event;
 use flit_cache::generate::Generator;
 use flit_cache::ingest::StreamWorker;
 use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
@@ -102,6 +106,8 @@ async fn drain(settings: &Settings, per_kind: u64, started: Instant) -> anyhow::
             client,
             format!("bench-{kind}"),
             settings.ingest.clone(),
+            settings.door,
+            settings.dead_letters,
             604_800,
         );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
@@ -222,5 +228,54 @@ async fn main() -> anyhow::Result<()> {
         &mut latencies,
         &format!(", {hits} hits"),
     );
+
+    // 5. The door on one core: every check, the whitespace removal, the stamp.
+    let mut generator = Generator::new(11, Utc::now(), 7);
+    let pairs: Vec<_> = (0..per_kind.min(50_000))
+        .map(|_| generator.next_pair())
+        .collect();
+    let indented: Vec<_> = pairs
+        .iter()
+        .map(|pair| {
+            let value: serde_json::Value =
+                serde_json::from_str(&pair.prediction).unwrap_or_default();
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        })
+        .collect();
+    let rules = settings.door;
+    let now = Utc::now();
+    for (what, kind, texts) in [
+        (
+            "transactions",
+            EventKind::Transaction,
+            pairs
+                .iter()
+                .map(|p| p.transaction.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "predictions",
+            EventKind::Prediction,
+            pairs.iter().map(|p| p.prediction.as_str()).collect(),
+        ),
+        (
+            "predictions, indented",
+            EventKind::Prediction,
+            indented.iter().map(String::as_str).collect(),
+        ),
+    ] {
+        let started = Instant::now();
+        let mut accepted = 0;
+        for text in &texts {
+            accepted += usize::from(event::accept(kind, text.as_bytes(), now, now, &rules).is_ok());
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "door checks, {what}: {:.2} us per event, {:.0} events/s on one core ({accepted} of {} accepted)",
+            elapsed.as_secs_f64() * 1e6 / texts.len() as f64,
+            texts.len() as f64 / elapsed.as_secs_f64(),
+            texts.len()
+        );
+    }
     Ok(())
 }

@@ -34,7 +34,9 @@ fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
                 } else {
                     &pair.prediction
                 };
-                let accepted = event::accept(kind, raw.as_bytes(), Utc::now(), 1 << 20)?;
+                let now = Utc::now();
+                let accepted =
+                    event::accept(kind, raw.as_bytes(), now, now, &event::DoorRules::default())?;
                 let key = kind.record_key(&accepted.id);
                 pipe.cmd("SET")
                     .arg(&key)
