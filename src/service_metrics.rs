@@ -37,6 +37,7 @@ pub const STREAM_LAG: &str = "flit_stream_lag";
 pub const STREAM_PENDING: &str = "flit_stream_pending";
 pub const DEAD_LETTER_LENGTH: &str = "flit_dead_letter_length";
 pub const DEAD_LETTERS_LAST_HOUR: &str = "flit_dead_letters_last_hour";
+pub const DEAD_LETTER_BYTES: &str = "flit_dead_letter_bytes";
 pub const DEAD_LETTERS_TRIMMED: &str = "flit_dead_letters_trimmed_total";
 pub const STREAM_LAST_ID_AHEAD: &str = "flit_stream_last_id_ahead_seconds";
 pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
@@ -103,6 +104,11 @@ fn describe_all() {
     describe_gauge!(
         DEAD_LETTERS_LAST_HOUR,
         "Dead letters added in the last hour, per kind (counted up to 1,000 or the alert threshold)."
+    );
+    describe_gauge!(
+        DEAD_LETTER_BYTES,
+        Unit::Bytes,
+        "Memory the dead-letter stream takes in Redis (sampled estimate), per kind."
     );
     describe_counter!(
         DEAD_LETTERS_TRIMMED,

@@ -585,3 +585,51 @@ fn a_stream_id_in_the_future_is_stamped_safely_alerted_and_reset_as_readme_says(
     let err = eval_reset(&mut conn, "stream:predictions").expect_err("unread entries");
     assert!(err.to_string().contains("has not read"), "{err}");
 }
+
+#[test]
+fn a_copy_without_a_time_is_a_duplicate_only_when_the_stamp_is_all_that_differs() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let mut conn = redis.conn(1);
+    let send = |conn: &mut redis::Connection, data: &[u8]| {
+        xadd(conn, "stream:predictions", &[("data", data)]);
+        // Entry ids a millisecond apart: copies get different arrival stamps.
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Other events that merely share the text around where a stamp would go.
+    send(&mut conn, br#"{"prediction_id":"p1","risk_level":"LOW","prediction_timestamp":"2026-11-20T14:30:00Z","selected_prediction":0.9}"#);
+    send(
+        &mut conn,
+        br#"{"prediction_id":"p1","risk_level":"LOW","prediction_timestamp":null}"#,
+    );
+    send(&mut conn, br#"{"prediction_timestamp":"2026-11-20T14:30:00.000Z","selected_model":"ridge","business_decision":"decline","prediction_id":"p3","risk_level":"HIGH"}"#);
+    send(&mut conn, br#"{"prediction_id":"p3","risk_level":"HIGH"}"#);
+    // Real copies: the same event without a time, sent twice, and indented once more.
+    send(&mut conn, br#"{"prediction_id":"p5","x":1}"#);
+    send(&mut conn, br#"{"prediction_id":"p5","x":1}"#);
+    send(&mut conn, b"{\n  \"prediction_id\": \"p5\",\n  \"x\": 1\n}");
+    send(
+        &mut conn,
+        br#"{"prediction_id":"p6","prediction_timestamp":null,"x":1}"#,
+    );
+    send(
+        &mut conn,
+        br#"{"prediction_id":"p6","prediction_timestamp":null,"x":1}"#,
+    );
+    let _service = env.service("copies");
+    wait_until(LIMIT, "all committed", || {
+        pending(&mut conn, "stream:predictions") == 0 && llen(&mut conn, "upload_queue") >= 6
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let queued = queue(&mut conn);
+    let ids: Vec<String> = queued
+        .iter()
+        .map(|key| key.rsplit(':').next().unwrap_or_default().to_owned())
+        .collect();
+    let count = |id: &str| ids.iter().filter(|i| *i == id).count();
+    assert_eq!(count("p1"), 2, "two versions of p1: {queued:?}");
+    assert_eq!(count("p3"), 2, "two versions of p3: {queued:?}");
+    assert_eq!(count("p5"), 1, "copies of p5 are one record: {queued:?}");
+    assert_eq!(count("p6"), 1, "copies of p6 are one record: {queued:?}");
+    assert_eq!(queued.len(), 6);
+}

@@ -267,9 +267,13 @@ pub async fn redrive(
             }
             match event::accept(kind, &letter.data, now, now, rules) {
                 Ok(_) => planned.push((letter, None)),
+                // The same code about the same field: the same reason, even
+                // when its words differ (a window read at another time).
                 Err(rejection)
                     if rejection.code() == letter.reason_code
-                        && rejection.to_string() == letter.reason =>
+                        && rejection.field().is_none_or(|field| {
+                            letter.reason.starts_with(&format!("`{field}`"))
+                        }) =>
                 {
                     outcomes.push(Redriven::Unchanged {
                         id: letter.id,

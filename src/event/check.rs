@@ -66,6 +66,7 @@ pub fn check(
         JsonProblem::Invalid(message) => Rejection::InvalidJson(message),
         JsonProblem::NotAnObject => Rejection::NotAnObject,
         JsonProblem::DuplicateKey(message) => Rejection::DuplicateKey(message),
+        JsonProblem::TooDeep => Rejection::TooDeep,
     })?;
     let find = |name: &str| {
         fields

@@ -5,6 +5,7 @@
 //! event sent indented and compact becomes the same record.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -20,7 +21,15 @@ pub enum JsonProblem {
     NotAnObject,
     /// An object names the same key twice; which value counts is not defined.
     DuplicateKey(String),
+    /// Nested deeper than `MAX_DEPTH` objects and arrays.
+    TooDeep,
 }
+
+/// Deepest nesting of objects and arrays accepted. Far above what events
+/// need, far below what BigQuery's JSON type (500) and the parsers on the
+/// way (serde_json stops at 128; a row adds a level, an insertAll request
+/// three more) can take.
+pub const MAX_DEPTH: usize = 64;
 
 /// Removes JSON whitespace outside strings. Whitespace between two value
 /// characters is kept as one space: in valid JSON it never occurs, and
@@ -71,14 +80,18 @@ pub type Field<'a> = (Cow<'a, str>, &'a RawValue);
 /// depth, and returns its top-level fields in order.
 pub fn object_fields(text: &str) -> Result<Vec<Field<'_>>, JsonProblem> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let shape = NoDuplicates
-        .deserialize(&mut deserializer)
-        .and_then(|shape| deserializer.end().map(|()| shape))
-        .map_err(|err| match err.classify() {
-            // Our visitor accepts every shape, so a data error is always ours.
-            serde_json::error::Category::Data => JsonProblem::DuplicateKey(err.to_string()),
-            _ => JsonProblem::Invalid(err.to_string()),
-        })?;
+    let found = Cell::new(None);
+    let shape = NoDuplicates {
+        depth: 0,
+        found: &found,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|shape| deserializer.end().map(|()| shape))
+    .map_err(|err| {
+        found
+            .take()
+            .unwrap_or(JsonProblem::Invalid(err.to_string()))
+    })?;
     if shape != Shape::Object {
         return Err(JsonProblem::NotAnObject);
     }
@@ -99,10 +112,32 @@ enum Shape {
     Other,
 }
 
-/// Walks a whole JSON value, refusing an object that repeats a key.
-struct NoDuplicates;
+/// Walks a whole JSON value, refusing an object that repeats a key and
+/// nesting deeper than `MAX_DEPTH`; what it refused is left in `found`.
+struct NoDuplicates<'f> {
+    depth: usize,
+    found: &'f Cell<Option<JsonProblem>>,
+}
 
-impl<'de> DeserializeSeed<'de> for NoDuplicates {
+impl NoDuplicates<'_> {
+    fn refuse<E: de::Error>(&self, problem: JsonProblem) -> E {
+        let message = format!("{problem:?}");
+        self.found.set(Some(problem));
+        E::custom(message)
+    }
+
+    fn deeper<E: de::Error>(&self) -> Result<Self, E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.refuse(JsonProblem::TooDeep));
+        }
+        Ok(NoDuplicates {
+            depth: self.depth + 1,
+            found: self.found,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NoDuplicates<'_> {
     type Value = Shape;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Shape, D::Error> {
@@ -110,7 +145,7 @@ impl<'de> DeserializeSeed<'de> for NoDuplicates {
     }
 }
 
-impl<'de> Visitor<'de> for NoDuplicates {
+impl<'de> Visitor<'de> for NoDuplicates<'_> {
     type Value = Shape;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -137,20 +172,31 @@ impl<'de> Visitor<'de> for NoDuplicates {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        let inner = self.deeper()?;
+        while seq
+            .next_element_seed(NoDuplicates {
+                depth: inner.depth,
+                found: inner.found,
+            })?
+            .is_some()
+        {}
         Ok(Shape::Other)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let inner = self.deeper()?;
         let mut seen = HashSet::new();
         while let Some(Key(key)) = map.next_key()? {
             if !seen.insert(key.clone()) {
-                return Err(de::Error::custom(format_args!(
+                return Err(self.refuse(JsonProblem::DuplicateKey(format!(
                     "the key `{}` appears twice in one object",
                     shorten(&key)
-                )));
+                ))));
             }
-            map.next_value_seed(NoDuplicates)?;
+            map.next_value_seed(NoDuplicates {
+                depth: inner.depth,
+                found: inner.found,
+            })?;
         }
         Ok(Shape::Object)
     }
@@ -276,6 +322,17 @@ mod tests {
             Err(JsonProblem::DuplicateKey(m)) if m.contains("`k`")
         ));
         assert!(object_fields(r#"{"a":{"k":1},"b":{"k":1}}"#).is_ok());
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(object_fields(&format!("{{\"a\":{}}}", nested(MAX_DEPTH - 1))).is_ok());
+        assert_eq!(
+            object_fields(&format!("{{\"a\":{}}}", nested(MAX_DEPTH))).err(),
+            Some(JsonProblem::TooDeep)
+        );
+        assert_eq!(
+            object_fields(&format!("{{\"a\":{}}}", nested(200))).err(),
+            Some(JsonProblem::TooDeep),
+            "deeper than serde_json's own limit: still our reason"
+        );
     }
 
     #[test]

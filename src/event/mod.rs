@@ -41,6 +41,11 @@ pub enum Rejection {
     DuplicateKey(String),
     #[error("JSON value is not an object")]
     NotAnObject,
+    #[error(
+        "JSON is nested deeper than {} objects and arrays",
+        json_text::MAX_DEPTH
+    )]
+    TooDeep,
     #[error("`{0}` is missing")]
     MissingId(&'static str),
     #[error("`{0}` is not a string")]
@@ -73,11 +78,12 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason code the door gives, for documentation and metrics.
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 15] = [
         "missing_data",
         "too_large",
         "invalid_json",
         "duplicate_key",
+        "too_deep",
         "not_an_object",
         "missing_id",
         "id_not_string",
@@ -97,6 +103,7 @@ impl Rejection {
             Rejection::TooLarge { .. } => "too_large",
             Rejection::InvalidJson(_) => "invalid_json",
             Rejection::DuplicateKey(_) => "duplicate_key",
+            Rejection::TooDeep => "too_deep",
             Rejection::NotAnObject => "not_an_object",
             Rejection::MissingId(_) => "missing_id",
             Rejection::IdNotString(_) => "id_not_string",
@@ -209,6 +216,14 @@ pub fn accept(
             (record, from_arrival.then_some(stamp), at)
         }
     };
+    // The limit holds for what is stored and sent on, stamp included: the
+    // Producer sends the stamped record, and the workers check it again.
+    if payload.len() > rules.max_event_bytes {
+        return Err(Rejection::TooLarge {
+            size: payload.len(),
+            limit: rules.max_event_bytes,
+        });
+    }
     Ok(AcceptedEvent {
         id,
         payload,

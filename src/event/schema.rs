@@ -193,6 +193,16 @@ impl EventSchema {
         Ok(EventSchema { fields, columns })
     }
 
+    /// The BigQuery type of a table column.
+    pub fn column_type(&self, name: &str) -> Option<FieldType> {
+        let (_, source) = self.columns.iter().find(|(column, _)| column == name)?;
+        Some(match source {
+            ColumnSource::Event => FieldType::Json,
+            ColumnSource::Ingestion => FieldType::Timestamp,
+            ColumnSource::Field(index) => self.fields.get(*index)?.field_type,
+        })
+    }
+
     /// The rules of `kind`, read once from the schemas compiled in.
     pub fn for_kind(kind: EventKind) -> &'static EventSchema {
         static TRANSACTIONS: OnceLock<EventSchema> = OnceLock::new();

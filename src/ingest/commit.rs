@@ -123,7 +123,8 @@ impl BatchCommit {
             .arg(kind.superseded_prefix())
             .arg(self.dead_letter_cap)
             .arg(accepted.len())
-            .arg(rejected.len());
+            .arg(rejected.len())
+            .arg(kind.timestamp_field());
         for entry in accepted {
             let event = &entry.event;
             let stamp = event.stamped_at_arrival;

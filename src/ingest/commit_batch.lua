@@ -9,6 +9,7 @@
 --       letters the cap trimmed
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
+--       8 the event time field,
 --       then per accepted event: entry id, record id, payload, original,
 --         stamp offset, stamp length (original is empty unless the
 --         timestamp was stamped at arrival: the payload is then the original
@@ -22,22 +23,30 @@ local ttl = tonumber(ARGV[2])
 local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
 local cap = tonumber(ARGV[5])
 local accepted, rejected = tonumber(ARGV[6]), tonumber(ARGV[7])
+local time_field = ARGV[8]
 
 -- A copy of an event that carried no time of its own differs from the stored
--- record only in the arrival time stamped into it: compare around the stamp.
+-- record only in the arrival time stamped into it: compare around the stamp,
+-- and check that what sits between is exactly a stamp as the door writes it
+-- (in front: "<field>":"<time>", ; in place of a null: "<time>").
+local stamp_pattern = '^"%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ"$'
+local function is_stamp(text) return string.find(text, stamp_pattern) ~= nil end
 local function same_apart_from_stamp(current, original, at, replaced)
   if original == '' then return false end
   local prefix = original:sub(1, at)
   local suffix = original:sub(at + replaced + 1)
   if #suffix == 0 or #current <= #prefix + #suffix then return false end
-  return current:sub(1, #prefix) == prefix
-    and current:sub(-#suffix) == suffix
-    and current:sub(#prefix + 1, #prefix + 1) == '"'
+  if current:sub(1, #prefix) ~= prefix or current:sub(-#suffix) ~= suffix then return false end
+  local middle = current:sub(#prefix + 1, #current - #suffix)
+  if replaced > 0 then return is_stamp(middle) end
+  local head = '"' .. time_field .. '":'
+  return middle:sub(1, #head) == head and middle:sub(-1) == ','
+    and is_stamp(middle:sub(#head + 1, -2))
 end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
 local acks = {}
-local i = 8
+local i = 9
 
 for _ = 1, accepted do
   local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

@@ -112,6 +112,24 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
     for kind in &report.kinds {
         kind_alerts(kind, limits, &mut alerts);
     }
+    let dead_letter_bytes: u64 = report
+        .kinds
+        .iter()
+        .filter_map(|k| k.stream.as_ref())
+        .map(|s| s.dead_letter_bytes)
+        .sum();
+    if server.maxmemory_bytes > 0 && dead_letter_bytes * 10 > server.maxmemory_bytes {
+        alerts.push(alert(
+            "dead_letters_memory",
+            "dead letters take a large share of Redis memory (a flood of refused events?)",
+            format!("{:.1} MiB", dead_letter_bytes as f64 / MIB as f64),
+            format!(
+                "10% of maxmemory {:.1} MiB",
+                server.maxmemory_bytes as f64 / MIB as f64
+            ),
+            "find the producer with flit-cache dead-letter list; lower FLIT_DEAD_LETTER_MAXLEN or FLIT_DEAD_LETTER_KEEP_BYTES to keep fewer",
+        ));
+    }
     upload_alerts(report, limits, &mut alerts);
     if let Some(tables) = &report.warehouse {
         for table in tables {
@@ -424,6 +442,38 @@ mod tests {
         server.used_memory_bytes = 95 * MIB;
         server.maxmemory_bytes = 100 * MIB;
         assert_eq!(codes(&report), ["memory_near_limit"]);
+    }
+
+    #[test]
+    fn stream_ids_ahead_of_the_clock_and_dead_letters() {
+        let mut report = healthy();
+        report.kinds[0].stream = Some(crate::monitor::StreamState {
+            last_id_ahead_ms: Some(500),
+            dead_letters_last_hour: 100,
+            ..Default::default()
+        });
+        assert!(
+            codes(&report).is_empty(),
+            "within the tolerance and threshold"
+        );
+        let stream = report.kinds[0].stream.as_mut().expect("stream");
+        stream.last_id_ahead_ms = Some(3_600_000);
+        stream.dead_letters_last_hour = 101;
+        stream.dead_letter_bytes = 20 * MIB;
+        report
+            .redis
+            .server
+            .as_mut()
+            .expect("server")
+            .maxmemory_bytes = 100 * MIB;
+        assert_eq!(
+            codes(&report),
+            [
+                "stream_id_in_future",
+                "dead_letters_recent",
+                "dead_letters_memory"
+            ]
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct StreamState {
     pub dead_letters_last_hour: u64,
     /// Dead letters the stream's cap removed, since the counter began.
     pub dead_letters_trimmed: u64,
+    /// Memory the dead-letter stream takes (Redis's sampled estimate).
+    pub dead_letter_bytes: u64,
 }
 
 /// Reads one kind's stream facts; `dead_letter_limit` bounds the count of
@@ -202,7 +204,7 @@ pub async fn stream_state(
         .arg(kind.dead_letter_stream())
         .query_async(conn)
         .await?;
-    let (now_ms, last_id, recent, trimmed): (i64, String, u64, u64) =
+    let (now_ms, last_id, recent, trimmed, dead_letter_bytes): (i64, String, u64, u64, u64) =
         Script::new(include_str!("stream_facts.lua"))
             .key(kind.stream())
             .key(kind.dead_letter_stream())
@@ -222,6 +224,7 @@ pub async fn stream_state(
         last_generated_id: (!last_id.is_empty()).then_some(last_id),
         dead_letters_last_hour: recent,
         dead_letters_trimmed: trimmed,
+        dead_letter_bytes,
         ..StreamState::default()
     };
     if length == 0 {

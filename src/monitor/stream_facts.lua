@@ -9,7 +9,8 @@
 -- KEYS: 1 event stream, 2 dead-letter stream, 3 counter of trimmed dead letters
 -- ARGV: 1 window in ms, 2 the most dead letters to count
 -- Returns {server time ms, last generated id or '', dead letters within
---          the window (at most ARGV[2]), dead letters trimmed}
+--          the window (at most ARGV[2]), dead letters trimmed, bytes the
+--          dead-letter stream takes (sampled)}
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local last = ''
@@ -22,4 +23,5 @@ end
 local since = string.format('%.0f', math.max(now_ms - tonumber(ARGV[1]), 0))
 local recent = #redis.call('XRANGE', KEYS[2], since, '+', 'COUNT', tonumber(ARGV[2]))
 local trimmed = tonumber(redis.call('GET', KEYS[3]) or '0')
-return {now_ms, last, recent, trimmed}
+local bytes = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5) or 0
+return {now_ms, last, recent, trimmed, bytes}

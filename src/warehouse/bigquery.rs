@@ -38,6 +38,7 @@ use yup_oauth2::{
 use super::rows::timestamp_text;
 use super::{Freshness, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 use crate::configuration::{WarehouseSettings, WriteMode};
+use crate::event::{EventSchema, FieldType};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 const LOCATION: &str = "US";
@@ -52,6 +53,8 @@ const RETRYABLE_REASONS: [&str; 4] = [
 const STREAM_ROWS: usize = 500;
 const STREAM_BYTES: usize = 9 * 1024 * 1024;
 const JOB_WAIT: Duration = Duration::from_secs(600);
+/// Getting a token talks to Google (or the metadata server): bounded too.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// BigQuery streams into a time-partitioned table only rows whose partition
 /// time lies between 5 years in the past and 1 year in the future; the rest
 /// of a stream-mode batch goes by load job. The window is taken from the
@@ -73,11 +76,19 @@ impl Credentials {
         match self {
             Credentials::None => Ok(None),
             Credentials::Google(auth) => {
-                let token = auth.token(&[SCOPE]).await.map_err(|e| {
-                    SinkError::retryable(format!(
-                        "cannot get a Google access token for BigQuery: {e}"
-                    ))
-                })?;
+                let token = tokio::time::timeout(TOKEN_TIMEOUT, auth.token(&[SCOPE]))
+                    .await
+                    .map_err(|_| {
+                        SinkError::retryable(format!(
+                            "no Google access token for BigQuery within {} s",
+                            TOKEN_TIMEOUT.as_secs()
+                        ))
+                    })?
+                    .map_err(|e| {
+                        SinkError::retryable(format!(
+                            "cannot get a Google access token for BigQuery: {e}"
+                        ))
+                    })?;
                 token
                     .token()
                     .map(|t| Some(t.to_owned()))
@@ -367,7 +378,7 @@ impl BigQueryWarehouse {
                     request
                         .add_row(
                             Some(batch.row_ids[index].clone()),
-                            streaming_row(&batch.rows[index].json)?,
+                            streaming_row(batch.table, &batch.rows[index].json)?,
                         )
                         .map_err(from_bq)?;
                 }
@@ -526,19 +537,24 @@ fn streamable(row: &Row, ingested_at: chrono::DateTime<chrono::Utc>) -> bool {
         && end <= ingested_at + chrono::TimeDelta::days(STREAM_FUTURE_DAYS)
 }
 
-/// insertAll takes JSON columns as JSON-encoded strings, as BigQuery documents.
-fn streaming_row(line: &str) -> Result<Value, SinkError> {
-    let Ok(Value::Object(columns)) = serde_json::from_str::<Value>(line) else {
-        return Err(SinkError::fatal("a row is not a JSON object"));
-    };
-    let converted = columns
-        .into_iter()
-        .map(|(name, value)| match value {
-            Value::Object(_) | Value::Array(_) => (name, Value::String(value.to_string())),
-            other => (name, other),
-        })
-        .collect();
-    Ok(Value::Object(converted))
+/// A row as insertAll takes it. JSON columns (by the table's schema, not by
+/// the value's shape) go as JSON-encoded strings, as BigQuery documents, so
+/// `raw` keeps the record's text exactly; other columns as their values.
+fn streaming_row(table: TableSpec, line: &str) -> Result<Value, SinkError> {
+    let not_a_row =
+        |e: serde_json::Error| SinkError::fatal(format!("a row is not a JSON object: {e}"));
+    let columns: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(line).map_err(not_a_row)?;
+    let schema = EventSchema::for_kind(table.kind);
+    let mut row = serde_json::Map::with_capacity(columns.len());
+    for (name, raw) in columns {
+        let value = match schema.column_type(&name) {
+            Some(FieldType::Json) => Value::String(raw.get().to_owned()),
+            _ => serde_json::from_str(raw.get()).map_err(not_a_row)?,
+        };
+        row.insert(name, value);
+    }
+    Ok(Value::Object(row))
 }
 
 /// Splits pending rows into insertAll requests within the row and byte limits.
@@ -671,11 +687,20 @@ mod tests {
     }
 
     #[test]
-    fn streaming_rows_carry_json_columns_as_strings() {
-        let row =
-            streaming_row(&json!({"raw": {"a": 1}, "score": 0.5}).to_string()).expect("object");
-        assert_eq!(row["raw"], "{\"a\":1}");
-        assert_eq!(row["score"], 0.5);
+    fn streaming_rows_carry_json_columns_as_strings_by_schema() {
+        let table = TableSpec::for_kind(crate::keys::EventKind::Prediction);
+        let line = r#"{"prediction_id":"p","model_predictions":"ridge","selected_prediction":0.5,"raw":{"n":0.2340,"big":123456789012345678901234567890}}"#;
+        let row = streaming_row(table, line).expect("object");
+        assert_eq!(
+            row["raw"], r#"{"n":0.2340,"big":123456789012345678901234567890}"#,
+            "raw as written"
+        );
+        assert_eq!(
+            row["model_predictions"], "\"ridge\"",
+            "a JSON column holding a string is that JSON text"
+        );
+        assert_eq!(row["selected_prediction"], 0.5);
+        assert_eq!(row["prediction_id"], "p");
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub struct Freshness {
 /// A warehouse table and how it is partitioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableSpec {
+    pub kind: EventKind,
     pub dataset: &'static str,
     pub table: &'static str,
     /// The TIMESTAMP column whose day is the partition.
@@ -86,12 +87,14 @@ impl TableSpec {
     pub fn for_kind(kind: EventKind) -> TableSpec {
         match kind {
             EventKind::Transaction => TableSpec {
+                kind,
                 dataset: "flit_bnpl_raw",
                 table: "raw_bnpl_txs_json",
                 partition_field: "_timestamp",
                 schema_json: crate::event::schema::table_schema_json(kind),
             },
             EventKind::Prediction => TableSpec {
+                kind,
                 dataset: "flit_ml_raw",
                 table: "raw_bnpl_prediction_logs",
                 partition_field: "prediction_timestamp",
