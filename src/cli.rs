@@ -306,9 +306,13 @@ async fn init(settings: Settings) -> anyhow::Result<ExitCode> {
 
 async fn batch_upload(
     settings: Settings,
-    options: UploadOptions,
+    mut options: UploadOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    // SIGTERM or SIGINT: finish the batch in hand, keep the rest for later.
+    let stop = CancellationToken::new();
+    startup::cancel_on_signal(stop.clone());
+    options.stop = Some(stop);
     let warehouse = warehouse::configured(&settings).await?;
     let report = upload::run_once(&settings, &warehouse, options).await?;
     if json {

@@ -148,6 +148,20 @@ impl Settings {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env { lookup: &lookup };
+        let settings = Self::read(&env)?;
+        if settings.redis.db_transactions == settings.redis.db_predictions {
+            return Err(env.error(
+                "REDIS_DB_PREDICTIONS",
+                format!(
+                    "must differ from REDIS_DB_TRANSACTIONS (both are {}): each kind's upload_queue and records need a database of their own, or each kind's uploader would take the other's records for its own. A Redis with a single database is not supported yet; docs/scaling.md says how it will be",
+                    settings.redis.db_predictions
+                ),
+            ));
+        }
+        Ok(settings)
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Settings {
             redis: RedisSettings {
                 url: env.parsed("REDIS_URL", RedisUrl::default())?,
@@ -461,6 +475,23 @@ mod tests {
 
         let err = settings(&[("REDIS_DB_PREDICTIONS", "16")]).expect_err("out of range");
         assert_eq!(err.variable, "REDIS_DB_PREDICTIONS");
+
+        let err = settings(&[("REDIS_DB_PREDICTIONS", "0")]).expect_err("same database");
+        assert_eq!(err.variable, "REDIS_DB_PREDICTIONS");
+        assert!(err.to_string().contains("must differ"), "{err}");
+        let err = settings(&[
+            ("REDIS_DB_TRANSACTIONS", "3"),
+            ("REDIS_DB_PREDICTIONS", "3"),
+        ])
+        .expect_err("same database");
+        assert!(err.to_string().contains("docs/scaling.md"), "{err}");
+        assert!(
+            settings(&[
+                ("REDIS_DB_TRANSACTIONS", "1"),
+                ("REDIS_DB_PREDICTIONS", "0")
+            ])
+            .is_ok()
+        );
 
         let err = settings(&[("FLIT_HTTP_ADDR", "nowhere")]).expect_err("bad address");
         assert_eq!(err.variable, "FLIT_HTTP_ADDR");

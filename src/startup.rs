@@ -134,7 +134,7 @@ async fn replay_spool_while_running(producer: Producer, shutdown: CancellationTo
             }
             Ok(_) => {}
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "spool replay failed; will retry")
+                tracing::warn!(error = %crate::producer::summary(&err), "spool replay failed; will retry")
             }
         }
     }

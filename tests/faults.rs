@@ -227,17 +227,28 @@ fn a_full_redis_spools_and_holds_events_until_uploads_free_memory() {
     assert!(info.contains("maxmemory_policy:noeviction"));
 
     // The streams alone fill Redis: the workers must still turn them into
-    // records (committing past the limit by a batch, then trimming).
+    // records (committing one batch past the limit, then trimming), and
+    // then wait for uploads to free memory instead of going further.
     let service = env.service("run");
     let mut pred = redis.conn(1);
     wait_until(
         Duration::from_secs(120),
-        "streams drained into records",
-        || {
-            pending(&mut conn, "stream:transactions") == 0
-                && llen(&mut conn, "upload_queue") > 0
-                && llen(&mut pred, "upload_queue") > 0
-        },
+        "a batch of each kind past the limit",
+        || llen(&mut conn, "upload_queue") > 0 && llen(&mut pred, "upload_queue") > 0,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let used = || -> u64 {
+        let info: redis::InfoDict = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut redis.conn(0))
+            .expect("info");
+        info.get("used_memory").unwrap_or(0)
+    };
+    let past = used().saturating_sub(24 << 20);
+    println!("past maxmemory while the workers wait for an upload: {past} bytes");
+    assert!(
+        past < 2 << 20,
+        "one batch per worker past the limit, not the whole backlog: {past} bytes"
     );
 
     // Uploads are what frees memory; they must work while Redis is full.
@@ -271,7 +282,23 @@ fn a_full_redis_spools_and_holds_events_until_uploads_free_memory() {
     assert_eq!(pending(&mut conn, "stream:transactions"), 0);
     assert_eq!(pending(&mut pred, "stream:predictions"), 0);
     assert!(
-        service.log_text().contains("maxmemory"),
-        "the worker met a full Redis"
+        service
+            .log_text()
+            .contains("waiting for an upload to free memory"),
+        "the worker met a full Redis and waited"
+    );
+    let info: redis::InfoDict = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut conn)
+        .expect("info");
+    let peak: u64 = info.get("used_memory_peak").unwrap_or(0);
+    println!(
+        "peak used_memory {peak} bytes against maxmemory {} (past it by {} bytes)",
+        24 << 20,
+        peak.saturating_sub(24 << 20)
+    );
+    assert!(
+        peak.saturating_sub(24 << 20) < 8 << 20,
+        "bounded overshoot (it was 11 MB when every batch could go past the limit)"
     );
 }

@@ -19,13 +19,16 @@ use super::entries::{self, StreamEntry};
 use crate::configuration::{DeadLetterSettings, IngestSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
-use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind};
+use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind, UPLOAD_QUEUE};
 use crate::redis_target;
 use crate::service_metrics;
 
 /// Upper bound of payload bytes in one commit, so a batch of large events
 /// does not become one huge script call.
 const MAX_COMMIT_BYTES: usize = 8 * 1024 * 1024;
+
+/// How often a worker that met a full Redis tries its batch again.
+const OOM_PAUSE: Duration = Duration::from_millis(500);
 
 /// Consumers with nothing pending that have been idle this long are removed
 /// from the group, so restarts do not pile up dead consumer names.
@@ -96,6 +99,7 @@ impl StreamWorker {
         let mut totals = WorkerTotals::default();
         let mut backoff = reconnect_backoff();
         let mut session: Option<Session> = None;
+        let mut waiting_for_memory = false;
         tracing::info!(kind = %self.kind, consumer = %self.consumer, "stream worker started");
 
         while !shutdown.is_cancelled() {
@@ -109,19 +113,36 @@ impl StreamWorker {
                     Err(err) => Err(err),
                 },
             };
-            match result {
-                Ok(()) => backoff = reconnect_backoff(),
+            let delay = match result {
+                Ok(()) => {
+                    backoff = reconnect_backoff();
+                    waiting_for_memory = false;
+                    continue;
+                }
+                Err(err) if is_out_of_memory(&err) => {
+                    // Not a connection problem: keep it, re-read the entries
+                    // in hand (still pending on this consumer) after a pause.
+                    if let Some(session) = session.as_mut() {
+                        session.phase = Phase::OwnPending;
+                    }
+                    if !std::mem::replace(&mut waiting_for_memory, true) {
+                        tracing::warn!(kind = %self.kind, retry_every_ms = OOM_PAUSE.as_millis() as u64,
+                            "Redis is at maxmemory and records wait for upload; waiting for an upload to free memory (producers spool meanwhile)");
+                    }
+                    OOM_PAUSE
+                }
                 Err(err) => {
                     session = None;
                     totals.reconnects += 1;
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(kind = %self.kind, error = %err, retry_in_ms = delay.as_millis() as u64,
                         "stream worker cannot read or commit; reconnecting after a pause");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    delay
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {}
             }
         }
         tracing::info!(kind = %self.kind, consumer = %self.consumer, stored = totals.committed.stored,
@@ -308,7 +329,17 @@ impl StreamWorker {
             .await
         {
             Err(err) if is_out_of_memory(&err) => {
-                // See BatchCommit: past the limit by one batch, then trim at once.
+                // See BatchCommit: past the limit by one batch, then trim at
+                // once. Only while nothing waits for upload, though: records
+                // that wait are what an upload frees, so the worker waits for
+                // it instead, and what goes past the limit stays one slice.
+                let waiting: u64 = redis::cmd("LLEN")
+                    .arg(UPLOAD_QUEUE)
+                    .query_async(conn)
+                    .await?;
+                if waiting > 0 {
+                    return Err(err);
+                }
                 tracing::warn!(kind = %self.kind, "Redis is at maxmemory; committing this batch past the limit and trimming the stream");
                 let outcome = self
                     .commit

@@ -233,8 +233,8 @@ impl Producer {
 }
 
 /// The first part of an error: a failed pipeline lists every command in it.
-fn summary(err: &anyhow::Error) -> String {
-    let text = err.to_string();
+pub fn summary(err: &anyhow::Error) -> String {
+    let text = format!("{err:#}");
     match text.char_indices().nth(200) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,

@@ -11,7 +11,7 @@
 //!   processes, so a line can never be written into a file already read.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,12 +87,61 @@ impl Spool {
         let write = || -> io::Result<()> {
             let mut file = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(self.dir.join(ACTIVE))?;
+            self.repair_tail(&mut file)?;
             file.write_all(&buffer)?;
             file.sync_data()
         };
         write().map_err(|e| self.io_error(e))
+    }
+
+    /// An append cut short (disk full, a kill mid-write) leaves a fragment
+    /// without its newline; the next append would be glued to it and lost
+    /// with it. The fragment is moved to `unreadable.ndjson` and cut off
+    /// first. Its caller got an error, never an acknowledgement.
+    fn repair_tail(&self, file: &mut File) -> io::Result<()> {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(());
+        }
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] == b'\n' {
+            return Ok(());
+        }
+        // Find the last newline, reading backwards in blocks.
+        let mut end = len;
+        let mut cut = 0;
+        let mut block = vec![0u8; 64 * 1024];
+        while end > 0 {
+            let start = end.saturating_sub(block.len() as u64);
+            let part = &mut block[..(end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(part)?;
+            if let Some(at) = part.iter().rposition(|b| *b == b'\n') {
+                cut = start + at as u64 + 1;
+                break;
+            }
+            end = start;
+        }
+        let mut fragment = Vec::with_capacity((len - cut) as usize);
+        file.seek(SeekFrom::Start(cut))?;
+        file.take(len - cut).read_to_end(&mut fragment)?;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(UNREADABLE))?;
+        out.write_all(&fragment)?;
+        out.write_all(b"\n")?;
+        out.sync_data()?;
+        file.set_len(cut)?;
+        file.sync_data()?;
+        tracing::error!(bytes = fragment.len(), dir = %self.dir.display(),
+            "the spool ended in a torn line (a failed append); moved it to unreadable.ndjson");
+        Ok(())
     }
 
     /// Takes every spooled file for replay: the active file is renamed, so new
@@ -310,6 +359,51 @@ mod tests {
         assert_eq!(unreadable, 1);
         let kept = fs::read_to_string(dir.path().join(UNREADABLE)).expect("kept");
         assert!(kept.contains("\"da"));
+    }
+
+    #[test]
+    fn an_append_after_a_torn_one_is_not_lost_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        spool
+            .append(EventKind::Prediction, &["{\"n\":1}".into()])
+            .expect("append");
+        // An append that died half way: one whole line, then a fragment.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ACTIVE))
+            .expect("open");
+        file.write_all(b"{\"kind\":\"predictions\",\"data\":\"{}\"}\n{\"kind\":\"pred")
+            .expect("torn write");
+        spool
+            .append(EventKind::Prediction, &["{\"n\":2}".into()])
+            .expect("append after the tear");
+        let (seen, unreadable) = events(&spool);
+        let data: Vec<&str> = seen.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(
+            data,
+            ["{\"n\":1}", "{}", "{\"n\":2}"],
+            "the acknowledged event survives"
+        );
+        assert_eq!(
+            unreadable, 0,
+            "the fragment was set aside before the append"
+        );
+        let kept = fs::read_to_string(dir.path().join(UNREADABLE)).expect("kept");
+        assert_eq!(kept, "{\"kind\":\"pred\n");
+    }
+
+    #[test]
+    fn a_file_that_is_only_a_fragment_is_set_aside_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        fs::write(dir.path().join(ACTIVE), b"{\"kind\":").expect("fragment");
+        spool
+            .append(EventKind::Transaction, &["{\"t\":1}".into()])
+            .expect("append");
+        let (seen, unreadable) = events(&spool);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(unreadable, 0);
     }
 
     #[test]
