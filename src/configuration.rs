@@ -93,6 +93,10 @@ pub struct UploadSettings {
     pub attempts: usize,
     pub retry_min_delay: Duration,
     pub lock_ttl: Duration,
+    /// Load jobs flit-cache starts per table and UTC day (BigQuery: 1,500).
+    pub load_jobs_per_day: u64,
+    /// Batches that may wait parked per kind before the queue waits too.
+    pub max_parked: usize,
 }
 
 /// Where uploads go (used by the upload commands).
@@ -122,6 +126,10 @@ pub struct MonitorSettings {
     pub alert_failure_rate: f64,
     /// More dead letters than this in the last hour, per kind.
     pub alert_dead_letters_per_hour: u64,
+    /// A batch in flight for longer than this (its run died, or hangs).
+    pub alert_in_flight_age: Duration,
+    /// A parked batch that failed in this many runs.
+    pub alert_batch_failures: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +256,8 @@ impl Settings {
                 attempts: env.bounded("FLIT_UPLOAD_ATTEMPTS", 3, 1, 10)?,
                 retry_min_delay: env.millis("FLIT_UPLOAD_RETRY_MIN_MS", 1_000, 1, 600_000)?,
                 lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
+                load_jobs_per_day: env.bounded("FLIT_LOAD_JOBS_PER_DAY", 1_000, 1, 1_500)?,
+                max_parked: env.bounded("FLIT_UPLOAD_MAX_PARKED", 10, 0, 1_000)?,
             },
             monitor: MonitorSettings {
                 alert_memory_mb: env.bounded("FLIT_ALERT_MEMORY_MB", 400, 1, 1 << 20)?,
@@ -262,6 +272,10 @@ impl Settings {
                     0,
                     1_000_000,
                 )?,
+                alert_in_flight_age: Duration::from_secs(
+                    60 * env.bounded("FLIT_ALERT_IN_FLIGHT_MINUTES", 120, 1, 7 * 24 * 60)?,
+                ),
+                alert_batch_failures: env.bounded("FLIT_ALERT_BATCH_FAILURES", 3, 1, 1_000)?,
             },
             http_addr: env.parsed_with(
                 "FLIT_HTTP_ADDR",

@@ -26,9 +26,31 @@ pub const UPLOAD_LAST_SUCCESS: &str = "flit:upload:last_success";
 /// `<kind>:hits` and `<kind>:misses`, kept by every process that looks up.
 pub const CACHE_STATS: &str = "flit:cache:stats";
 
-/// The batch of `kind` being uploaded, until it is settled.
+/// The batch of `kind` being uploaded, until it is settled or parked (a
+/// string, in the kind's database; today's binary kept it in database 0).
 pub fn upload_manifest_key(kind: EventKind) -> String {
     format!("flit:upload:inflight:{}", kind.name())
+}
+
+/// Batches of `kind` the warehouse did not take, kept for a later run: a
+/// hash of batch id to a short summary (in the kind's database)...
+pub fn parked_index_key(kind: EventKind) -> String {
+    format!("flit:upload:parked:{}", kind.name())
+}
+
+/// ...and each one's manifest.
+pub fn parked_manifest_key(kind: EventKind, batch_id: &str) -> String {
+    format!("flit:upload:parked:{}:{batch_id}", kind.name())
+}
+
+/// Record keys of parked batches, which have left the upload queue (a set).
+pub fn parked_keys_key(kind: EventKind) -> String {
+    format!("flit:upload:parked_keys:{}", kind.name())
+}
+
+/// Load jobs started for `kind`'s table on a UTC day (`YYYY-MM-DD`).
+pub fn load_jobs_key(kind: EventKind, day: &str) -> String {
+    format!("flit:upload:load_jobs:{}:{day}", kind.name())
 }
 
 /// The stream field that carries the event's JSON.

@@ -32,6 +32,8 @@ pub const UPLOAD_DURATION: &str = "flit_upload_duration_seconds";
 pub const UPLOAD_LAST_SUCCESS: &str = "flit_upload_last_success_timestamp_seconds";
 pub const QUEUE_LENGTH: &str = "flit_upload_queue_length";
 pub const QUEUE_OLDEST_AGE: &str = "flit_upload_queue_oldest_age_seconds";
+pub const PARKED_BATCHES: &str = "flit_upload_parked_batches";
+pub const IN_FLIGHT_AGE: &str = "flit_upload_in_flight_age_seconds";
 pub const STREAM_LENGTH: &str = "flit_stream_length";
 pub const STREAM_LAG: &str = "flit_stream_lag";
 pub const STREAM_PENDING: &str = "flit_stream_pending";
@@ -87,6 +89,15 @@ fn describe_all() {
         QUEUE_OLDEST_AGE,
         Unit::Seconds,
         "Age of the oldest queued record (since stored or its TTL renewed), per kind."
+    );
+    describe_gauge!(
+        PARKED_BATCHES,
+        "Batches the warehouse did not take, parked for a later run, per kind."
+    );
+    describe_gauge!(
+        IN_FLIGHT_AGE,
+        Unit::Seconds,
+        "Age of the batch in flight (0: none), per kind."
     );
     describe_gauge!(STREAM_LENGTH, "Entries in the event stream, per kind.");
     describe_gauge!(
@@ -300,12 +311,16 @@ impl ScrapeSources {
             let queue = records
                 .bounded(
                     SCRAPE_TIMEOUT,
-                    probe::queue_state(&mut conn, &mut state, *kind, self.ttl_seconds),
+                    probe::queue_state(&mut conn, *kind, self.ttl_seconds),
                 )
                 .await?;
             gauge!(QUEUE_LENGTH, "kind" => name).set(queue.length as f64);
             gauge!(QUEUE_OLDEST_AGE, "kind" => name)
                 .set(queue.oldest_age_seconds.unwrap_or(0) as f64);
+            gauge!(PARKED_BATCHES, "kind" => name).set(queue.parked.len() as f64);
+            gauge!(IN_FLIGHT_AGE, "kind" => name).set(queue.in_flight_since.map_or(0.0, |since| {
+                (chrono::Utc::now() - since).num_seconds() as f64
+            }));
             let stream = records
                 .bounded(
                     SCRAPE_TIMEOUT,

@@ -235,7 +235,7 @@ fn invalid_records_are_dead_lettered_and_expired_ones_counted_never_silent() {
 }
 
 #[test]
-fn a_warehouse_that_keeps_failing_leaves_the_batch_queued_with_a_fresh_ttl() {
+fn a_warehouse_that_keeps_failing_parks_the_batch_with_a_fresh_ttl() {
     const N: usize = 500;
     let redis = RedisServer::start();
     let env = Env::new(&redis).set("FLIT_UPLOAD_RETRY_MIN_MS", "20");
@@ -267,10 +267,12 @@ fn a_warehouse_that_keeps_failing_leaves_the_batch_queued_with_a_fresh_ttl() {
             .is_some_and(|e| e.contains("not-a-folder")),
         "{text}"
     );
+    assert_eq!(transactions["batches_parked"], 1, "{text}");
+    assert_eq!(keys(&mut conn, "tx:*").len(), N, "every record kept");
     assert_eq!(
-        llen(&mut conn, "upload_queue") as usize,
-        N,
-        "nothing left the queue"
+        llen(&mut conn, "upload_queue"),
+        0,
+        "the batch is parked, out of the queue's way"
     );
     let ttl: i64 = redis::cmd("TTL")
         .arg(
@@ -435,7 +437,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
         },
     );
     let (manifest, rows) = uploads
-        .take_batch(0, 100, 1 << 20, true)
+        .take_batch(flit_cache::upload::Take::Upload, 100, 1 << 20)
         .await
         .expect("batch");
     assert_eq!(manifest.records.len(), 1);
@@ -452,6 +454,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
         row_ids: &ids,
         ingested_at: manifest.ingested_at,
         maybe_written: false,
+        jobs: &flit_cache::warehouse::Unlimited,
     };
     warehouse.write(&batch).await.expect("write");
     let settled = uploads.settle(&manifest).await.expect("settle");
@@ -482,4 +485,70 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     let mut sorted = amounts.clone();
     sorted.sort();
     assert_eq!(sorted, vec![10, 20], "each version once: {amounts:?}");
+}
+
+#[test]
+fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once() {
+    const N: usize = 300;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    env.generate(&["--count", &N.to_string(), "--kind", "predictions"]);
+    ingest_until_queued(&redis, &env, 0, N as u64);
+    // Today's binary died after cutting a batch of the first 100 queued
+    // predictions: its manifest, in its format, sits in database 0.
+    let mut pred = redis.conn(1);
+    let head: Vec<String> = queue(&mut pred).into_iter().take(100).collect();
+    let payloads: Vec<String> = redis::cmd("MGET")
+        .arg(&head)
+        .query(&mut pred)
+        .expect("mget");
+    let records: Vec<Value> = head
+        .iter()
+        .zip(&payloads)
+        .map(|(key, payload)| {
+            serde_json::json!({"key": key, "id": key.trim_start_matches("pred:"), "payload": payload})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "batch_id": "predictions_20261123T010203000000Z_00000000000000ab",
+        "kind": "predictions",
+        "ingested_at": "2026-11-23T01:02:03Z",
+        "records": records,
+        "invalid": [],
+        "expired": [],
+        "repeated": [],
+    });
+    let _: () = redis::cmd("SET")
+        .arg("flit:upload:inflight:predictions")
+        .arg(manifest.to_string())
+        .query(&mut redis.conn(0))
+        .expect("old manifest");
+    let (code, report, text) = upload(&env, &["--only", "predictions"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        table(&report, PRED_TABLE)["rows_uploaded"],
+        N as u64,
+        "{text}"
+    );
+    assert_rows_once(&env, PRED_TABLE, N);
+    let ingested: std::collections::HashSet<String> = warehouse_rows(&env, PRED_TABLE)
+        .iter()
+        .map(|(_, row)| {
+            row["_ingestion_timestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        ingested.contains("2026-11-23T01:02:03.000000Z"),
+        "the old batch was written as it was recorded: {ingested:?}"
+    );
+    for db in [0, 1] {
+        assert!(
+            keys(&mut redis.conn(db), "flit:upload:inflight:*").is_empty(),
+            "no manifest left in database {db}"
+        );
+    }
+    assert_eq!(llen(&mut pred, "upload_queue"), 0);
 }

@@ -110,7 +110,7 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
     }
 
     for kind in &report.kinds {
-        kind_alerts(kind, limits, &mut alerts);
+        kind_alerts(kind, report.generated_at, limits, &mut alerts);
     }
     let dead_letter_bytes: u64 = report
         .kinds
@@ -139,9 +139,15 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
     alerts
 }
 
-fn kind_alerts(kind: &KindHealth, limits: &MonitorSettings, alerts: &mut Vec<Alert>) {
+fn kind_alerts(
+    kind: &KindHealth,
+    now: chrono::DateTime<chrono::Utc>,
+    limits: &MonitorSettings,
+    alerts: &mut Vec<Alert>,
+) {
     let name = kind.kind.name();
     if let Some(queue) = &kind.queue {
+        upload_batch_alerts(name, queue, now, limits, alerts);
         if queue.length > limits.alert_queue {
             alerts.push(alert(
                 "queue_long",
@@ -171,6 +177,59 @@ fn kind_alerts(kind: &KindHealth, limits: &MonitorSettings, alerts: &mut Vec<Ale
     }
     if let Some(stream) = &kind.stream {
         stream_alerts(kind, stream, limits, alerts);
+    }
+}
+
+/// Batches in flight and parked: nothing may wait unseen.
+fn upload_batch_alerts(
+    name: &str,
+    queue: &super::QueueState,
+    now: chrono::DateTime<chrono::Utc>,
+    limits: &MonitorSettings,
+    alerts: &mut Vec<Alert>,
+) {
+    let limit =
+        chrono::TimeDelta::from_std(limits.alert_in_flight_age).unwrap_or(chrono::TimeDelta::MAX);
+    if let Some(since) = queue.in_flight_since
+        && now - since > limit
+    {
+        alerts.push(alert(
+            "batch_in_flight_old",
+            format!("a {name} batch has been in flight for too long: its upload run died or hangs"),
+            format!("{:.1} h since {}", (now - since).num_minutes() as f64 / 60.0, since.to_rfc3339()),
+            format!("{} min (FLIT_ALERT_IN_FLIGHT_MINUTES)", limit.num_minutes()),
+            "run flit-cache batch-upload: it finishes the batch first; if one is running, read its log",
+        ));
+    }
+    if let Some(expires) = queue.parked_expires_at
+        && (expires - now).num_seconds() < EXPIRY_MARGIN_SECONDS
+    {
+        alerts.push(alert(
+            "parked_batch_expiring",
+            format!("records of a parked {name} batch expire soon, before any upload took them"),
+            format!("{:.1} h left", (expires - now).num_minutes() as f64 / 60.0),
+            "24 h",
+            "fix what the batch's last error says, then run flit-cache batch-upload (a failed run renews the TTLs)",
+        ));
+    }
+    if let Some(worst) = queue
+        .parked
+        .iter()
+        .filter(|p| p.failures >= limits.alert_batch_failures)
+        .max_by_key(|p| p.failures)
+    {
+        alerts.push(alert(
+            "batch_failures_repeating",
+            format!("a parked {name} batch keeps failing, run after run"),
+            format!(
+                "batch {} failed in {} runs: {}",
+                worst.batch_id,
+                worst.failures,
+                worst.last_error.as_deref().unwrap_or("no error kept")
+            ),
+            format!("{} runs (FLIT_ALERT_BATCH_FAILURES)", limits.alert_batch_failures),
+            "read the error; the batch is retried first by every run and the queue behind it goes on",
+        ));
     }
 }
 
@@ -298,6 +357,20 @@ fn upload_alerts(report: &MonitorReport, limits: &MonitorSettings, alerts: &mut 
             "read the errors of the last run (flit-cache monitor --json, last_run); fix credentials or quotas",
         ));
     }
+    for table in uploads
+        .last_run
+        .iter()
+        .flat_map(|run| &run.tables)
+        .filter(|t| t.set_aside.is_some())
+    {
+        alerts.push(alert(
+            "table_set_aside",
+            format!("{} was set aside in the last upload run: its batches wait for the next one", table.table),
+            table.set_aside.clone().unwrap_or_default(),
+            "not set aside",
+            "a quota or the day's load-job budget: wait for tomorrow or raise it (FLIT_LOAD_JOBS_PER_DAY); credentials or permissions: fix them",
+        ));
+    }
     if uploads.expired_in_history > 0 {
         alerts.push(alert(
             "records_expired",
@@ -368,6 +441,8 @@ mod tests {
             alert_upload_age: Duration::from_secs(26 * 3_600),
             alert_failure_rate: 0.05,
             alert_dead_letters_per_hour: 100,
+            alert_in_flight_age: Duration::from_secs(7_200),
+            alert_batch_failures: 3,
         }
     }
 
@@ -400,9 +475,12 @@ mod tests {
                 queue: Some(QueueState {
                     length: 10,
                     in_flight: 0,
+                    in_flight_since: None,
                     oldest_key: Some("pred:p".into()),
                     oldest_expires_in_seconds: Some(6 * 86_400),
                     oldest_age_seconds: Some(86_400),
+                    parked: vec![],
+                    parked_expires_at: None,
                 }),
                 stream: None,
                 lookups: None,
@@ -473,6 +551,56 @@ mod tests {
                 "dead_letters_recent",
                 "dead_letters_memory"
             ]
+        );
+    }
+
+    #[test]
+    fn batches_in_flight_too_long_parked_and_failing_and_tables_set_aside() {
+        let mut report = healthy();
+        let now = report.generated_at;
+        let queue = report.kinds[0].queue.as_mut().expect("queue");
+        queue.in_flight_since = Some(now - chrono::Duration::minutes(30));
+        assert!(codes(&report).is_empty());
+        let queue = report.kinds[0].queue.as_mut().expect("queue");
+        queue.in_flight_since = Some(now - chrono::Duration::hours(3));
+        queue.parked_expires_at = Some(now + chrono::Duration::hours(5));
+        let summary = crate::upload::ParkedSummary {
+            batch_id: "b".into(),
+            records: 10,
+            failures: 3,
+            last_error: Some("backendError".into()),
+            parked_at: now,
+            renewed_at: now,
+        };
+        queue.parked = vec![summary];
+        let mut last_run = crate::upload::RunReport {
+            started_at: now,
+            finished_at: now,
+            status: crate::upload::RunStatus::Partial,
+            dry_run: false,
+            warehouse: "w".into(),
+            tables: vec![crate::upload::TableReport {
+                table: "t".into(),
+                set_aside: Some("quotaExceeded".into()),
+                ..Default::default()
+            }],
+        };
+        report.uploads.as_mut().expect("uploads").last_run = Some(last_run.clone());
+        assert_eq!(
+            codes(&report),
+            [
+                "batch_in_flight_old",
+                "parked_batch_expiring",
+                "batch_failures_repeating",
+                "table_set_aside"
+            ]
+        );
+        last_run.tables[0].set_aside = None;
+        report.uploads.as_mut().expect("uploads").last_run = Some(last_run);
+        report.kinds[0].queue.as_mut().expect("queue").parked[0].failures = 2;
+        assert_eq!(
+            codes(&report),
+            ["batch_in_flight_old", "parked_batch_expiring"]
         );
     }
 

@@ -169,9 +169,9 @@ async fn read_kind(
             return health;
         }
     };
-    match probe::queue_state(&mut records, state, kind, settings.redis.ttl_seconds).await {
+    match probe::queue_state(&mut records, kind, settings.redis.ttl_seconds).await {
         Ok(queue) => health.queue = Some(queue),
-        Err(err) => health.errors.push(format!("upload queue: {err}")),
+        Err(err) => health.errors.push(format!("upload queue: {err:#}")),
     }
     let dead_letter_limit = settings.monitor.alert_dead_letters_per_hour + 1;
     match probe::stream_state(&mut records, kind, dead_letter_limit).await {

@@ -14,7 +14,7 @@ use crate::keys::{
     CONSUMER_GROUP, EventKind, UPLOAD_HISTORY, UPLOAD_LAST_SUCCESS, UPLOAD_QUEUE,
     upload_manifest_key,
 };
-use crate::upload::{BatchManifest, RunReport, RunStatus};
+use crate::upload::{ParkedSummary, RunReport, RunStatus};
 
 /// Facts about the Redis server.
 #[derive(Debug, Clone, Serialize)]
@@ -112,29 +112,57 @@ pub async fn server_facts(conn: &mut MultiplexedConnection) -> redis::RedisResul
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueState {
     pub length: u64,
-    /// Records of the batch an upload is writing now (or left unsettled).
+    /// Queue entries of the batch an upload is writing now (or left unsettled).
     pub in_flight: u64,
-    /// The oldest queued record key, if any.
+    /// When that batch was cut from the queue.
+    pub in_flight_since: Option<DateTime<Utc>>,
+    /// The oldest queued record outside the in-flight batch, if any.
     pub oldest_key: Option<String>,
-    /// Seconds until the oldest queued record expires; negative: already gone.
+    /// Seconds until that record expires; negative: already gone.
     pub oldest_expires_in_seconds: Option<i64>,
-    /// Seconds since the oldest queued record was stored (or its TTL renewed
-    /// by a failed upload), from its remaining TTL.
+    /// Seconds since that record was stored (or its TTL renewed by a failed
+    /// upload), from its remaining TTL.
     pub oldest_age_seconds: Option<u64>,
+    /// Batches the warehouse did not take, waiting for a later run.
+    pub parked: Vec<ParkedSummary>,
+    /// When the first records of a parked batch expire (TTLs are renewed
+    /// at each failure).
+    pub parked_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The few fields of an in-flight manifest the monitor needs; the records
+/// are counted, not read into memory.
+#[derive(serde::Deserialize)]
+struct ManifestHead {
+    ingested_at: DateTime<Utc>,
+    records: Vec<serde::de::IgnoredAny>,
+    invalid: Vec<serde::de::IgnoredAny>,
+    expired: Vec<serde::de::IgnoredAny>,
+    repeated: Vec<serde::de::IgnoredAny>,
 }
 
 pub async fn queue_state(
     records: &mut MultiplexedConnection,
-    state: &mut MultiplexedConnection,
     kind: EventKind,
     ttl_seconds: u64,
 ) -> redis::RedisResult<QueueState> {
-    let (length, oldest): (u64, Option<String>) = redis::pipe()
+    let (length, manifest): (u64, Option<String>) = redis::pipe()
         .cmd("LLEN")
         .arg(UPLOAD_QUEUE)
-        .cmd("LINDEX")
+        .cmd("GET")
+        .arg(upload_manifest_key(kind))
+        .query_async(records)
+        .await?;
+    let head = manifest.and_then(|text| serde_json::from_str::<ManifestHead>(&text).ok());
+    let in_flight = head.as_ref().map_or(0, |m| {
+        (m.records.len() + m.invalid.len() + m.expired.len() + m.repeated.len()) as u64
+    });
+    let parked = crate::upload::parked_summaries(records, kind).await?;
+    // The in-flight batch heads the queue, and its TTLs are renewed when it
+    // fails: the record to watch is the first one behind it.
+    let oldest: Option<String> = redis::cmd("LINDEX")
         .arg(UPLOAD_QUEUE)
-        .arg(0)
+        .arg(in_flight)
         .query_async(records)
         .await?;
     let mut expires_in = None;
@@ -146,21 +174,20 @@ pub async fn queue_state(
             ms => ms / 1000,
         });
     }
-    let manifest: Option<String> = redis::cmd("GET")
-        .arg(upload_manifest_key(kind))
-        .query_async(state)
-        .await?;
-    let in_flight = manifest
-        .and_then(|text| serde_json::from_str::<BatchManifest>(&text).ok())
-        .map_or(0, |m| m.entries() as u64);
     Ok(QueueState {
         length,
         in_flight,
+        in_flight_since: head.map(|m| m.ingested_at),
         oldest_key: oldest,
         oldest_expires_in_seconds: expires_in,
         oldest_age_seconds: expires_in
             .filter(|left| (0..=ttl_seconds as i64).contains(left))
             .map(|left| ttl_seconds - left as u64),
+        parked_expires_at: parked
+            .iter()
+            .map(|p| crate::upload::parked_expiry(p, ttl_seconds))
+            .min(),
+        parked,
     })
 }
 

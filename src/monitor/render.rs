@@ -118,6 +118,26 @@ pub fn text(report: &MonitorReport) -> String {
                         .map(|r| format!("{:.1}%", r * 100.0))
                 ),
             );
+            if let Some(q) = q {
+                if let Some(since) = q.in_flight_since {
+                    let _ = writeln!(
+                        out,
+                        "  a batch of {} entries in flight since {}",
+                        q.in_flight,
+                        since.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                }
+                for parked in &q.parked {
+                    let _ = writeln!(
+                        out,
+                        "  parked batch {} ({} records, failed in {} runs): {}",
+                        parked.batch_id,
+                        parked.records,
+                        parked.failures,
+                        parked.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
             for error in &k.errors {
                 let _ = writeln!(out, "  cannot read: {error}");
             }

@@ -6,10 +6,15 @@
 -- record is removed only while it still holds the exact uploaded content.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
+-- The batch's manifest goes in the same step, so a crash cannot leave a
+-- settled batch behind to be settled again. A parked batch's entries have
+-- already left the queue: only its records and manifest are removed.
+--
 -- KEYS: 1 upload queue, 2 dead-letter stream, 3 counter of dead letters
---       the cap trimmed
+--       the cap trimmed, 4 the batch's manifest, 5 the parked index,
+--       6 keys of parked batches (a set)
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 gone count,
---       5 dead-letter cap,
+--       5 dead-letter cap, 6 'queued' or 'parked', 7 batch id,
 --       per uploaded: queue key, id, sha1 of payload
 --       per dead:     queue key, id, sha1 of payload, reason code, reason,
 --                     payload kept (a prefix when long), whole size,
@@ -20,6 +25,7 @@ local queue, dead, trimmed_counter = KEYS[1], KEYS[2], KEYS[3]
 local superseded = ARGV[1]
 local uploaded, dead_count, gone = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
+local queued = ARGV[6] == 'queued'
 local settled, moved_on, dead_lettered, gone_removed = 0, 0, 0, 0
 
 -- Queue entries to remove (key -> how many) and record keys to delete.
@@ -58,7 +64,7 @@ local function settle(key, id, digest)
   return false
 end
 
-local i = 6
+local i = 8
 for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
   i = i + 3
@@ -94,7 +100,7 @@ end
 
 -- Usually the batch is the head of the queue, in order: trim it off in one
 -- step. Whatever is elsewhere (or was already gone) is removed one by one.
-if unqueue_total > 0 then
+if queued and unqueue_total > 0 then
   local head = redis.call('LRANGE', queue, 0, unqueue_total - 1)
   local prefix = 0
   for _, key in ipairs(head) do
@@ -106,6 +112,19 @@ if unqueue_total > 0 then
   if prefix > 0 then redis.call('LTRIM', queue, prefix, -1) end
   for key, left in pairs(unqueue) do
     if left > 0 then redis.call('LREM', queue, left, key) end
+  end
+end
+redis.call('DEL', KEYS[4])
+if not queued then
+  redis.call('HDEL', KEYS[5], ARGV[7])
+  local first = 8
+  for _ = 1, uploaded do
+    redis.call('SREM', KEYS[6], ARGV[first])
+    first = first + 3
+  end
+  for _ = 1, dead_count do
+    redis.call('SREM', KEYS[6], ARGV[first])
+    first = first + 8
   end
 end
 return {settled, moved_on, dead_lettered, gone_removed}

@@ -1,13 +1,24 @@
 //! One upload run (`batch-upload`, the schedule inside `run`): under the
 //! upload lock, each kind's queue is drained in bounded batches into the
-//! warehouse. A record leaves Redis only after the warehouse confirmed it;
-//! a batch the warehouse refuses is retried with exponential backoff and
-//! jitter, then kept (with its TTL renewed) for the next run.
+//! warehouse. A record leaves Redis only after the warehouse confirmed it.
+//!
+//! Nothing stops a table for good:
+//! - rows the warehouse refuses are found (from its errors, else by
+//!   halving the batch) and dead-lettered with its reason; the rest of the
+//!   batch loads in the same run;
+//! - a batch that keeps failing for other reasons is parked (retried first
+//!   by later runs) and the queue behind it goes on; two failures in a row
+//!   end the kind's run, since the warehouse then looks unavailable;
+//! - a quota, the day's load-job budget, or credentials set the table aside
+//!   until the next run: its batches are neither split nor given up.
 
+mod budget;
 mod lock;
+mod manifest;
 mod queue;
 mod report;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,15 +26,17 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+pub use budget::DailyLoadJobs;
 pub use lock::{Busy, UploadLock};
-pub use queue::{BatchManifest, BatchRecord, InvalidRecord, Settled, UploadQueue};
+pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary, Part};
+pub use queue::{Settled, Take, Ttl, UploadQueue, parked_expiry, parked_summaries};
 pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 
 use crate::configuration::Settings;
 use crate::keys::EventKind;
 use crate::redis_target;
 use crate::service_metrics;
-use crate::warehouse::{Row, RowBatch, TableSpec, Warehouse};
+use crate::warehouse::{Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -76,13 +89,16 @@ pub async fn run_once<W: Warehouse>(
     };
 
     // The kinds share nothing but the lock (own database, table and
-    // manifest), so they upload side by side.
+    // manifests), so they upload side by side.
     let runs = EventKind::ALL
         .into_iter()
         .filter(|k| options.only.is_none_or(|only| only == *k))
         .map(|kind| upload_table(settings, warehouse, kind, &state, &options, lock.as_ref()));
     for table_report in futures_util::future::join_all(runs).await {
-        if table_report.kept_for_retry > 0 || !table_report.errors.is_empty() {
+        if table_report.kept_for_retry > 0
+            || !table_report.errors.is_empty()
+            || table_report.set_aside.is_some()
+        {
             report.status = RunStatus::Partial;
         }
         report.tables.push(table_report);
@@ -119,8 +135,21 @@ async fn upload_table<W: Warehouse>(
     };
     let result = async {
         let records = connect(settings, settings.db_for(kind)).await?;
-        let mut queue = UploadQueue::new(kind, records, state.clone(), settings.dead_letters);
-        upload_kind(settings, warehouse, &mut queue, options, lock, &mut report).await
+        let mut run = KindRun {
+            settings,
+            warehouse,
+            queue: UploadQueue::new(kind, records.clone(), state.clone(), settings.dead_letters),
+            jobs: DailyLoadJobs::new(records, kind, settings.upload.load_jobs_per_day),
+            options,
+            lock,
+            report: &mut report,
+            failures_in_a_row: 0,
+        };
+        let same_database = settings.db_for(kind) == settings.redis.db_transactions;
+        let outcome = run.upload(same_database).await;
+        run.count_kept(outcome.as_ref().is_ok_and(|next| *next == Next::Continue))
+            .await?;
+        outcome.map(|_| ())
     }
     .await;
     if let Err(err) = result {
@@ -131,143 +160,322 @@ async fn upload_table<W: Warehouse>(
                 .arg(crate::keys::UPLOAD_QUEUE)
                 .query_async(&mut records)
                 .await;
-            report.kept_for_retry = left.unwrap_or_default();
+            report.kept_for_retry = report.kept_for_retry.max(left.unwrap_or_default());
         }
     }
     report
 }
 
-async fn upload_kind<W: Warehouse>(
-    settings: &Settings,
-    warehouse: &W,
-    queue: &mut UploadQueue,
-    options: &UploadOptions,
-    lock: Option<&UploadLock>,
-    report: &mut TableReport,
-) -> anyhow::Result<()> {
-    let upload = &settings.upload;
-    let queued_at_start = queue.len().await? as usize;
-    if !options.dry_run
-        && let Some(manifest) = queue.in_flight().await?
-    {
-        tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
-        let rows = manifest.rows();
-        if !deliver(settings, warehouse, queue, &manifest, rows, true, report).await? {
-            report.kept_for_retry = queue.len().await?;
-            return Ok(());
+/// Whether a kind's run goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Where a batch the warehouse did not take waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Parked, for a later run; the queue behind it goes on.
+    Parked,
+    /// Too many batches are parked already: it stays in flight, and the
+    /// queue behind it waits.
+    InFlight,
+}
+
+/// Whether a part may have reached the warehouse before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovered {
+    /// Left by an earlier run (in flight or parked): any part may have landed.
+    Yes,
+    /// Taken from the queue in this run.
+    No,
+}
+
+/// One kind's share of a run.
+struct KindRun<'a, W> {
+    settings: &'a Settings,
+    warehouse: &'a W,
+    queue: UploadQueue,
+    jobs: DailyLoadJobs,
+    options: &'a UploadOptions,
+    lock: Option<&'a UploadLock>,
+    report: &'a mut TableReport,
+    failures_in_a_row: u32,
+}
+
+impl<W: Warehouse> KindRun<'_, W> {
+    async fn upload(&mut self, same_database: bool) -> anyhow::Result<Next> {
+        let queued_at_start = self.queue.len().await? as usize;
+        if self.options.dry_run {
+            return self.dry_run(queued_at_start).await;
         }
+        self.queue.take_over_old_manifest(same_database).await?;
+
+        // 1. Batches earlier runs could not upload, oldest first.
+        for summary in self.queue.parked_summaries().await? {
+            self.may_go_on()?;
+            let Some(manifest) = self.queue.parked(&summary.batch_id).await? else {
+                continue;
+            };
+            tracing::info!(batch = %manifest.batch_id, failures = manifest.failures, "retrying a parked batch");
+            if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {
+                return Ok(Next::Stop);
+            }
+        }
+        // 2. A batch an earlier run left in flight (it crashed).
+        let mut handled = 0usize;
+        if let Some(manifest) = self.queue.in_flight().await? {
+            tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
+            handled += manifest.entries();
+            if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {
+                return Ok(Next::Stop);
+            }
+        }
+        // 3. The queue. Records that arrive during the run wait for the
+        // next one, so a run ends.
+        let upload = &self.settings.upload;
+        while handled < queued_at_start {
+            self.may_go_on()?;
+            let (manifest, rows) = self
+                .queue
+                .take_batch(Take::Upload, upload.batch_rows, upload.batch_bytes)
+                .await?;
+            if manifest.is_empty() {
+                break;
+            }
+            handled += manifest.entries();
+            if self.deliver(manifest, Recovered::No, Some(rows)).await? == Next::Stop {
+                return Ok(Next::Stop);
+            }
+        }
+        Ok(Next::Continue)
     }
-    // Records that arrive during the run wait for the next one, so a run ends.
-    let mut handled = 0usize;
-    while handled < queued_at_start {
-        if lock.is_some_and(UploadLock::is_lost) {
+
+    /// Reads and checks the queue as an upload would; changes nothing.
+    async fn dry_run(&mut self, queued_at_start: usize) -> anyhow::Result<Next> {
+        let upload = &self.settings.upload;
+        let mut handled = 0usize;
+        while handled < queued_at_start {
+            let (manifest, _) = self
+                .queue
+                .take_batch(
+                    Take::Look { skip: handled },
+                    upload.batch_rows,
+                    upload.batch_bytes,
+                )
+                .await?;
+            if manifest.is_empty() {
+                break;
+            }
+            handled += manifest.entries();
+            self.report.rows_uploaded += manifest.records.len() as u64;
+            self.report.dead_lettered += manifest.invalid.len() as u64;
+            self.report.expired += manifest.expired.len() as u64;
+            self.report.batches += 1;
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Between batches: stop when the lock is lost or the service stops.
+    fn may_go_on(&self) -> anyhow::Result<()> {
+        if self.lock.is_some_and(UploadLock::is_lost) {
             anyhow::bail!("the upload lock was lost; stopped between batches");
         }
-        if options
+        if self
+            .options
             .stop
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled)
         {
-            anyhow::bail!("the service is stopping; the rest waits for the next run");
+            anyhow::bail!("stopping (signal); the rest waits for the next run");
         }
-        let skip = if options.dry_run { handled } else { 0 };
-        let (manifest, rows) = queue
-            .take_batch(
-                skip,
-                upload.batch_rows,
-                upload.batch_bytes,
-                !options.dry_run,
-            )
+        Ok(())
+    }
+
+    /// Writes a batch part by part and settles it, or keeps it; then says
+    /// whether the run goes on.
+    async fn deliver(
+        &mut self,
+        mut manifest: BatchManifest,
+        recovered: Recovered,
+        mut rows: Option<Vec<Row>>,
+    ) -> anyhow::Result<Next> {
+        let mut may_have_landed: HashSet<String> = match recovered {
+            Recovered::Yes => manifest.pending_part_ids().into_iter().collect(),
+            Recovered::No => HashSet::new(),
+        };
+        while let Some(part) = manifest.next_part() {
+            let part_rows = match rows.take() {
+                Some(rows) if part.id == manifest.batch_id => rows,
+                _ => manifest.rows_of(&part),
+            };
+            let ids: Vec<String> = part
+                .rows
+                .iter()
+                .filter_map(|&i| Some(manifest.records.get(i)?.digest()))
+                .collect();
+            let written = self
+                .write(&part, &part_rows, &ids, may_have_landed.remove(&part.id))
+                .await;
+            match written {
+                Ok(outcome) => {
+                    manifest.part_written(&part, &outcome.rejected);
+                    if manifest.next_part().is_some() {
+                        self.queue.save(&manifest, Ttl::Unchanged).await?;
+                    }
+                }
+                Err(SinkError {
+                    failure: Failure::Rows { named, unexplained },
+                    message,
+                }) => {
+                    tracing::warn!(batch = %manifest.batch_id, part = %part.id, rows = part.rows.len(),
+                        named = named.len(), unexplained, error = %message,
+                        "the warehouse refused rows of this batch; dead-lettering them and writing the rest");
+                    manifest.split_part(&part, &named, &message);
+                    self.queue.save(&manifest, Ttl::Unchanged).await?;
+                }
+                Err(err) if err.failure == Failure::SetAside => {
+                    tracing::error!(table = %self.report.table, error = %err,
+                        "the table is set aside until the next run; its batches wait, unsplit");
+                    self.report
+                        .errors
+                        .push(format!("batch {}: {err}", manifest.batch_id));
+                    self.report.set_aside = Some(err.message);
+                    return Ok(Next::Stop);
+                }
+                Err(err) => return self.keep(manifest, &err).await,
+            }
+        }
+        let settled_form = manifest.settled_form();
+        let settled = self.queue.settle(&settled_form).await?;
+        self.report.rows_uploaded += settled_form.records.len() as u64;
+        self.report.dead_lettered += settled.dead_lettered;
+        self.report.expired += settled_form.expired.len() as u64;
+        self.report.batches += 1;
+        self.failures_in_a_row = 0;
+        tracing::debug!(table = %self.report.table, batch = %manifest.batch_id, "batch uploaded");
+        Ok(Next::Continue)
+    }
+
+    /// Keeps a batch the warehouse did not take: parked (its records with a
+    /// fresh TTL), so the queue goes on. Two in a row end the kind's run.
+    async fn keep(&mut self, mut manifest: BatchManifest, err: &SinkError) -> anyhow::Result<Next> {
+        manifest.failures += 1;
+        manifest.last_error = Some(err.message.clone());
+        self.report
+            .errors
+            .push(format!("batch {}: {err}", manifest.batch_id));
+        self.queue
+            .extend_ttl(&manifest, self.settings.redis.ttl_seconds)
             .await?;
-        if manifest.is_empty() {
-            break;
+        let kept = if !manifest.queued {
+            self.queue.save(&manifest, Ttl::Renewed).await?;
+            Kept::Parked
+        } else if self.queue.parked_summaries().await?.len() >= self.settings.upload.max_parked {
+            self.queue.save(&manifest, Ttl::Renewed).await?;
+            Kept::InFlight
+        } else {
+            self.queue.park(&mut manifest).await?;
+            self.report.batches_parked += 1;
+            Kept::Parked
+        };
+        tracing::error!(table = %self.report.table, batch = %manifest.batch_id, error = %err,
+            ?kept, failures = manifest.failures, "the warehouse did not take the batch; it waits for a later run");
+        self.failures_in_a_row += 1;
+        if kept == Kept::InFlight {
+            self.report.errors.push(format!(
+                "{} batches are parked already (FLIT_UPLOAD_MAX_PARKED): this one stays in flight and the queue behind it waits",
+                self.settings.upload.max_parked
+            ));
+            return Ok(Next::Stop);
         }
-        handled += manifest.entries();
-        if options.dry_run {
-            report.rows_uploaded += manifest.records.len() as u64;
-            report.dead_lettered += manifest.invalid.len() as u64;
-            report.expired += manifest.expired.len() as u64;
-            report.batches += 1;
-            continue;
+        if self.failures_in_a_row >= 2 {
+            self.report.errors.push(
+                "two batches in a row were not taken: the warehouse looks unavailable, the rest waits for the next run".to_owned(),
+            );
+            return Ok(Next::Stop);
         }
-        if !deliver(settings, warehouse, queue, &manifest, rows, false, report).await? {
-            report.kept_for_retry = queue.len().await?;
+        Ok(Next::Continue)
+    }
+
+    /// Writes one part with retries (exponential backoff with jitter); a
+    /// stop (signal) cuts a pause short and ends the retries.
+    async fn write(
+        &mut self,
+        part: &Part,
+        rows: &[Row],
+        ids: &[String],
+        may_have_landed: bool,
+    ) -> Result<WriteOutcome, SinkError> {
+        let table = TableSpec::for_kind(self.queue_kind());
+        let stop = self.options.stop.clone().unwrap_or_default();
+        let mut attempts = 1u64;
+        let tried = std::sync::atomic::AtomicBool::new(may_have_landed);
+        let warehouse = self.warehouse;
+        let jobs = &self.jobs;
+        let sleeper_stop = stop.clone();
+        // Creating a missing table is part of delivering: it is retried, and
+        // when it fails the batch is kept like any other failed write.
+        let written = (|| async {
+            let batch = RowBatch {
+                batch_id: &part.id,
+                table,
+                rows,
+                row_ids: ids,
+                ingested_at: part.ingested_at,
+                // A failed attempt may still have landed: later attempts check first.
+                maybe_written: tried.swap(true, std::sync::atomic::Ordering::SeqCst),
+                jobs,
+            };
+            warehouse.ensure_table(table).await?;
+            warehouse.write(&batch).await
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(self.settings.upload.retry_min_delay)
+                .with_max_delay(Duration::from_secs(60))
+                .with_max_times(self.settings.upload.attempts.saturating_sub(1))
+                .with_jitter(),
+        )
+        .sleep(move |pause| {
+            let stop = sleeper_stop.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        })
+        .when(|err| err.is_retryable() && !stop.is_cancelled())
+        .notify(|err, delay| {
+            attempts += 1;
+            tracing::warn!(table = %table.qualified(), batch = %part.id, error = %err,
+                retry_in_ms = delay.as_millis() as u64, "warehouse write failed; retrying");
+        })
+        .await;
+        self.report.attempts += attempts;
+        written
+    }
+
+    fn queue_kind(&self) -> EventKind {
+        self.report.kind.unwrap_or(EventKind::Transaction)
+    }
+
+    /// Records still waiting after the run: in the queue when the run
+    /// stopped early, and in parked batches.
+    async fn count_kept(&mut self, finished: bool) -> anyhow::Result<()> {
+        if self.options.dry_run {
             return Ok(());
         }
-    }
-    Ok(())
-}
-
-/// Writes one batch with retries and settles it. `false` when the warehouse
-/// did not take it: the batch stays queued (and in flight) for the next run.
-async fn deliver<W: Warehouse>(
-    settings: &Settings,
-    warehouse: &W,
-    queue: &mut UploadQueue,
-    manifest: &BatchManifest,
-    rows: Vec<Row>,
-    recovered: bool,
-    report: &mut TableReport,
-) -> anyhow::Result<bool> {
-    let table = TableSpec::for_kind(manifest.kind);
-    let row_ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
-    let mut attempts = 1u64;
-    let tried = std::sync::atomic::AtomicBool::new(recovered);
-    // Creating a missing table is part of delivering: it is retried, and
-    // when it fails the batch is kept like any other failed write.
-    let written = (|| async {
-        let batch = RowBatch {
-            batch_id: &manifest.batch_id,
-            table,
-            rows: &rows,
-            row_ids: &row_ids,
-            ingested_at: manifest.ingested_at,
-            // A failed attempt may still have landed: later attempts check first.
-            maybe_written: tried.swap(true, std::sync::atomic::Ordering::SeqCst),
-        };
-        warehouse.ensure_table(table).await?;
-        warehouse.write(&batch).await
-    })
-    .retry(
-        ExponentialBuilder::default()
-            .with_min_delay(settings.upload.retry_min_delay)
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(settings.upload.attempts.saturating_sub(1))
-            .with_jitter(),
-    )
-    .when(|err| err.retryable)
-    .notify(|err, delay| {
-        attempts += 1;
-        tracing::warn!(table = %table.qualified(), batch = %manifest.batch_id, error = %err,
-                retry_in_ms = delay.as_millis() as u64, "warehouse write failed; retrying");
-    })
-    .await;
-    report.attempts += attempts;
-    match written {
-        Ok(outcome) => {
-            // Only sinks that judge rows one by one (streaming inserts) refuse
-            // some; those records are dead-lettered with the warehouse's reason.
-            let refused = manifest.with_refused(&outcome.rejected);
-            let manifest = &refused;
-            let settled = queue.settle(manifest).await?;
-            report.rows_uploaded += manifest.records.len() as u64;
-            report.dead_lettered += settled.dead_lettered;
-            report.expired += manifest.expired.len() as u64;
-            report.batches += 1;
-            tracing::debug!(table = %table.qualified(), batch = %manifest.batch_id, rows = rows.len(), "batch uploaded");
-            Ok(true)
+        let parked = self.queue.parked_summaries().await?;
+        self.report.parked_waiting = parked.len() as u64;
+        let mut kept: u64 = parked.iter().map(|p| p.records as u64).sum();
+        if !finished {
+            kept += self.queue.len().await?;
         }
-        Err(err) => {
-            report
-                .errors
-                .push(format!("batch {}: {err}", manifest.batch_id));
-            queue
-                .extend_ttl(manifest, settings.redis.ttl_seconds)
-                .await?;
-            tracing::error!(table = %table.qualified(), batch = %manifest.batch_id, error = %err, attempts,
-                "warehouse did not take the batch; it stays queued for the next run");
-            Ok(false)
-        }
+        self.report.kept_for_retry = kept;
+        Ok(())
     }
 }
 

@@ -1,29 +1,37 @@
 //! `UploadQueue`: one kind's queue of records waiting for the warehouse, and
-//! the protocol that drains it without losing or doubling a record.
+//! the protocol that drains it without losing or doubling a record. Every
+//! key it touches lives in the kind's own database, so each step is one
+//! atomic script there.
 //!
 //! 1. `take_batch` reads the head of the queue (without removing anything),
-//!    bounded in rows and bytes, and records the batch as a manifest in Redis:
-//!    its id, the exact payloads, and what will be dead-lettered or dropped.
+//!    bounded in rows, bytes and partitions, and records the batch as the
+//!    in-flight manifest: its id, the exact payloads, what will be
+//!    dead-lettered or dropped.
 //! 2. The warehouse writes the batch; sinks are idempotent per batch id.
-//! 3. `settle` removes the batch's records from Redis (`finalize_batch.lua`),
-//!    then the manifest.
+//!    When it refuses rows, the manifest records the split first (`save`).
+//! 3. `settle` removes the batch's records, its queue entries and its
+//!    manifest (`finalize_batch.lua`), in one step.
 //!
-//! A crash anywhere leaves a manifest behind; the next run finds it with
-//! `in_flight`, writes that same batch again (a no-op where it had landed)
-//! and settles it. Records that arrive meanwhile are appended behind it.
+//! A batch the warehouse does not take is `park`ed: its entries leave the
+//! queue and its manifest moves to the parked ones, in one step, so the
+//! queue behind it goes on; later runs retry it first. A crash anywhere
+//! leaves a manifest behind (in flight or parked); the next run writes that
+//! same batch again (a no-op where it had landed) and settles it.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use redis::Script;
 use redis::aio::MultiplexedConnection;
-use serde::{Deserialize, Serialize};
 
+pub use super::manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary};
 use crate::configuration::DeadLetterSettings;
 use crate::dead_letter::KeptBody;
 use crate::event::Rejection;
-use crate::keys::{EventKind, UPLOAD_QUEUE, upload_manifest_key};
+use crate::keys::{
+    EventKind, UPLOAD_QUEUE, parked_index_key, parked_keys_key, parked_manifest_key,
+    upload_manifest_key,
+};
 use crate::warehouse::rows::{self, Row};
 
 /// Payload bytes aimed at per round trip while filling a batch; the number
@@ -33,107 +41,14 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Entries in the first page, before any size is known, and the most per page.
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
+/// BigQuery lets one load job modify at most 4,000 partitions.
+pub const MAX_PARTITIONS: usize = 4_000;
 
 /// SET that Redis runs even at maxmemory: the uploader is what frees memory,
 /// so it must be able to start a batch when Redis is full.
 const SET_EVEN_WHEN_FULL: &str = "#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[1])";
-
-/// A record in a batch: the queue key that named it and the content read.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BatchRecord {
-    pub key: String,
-    pub id: String,
-    pub payload: String,
-    /// SHA-1 of the value as stored, when `payload` is not that value
-    /// byte for byte (it was not UTF-8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stored_sha1: Option<String>,
-}
-
-impl BatchRecord {
-    /// The SHA-1 of the value as Redis holds it: settling removes the record
-    /// only while it still holds exactly that.
-    pub fn digest(&self) -> String {
-        self.stored_sha1
-            .clone()
-            .unwrap_or_else(|| digest(&self.payload))
-    }
-}
-
-/// A record that cannot be a row, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InvalidRecord {
-    pub record: BatchRecord,
-    pub reason: String,
-    /// The reason code of its dead letter (manifests of earlier versions
-    /// carry none: theirs were all `schema_mismatch`).
-    #[serde(default = "schema_mismatch")]
-    pub code: String,
-}
-
-fn schema_mismatch() -> String {
-    "schema_mismatch".to_owned()
-}
-
-/// The dead-letter reason code of a record the warehouse refused.
-pub const REFUSED_BY_WAREHOUSE: &str = "refused_by_warehouse";
-
-/// Everything needed to write a batch again and settle it, exactly as first decided.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BatchManifest {
-    pub batch_id: String,
-    pub kind: EventKind,
-    pub ingested_at: DateTime<Utc>,
-    pub records: Vec<BatchRecord>,
-    pub invalid: Vec<InvalidRecord>,
-    /// Queue entries whose record had expired before upload.
-    pub expired: Vec<String>,
-    /// A second queue entry for a key already in this batch.
-    pub repeated: Vec<String>,
-}
-
-impl BatchManifest {
-    pub fn rows(&self) -> Vec<Row> {
-        self.records
-            .iter()
-            .filter_map(|r| rows::to_row(self.kind, &r.payload, self.ingested_at).ok())
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-            && self.invalid.is_empty()
-            && self.expired.is_empty()
-            && self.repeated.is_empty()
-    }
-
-    /// This batch with the records at `refused` (indexes into `records`)
-    /// moved to `invalid`, with the warehouse's reason.
-    pub fn with_refused(&self, refused: &[(usize, String)]) -> BatchManifest {
-        let mut manifest = self.clone();
-        if refused.is_empty() {
-            return manifest;
-        }
-        let reasons: std::collections::HashMap<usize, &String> =
-            refused.iter().map(|(i, r)| (*i, r)).collect();
-        manifest.records.clear();
-        for (index, record) in self.records.iter().enumerate() {
-            match reasons.get(&index) {
-                Some(reason) => manifest.invalid.push(InvalidRecord {
-                    record: record.clone(),
-                    reason: format!("refused by the warehouse: {reason}"),
-                    code: REFUSED_BY_WAREHOUSE.to_owned(),
-                }),
-                None => manifest.records.push(record.clone()),
-            }
-        }
-        manifest
-    }
-
-    pub fn entries(&self) -> usize {
-        self.records.len() + self.invalid.len() + self.expired.len() + self.repeated.len()
-    }
-}
+/// Keeps a parked batch's manifest and summary up to date, even when full.
+const SAVE_PARKED: &str = "#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[2])\nredis.call('HSET', KEYS[2], ARGV[1], ARGV[3])";
 
 /// What settling a batch changed in Redis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -142,11 +57,27 @@ pub struct Settled {
     pub dead_lettered: u64,
 }
 
+/// Whether the records of a batch being saved just had their TTLs renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Renewed,
+    Unchanged,
+}
+
+/// Why `take_batch` reads the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// For upload: the batch becomes the in-flight manifest.
+    Upload,
+    /// For a dry run: nothing is written; `skip` entries are passed over.
+    Look { skip: usize },
+}
+
 pub struct UploadQueue {
     kind: EventKind,
-    /// The database holding this kind's records and queue.
+    /// The kind's database: records, queue, manifests.
     records: MultiplexedConnection,
-    /// The database holding the service's own state (manifests).
+    /// Database 0, where today's binary kept the in-flight manifest.
     state: MultiplexedConnection,
     dead_letters: DeadLetterSettings,
     finalize: Script,
@@ -175,47 +106,153 @@ impl UploadQueue {
             .await
     }
 
-    /// The batch a previous run left unsettled, if any.
-    pub async fn in_flight(&mut self) -> anyhow::Result<Option<BatchManifest>> {
-        let text: Option<String> = redis::cmd("GET")
-            .arg(upload_manifest_key(self.kind))
+    /// Moves an in-flight manifest left in database 0 by an earlier version
+    /// beside the kind's own keys. Safe to repeat: it is copied only where
+    /// none is, then removed from the old place.
+    pub async fn take_over_old_manifest(&mut self, same_database: bool) -> anyhow::Result<()> {
+        if same_database {
+            return Ok(());
+        }
+        let key = upload_manifest_key(self.kind);
+        let old: Option<String> = redis::cmd("GET")
+            .arg(&key)
             .query_async(&mut self.state)
             .await?;
-        match text {
-            None => Ok(None),
-            Some(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} holds an unreadable manifest: {e}",
-                    upload_manifest_key(self.kind)
-                )
-            })?)),
+        if let Some(text) = old {
+            tracing::info!(kind = %self.kind, "taking over the in-flight batch an earlier version left in database 0");
+            let () =
+                Script::new("#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[1], 'NX')")
+                    .key(&key)
+                    .arg(text)
+                    .invoke_async(&mut self.records)
+                    .await?;
+            redis::cmd("DEL")
+                .arg(&key)
+                .exec_async(&mut self.state)
+                .await?;
         }
+        Ok(())
     }
 
-    /// Reads the next batch from the head of the queue, skipping the first
-    /// `skip` entries; with `record`, stores it as the in-flight manifest.
-    /// Returns the rows of its records too, built once while checking them.
+    /// The batch a previous run left in flight, if any.
+    pub async fn in_flight(&mut self) -> anyhow::Result<Option<BatchManifest>> {
+        let key = upload_manifest_key(self.kind);
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.records)
+            .await?;
+        text.map(|text| read_manifest(&key, &text)).transpose()
+    }
+
+    /// Summaries of the parked batches, oldest first.
+    pub async fn parked_summaries(&mut self) -> anyhow::Result<Vec<ParkedSummary>> {
+        Ok(parked_summaries(&mut self.records, self.kind).await?)
+    }
+
+    /// A parked batch's manifest.
+    pub async fn parked(&mut self, batch_id: &str) -> anyhow::Result<Option<BatchManifest>> {
+        let key = parked_manifest_key(self.kind, batch_id);
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.records)
+            .await?;
+        text.map(|text| read_manifest(&key, &text)).transpose()
+    }
+
+    /// Keeps the manifest's progress (a split, a failure) where it lives;
+    /// `ttl` says whether its records' TTLs were just renewed.
+    pub async fn save(&mut self, manifest: &BatchManifest, ttl: Ttl) -> anyhow::Result<()> {
+        let text = serde_json::to_string(manifest)?;
+        if manifest.queued {
+            let () = Script::new(SET_EVEN_WHEN_FULL)
+                .key(upload_manifest_key(self.kind))
+                .arg(text)
+                .invoke_async(&mut self.records)
+                .await?;
+        } else {
+            let summary = self.summary_of(manifest, ttl).await?;
+            let () = Script::new(SAVE_PARKED)
+                .key(parked_manifest_key(self.kind, &manifest.batch_id))
+                .key(parked_index_key(self.kind))
+                .arg(&manifest.batch_id)
+                .arg(text)
+                .arg(serde_json::to_string(&summary)?)
+                .invoke_async(&mut self.records)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn summary_of(
+        &mut self,
+        manifest: &BatchManifest,
+        ttl: Ttl,
+    ) -> anyhow::Result<ParkedSummary> {
+        let earlier = self
+            .parked_summaries()
+            .await?
+            .into_iter()
+            .find(|s| s.batch_id == manifest.batch_id);
+        let mut summary = ParkedSummary::of(manifest, Utc::now());
+        if let Some(earlier) = earlier {
+            summary.parked_at = earlier.parked_at;
+            if ttl == Ttl::Unchanged {
+                summary.renewed_at = earlier.renewed_at;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Parks an in-flight batch the warehouse did not take: its entries
+    /// leave the queue, its manifest joins the parked ones, in one step.
+    pub async fn park(&mut self, manifest: &mut BatchManifest) -> anyhow::Result<()> {
+        manifest.queued = false;
+        let summary = ParkedSummary::of(manifest, Utc::now());
+        let record_keys: Vec<&str> = manifest
+            .records
+            .iter()
+            .map(|r| r.key.as_str())
+            .chain(manifest.invalid.iter().map(|i| i.record.key.as_str()))
+            .collect();
+        let queue_keys: Vec<&str> = manifest.queue_keys().collect();
+        let script = Script::new(include_str!("park.lua"));
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(UPLOAD_QUEUE)
+            .key(upload_manifest_key(self.kind))
+            .key(parked_manifest_key(self.kind, &manifest.batch_id))
+            .key(parked_index_key(self.kind))
+            .key(parked_keys_key(self.kind))
+            .arg(&manifest.batch_id)
+            .arg(serde_json::to_string(manifest)?)
+            .arg(serde_json::to_string(&summary)?)
+            .arg(queue_keys.len())
+            .arg(&queue_keys)
+            .arg(record_keys.len())
+            .arg(&record_keys);
+        let _trimmed: u64 = invocation.invoke_async(&mut self.records).await?;
+        Ok(())
+    }
+
+    /// Reads the next batch from the head of the queue. For an upload it
+    /// becomes the in-flight manifest. Returns the rows of its records too,
+    /// built once while checking them with the door's rules.
     pub async fn take_batch(
         &mut self,
-        skip: usize,
+        take: Take,
         max_rows: usize,
         max_bytes: usize,
-        record: bool,
     ) -> anyhow::Result<(BatchManifest, Vec<Row>)> {
-        let ingested_at = unique_now();
-        let mut manifest = BatchManifest {
-            batch_id: new_batch_id(self.kind, ingested_at),
-            kind: self.kind,
-            ingested_at,
-            records: Vec::new(),
-            invalid: Vec::new(),
-            expired: Vec::new(),
-            repeated: Vec::new(),
-        };
+        let mut manifest = BatchManifest::new(self.kind);
+        let ingested_at = manifest.ingested_at;
         let mut seen = HashSet::new();
+        let mut days = HashSet::new();
         let mut rows = Vec::new();
         let mut bytes = 0usize;
-        let mut start = skip;
+        let mut start = match take {
+            Take::Upload => 0,
+            Take::Look { skip } => skip,
+        };
         'pages: while manifest.records.len() + manifest.invalid.len() < max_rows
             && bytes < max_bytes
         {
@@ -234,7 +271,6 @@ impl UploadQueue {
             if keys.is_empty() {
                 break;
             }
-            start += keys.len();
             // Bytes, not text: a value that is not UTF-8 (set by hand past
             // the door) is one bad record, not a batch that never loads.
             let payloads: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
@@ -242,15 +278,17 @@ impl UploadQueue {
                 .query_async(&mut self.records)
                 .await?;
             for (key, payload) in keys.into_iter().zip(payloads) {
-                if !seen.insert(key.clone()) {
+                if seen.contains(&key) {
                     manifest.repeated.push(key);
+                    start += 1;
                     continue;
                 }
                 let Some(payload) = payload else {
+                    seen.insert(key.clone());
                     manifest.expired.push(key);
+                    start += 1;
                     continue;
                 };
-                bytes += payload.len();
                 let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
                 let (payload, stored_sha1, row) = match String::from_utf8(payload) {
                     Ok(text) => {
@@ -266,6 +304,17 @@ impl UploadQueue {
                         ))),
                     ),
                 };
+                // One load job may touch at most 4,000 partitions: a record
+                // on a day past that waits for the next batch.
+                if let Ok(row) = &row
+                    && !days.contains(&row.day)
+                    && days.len() == MAX_PARTITIONS
+                {
+                    break 'pages;
+                }
+                seen.insert(key.clone());
+                start += 1;
+                bytes += payload.len();
                 let record = BatchRecord {
                     key,
                     id,
@@ -274,6 +323,7 @@ impl UploadQueue {
                 };
                 match row {
                     Ok(row) => {
+                        days.insert(row.day);
                         rows.push(row);
                         manifest.records.push(record);
                     }
@@ -283,34 +333,41 @@ impl UploadQueue {
                         code: rejection.code().to_owned(),
                     }),
                 }
-                if bytes >= max_bytes {
+                if bytes >= max_bytes || manifest.records.len() + manifest.invalid.len() >= max_rows
+                {
                     break 'pages;
                 }
             }
         }
-        if record && !manifest.is_empty() {
-            // Even at maxmemory: this batch's settling frees far more.
-            let () = Script::new(SET_EVEN_WHEN_FULL)
-                .key(upload_manifest_key(self.kind))
-                .arg(serde_json::to_string(&manifest)?)
-                .invoke_async(&mut self.state)
-                .await?;
+        if take == Take::Upload && !manifest.is_empty() {
+            self.save(&manifest, Ttl::Unchanged).await?;
         }
         Ok((manifest, rows))
     }
 
-    /// Removes a confirmed batch from Redis, then forgets its manifest.
+    /// Removes a written batch from Redis: its records, its queue entries
+    /// (if it is still queued), its dead letters' records, and its manifest,
+    /// in one step.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
         let mut invocation = self.finalize.prepare_invoke();
+        let manifest_key = match manifest.queued {
+            true => upload_manifest_key(self.kind),
+            false => parked_manifest_key(self.kind, &manifest.batch_id),
+        };
         invocation
             .key(UPLOAD_QUEUE)
             .key(self.kind.dead_letter_stream())
             .key(self.kind.dead_letters_trimmed_key())
+            .key(manifest_key)
+            .key(parked_index_key(self.kind))
+            .key(parked_keys_key(self.kind))
             .arg(self.kind.superseded_prefix())
             .arg(manifest.records.len())
             .arg(manifest.invalid.len())
             .arg(manifest.expired.len() + manifest.repeated.len())
-            .arg(self.dead_letters.max_len);
+            .arg(self.dead_letters.max_len)
+            .arg(if manifest.queued { "queued" } else { "parked" })
+            .arg(&manifest.batch_id);
         for record in &manifest.records {
             invocation
                 .arg(&record.key)
@@ -335,10 +392,6 @@ impl UploadQueue {
         }
         let (settled, _moved, dead_lettered, _gone): (u64, u64, u64, u64) =
             invocation.invoke_async(&mut self.records).await?;
-        redis::cmd("DEL")
-            .arg(upload_manifest_key(self.kind))
-            .exec_async(&mut self.state)
-            .await?;
         Ok(Settled {
             removed: settled,
             dead_lettered,
@@ -364,63 +417,30 @@ impl UploadQueue {
     }
 }
 
-/// The hex SHA-1 of a payload, as Redis's `redis.sha1hex` computes it.
-fn digest(payload: &str) -> String {
-    sha1_smol::Sha1::from(payload).digest().to_string()
+fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{key} holds an unreadable manifest: {e}"))
 }
 
-/// Now, to the microsecond, and later than any earlier call in this process:
-/// a batch's `_ingestion_timestamp` is how it is found in the warehouse again,
-/// so no two batches may share one (runs in different processes are
-/// serialised by the upload lock).
-fn unique_now() -> DateTime<Utc> {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = Utc::now().timestamp_micros();
-    let mut last = LAST.load(Ordering::SeqCst);
-    loop {
-        let next = now.max(last + 1);
-        match LAST.compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => return DateTime::from_timestamp_micros(next).unwrap_or_else(Utc::now),
-            Err(actual) => last = actual,
-        }
-    }
+/// Summaries of `kind`'s parked batches, oldest first (`monitor` reads these,
+/// never the manifests, which carry every payload).
+pub async fn parked_summaries(
+    records: &mut MultiplexedConnection,
+    kind: EventKind,
+) -> redis::RedisResult<Vec<ParkedSummary>> {
+    let index: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(parked_index_key(kind))
+        .query_async(records)
+        .await?;
+    let mut summaries: Vec<ParkedSummary> = index
+        .into_iter()
+        .filter_map(|(_, text)| serde_json::from_str(&text).ok())
+        .collect();
+    summaries.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
+    Ok(summaries)
 }
 
-/// Unique, sortable, and safe in file names and BigQuery job ids.
-fn new_batch_id(kind: EventKind, at: DateTime<Utc>) -> String {
-    format!(
-        "{}_{}_{:016x}",
-        kind.name(),
-        at.format("%Y%m%dT%H%M%S%6fZ"),
-        rand::random::<u64>()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_matches_redis_sha1hex() {
-        // redis-cli EVAL "return redis.sha1hex('abc')" 0
-        assert_eq!(digest("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
-    }
-
-    #[test]
-    fn ingestion_times_never_repeat() {
-        let times: Vec<_> = (0..1000).map(|_| unique_now()).collect();
-        assert!(times.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn batch_ids_are_unique_and_file_safe() {
-        let now = Utc::now();
-        let a = new_batch_id(EventKind::Prediction, now);
-        let b = new_batch_id(EventKind::Prediction, now);
-        assert_ne!(a, b);
-        assert!(
-            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "{a}"
-        );
-    }
+/// When a parked batch's records expire, at the soonest.
+pub fn parked_expiry(summary: &ParkedSummary, ttl_seconds: u64) -> DateTime<Utc> {
+    summary.renewed_at + chrono::TimeDelta::seconds(ttl_seconds as i64)
 }

@@ -25,6 +25,16 @@ pub struct TableReport {
     pub batches: u64,
     /// Write attempts, retries included.
     pub attempts: u64,
+    /// Batches the warehouse did not take in this run, parked for a later one.
+    #[serde(default)]
+    pub batches_parked: u64,
+    /// Parked batches waiting after the run.
+    #[serde(default)]
+    pub parked_waiting: u64,
+    /// Why the table was set aside until the next run (a quota, the day's
+    /// load-job budget, credentials), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -118,6 +128,15 @@ impl RunReport {
                 t.batches,
                 t.attempts
             ));
+            if t.parked_waiting > 0 {
+                out.push_str(&format!(
+                    "  {} parked batches wait for a later run ({} parked in this one)\n",
+                    t.parked_waiting, t.batches_parked
+                ));
+            }
+            if let Some(why) = &t.set_aside {
+                out.push_str(&format!("  set aside until the next run: {why}\n"));
+            }
             for error in &t.errors {
                 out.push_str(&format!("  error: {error}\n"));
             }

@@ -21,6 +21,7 @@ use gcp_bigquery_client::Client;
 use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::error_proto::ErrorProto;
 use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table::Table;
@@ -36,7 +37,7 @@ use yup_oauth2::{
 };
 
 use super::rows::timestamp_text;
-use super::{Freshness, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use super::{Failure, Freshness, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 use crate::configuration::{WarehouseSettings, WriteMode};
 use crate::event::{EventSchema, FieldType};
 
@@ -155,33 +156,56 @@ impl BigQueryWarehouse {
         if batch.maybe_written && self.already_loaded(batch).await? {
             return Ok(WriteOutcome::default());
         }
-        // A failed job keeps its id for good, so later attempts take the next one.
-        for attempt in 0..10 {
+        // Job ids follow the batch id. A failed job keeps its id for good, so
+        // the next free one is taken: looked up first (a GET, not an upload),
+        // and with no fixed number, so no count of failures wedges a batch.
+        let mut attempt = 0u64;
+        loop {
             let job_id = format!("flit_{}_{attempt}", batch.batch_id);
-            match self.submit_load(batch, &job_id).await? {
-                Submitted::Started(job) => {
-                    return self.wait(&job).await.map(|_| WriteOutcome::default());
+            let submitted = match self.find_job(&job_id).await? {
+                // An earlier attempt's job that failed loaded nothing (load
+                // jobs are atomic): take the next id.
+                Some(job) if job_failed(&job) => {
+                    attempt += 1;
+                    continue;
                 }
-                Submitted::AlreadyExists => {
-                    let job = self
-                        .client
-                        .job()
-                        .get_job(&self.project, &job_id, Some(LOCATION))
-                        .await
-                        .map_err(from_bq)?;
-                    match self.wait(&job).await {
-                        Ok(()) => return Ok(WriteOutcome::default()),
-                        Err(err) => {
-                            tracing::warn!(job = %job_id, error = %err, "an earlier load job of this batch failed; submitting anew")
+                Some(job) => job,
+                None => {
+                    batch.jobs.reserve(batch.table).await?;
+                    match self.submit_load(batch, &job_id).await? {
+                        Submitted::Started(job) => *job,
+                        // Created since we looked: the next attempt finds it.
+                        Submitted::AlreadyExists => {
+                            return Err(SinkError::retryable(format!(
+                                "load job {job_id} appeared while it was submitted"
+                            )));
                         }
                     }
                 }
-            }
+            };
+            // An error from waiting (not done in time, BigQuery unreachable)
+            // leaves the job where it is: the next attempt finds it by its id.
+            // A job that failed is the answer; a retry (with backoff) then
+            // takes the next id.
+            return self
+                .wait(&submitted, batch)
+                .await?
+                .map(|()| WriteOutcome::default());
         }
-        Err(SinkError::fatal(format!(
-            "batch {}: ten load jobs failed",
-            batch.batch_id
-        )))
+    }
+
+    /// The job with this id, if BigQuery has one.
+    async fn find_job(&self, job_id: &str) -> Result<Option<Job>, SinkError> {
+        match self
+            .client
+            .job()
+            .get_job(&self.project, job_id, Some(LOCATION))
+            .await
+        {
+            Ok(job) => Ok(Some(job)),
+            Err(err) if status_of(&err) == Some(404) => Ok(None),
+            Err(err) => Err(from_bq(err)),
+        }
     }
 
     async fn submit_load(
@@ -237,8 +261,14 @@ impl BigQueryWarehouse {
         }
     }
 
-    /// Polls a job until it is done; its error, if any, is the result.
-    async fn wait(&self, job: &Job) -> Result<(), SinkError> {
+    /// Polls a job until it is done; then its error, if any, is the inner
+    /// result, with the rows its errors name (by their position in the
+    /// uploaded data). The outer error: the job could not be followed.
+    async fn wait(
+        &self,
+        job: &Job,
+        batch: &RowBatch<'_>,
+    ) -> Result<Result<(), SinkError>, SinkError> {
         let reference = job.job_reference.clone().unwrap_or_default();
         let job_id = reference.job_id.unwrap_or_default();
         let location = reference.location.unwrap_or_else(|| LOCATION.to_owned());
@@ -247,20 +277,15 @@ impl BigQueryWarehouse {
         loop {
             let status = current.status.clone().unwrap_or_default();
             if status.state.as_deref() == Some("DONE") {
-                return match status.error_result {
+                return Ok(match status.error_result {
                     None => Ok(()),
-                    Some(error) => {
-                        let reason = error.reason.unwrap_or_default();
-                        let message = format!(
-                            "load job {job_id} failed: {reason}: {}",
-                            error.message.unwrap_or_default()
-                        );
-                        Err(SinkError {
-                            retryable: RETRYABLE_REASONS.contains(&reason.as_str()),
-                            message,
-                        })
-                    }
-                };
+                    Some(error) => Err(job_failure(
+                        &job_id,
+                        &error,
+                        status.errors.as_deref().unwrap_or_default(),
+                        batch.rows,
+                    )),
+                });
             }
             if started.elapsed() > JOB_WAIT {
                 return Err(SinkError::retryable(format!(
@@ -280,26 +305,10 @@ impl BigQueryWarehouse {
     /// Whether every row of the batch is already in the table, found by the
     /// batch's own ingestion time within the batch's partitions.
     async fn already_loaded(&self, batch: &RowBatch<'_>) -> Result<bool, SinkError> {
-        let (Some(first_day), Some(last_day)) = (
-            batch.rows.iter().map(|r| r.day).min(),
-            batch.rows.iter().map(|r| r.day).max(),
-        ) else {
+        if batch.rows.is_empty() {
             return Ok(true);
-        };
-        let ingested = timestamp_text(batch.ingested_at);
-        let sql = format!(
-            "SELECT COUNT(*) FROM `{}.{}` WHERE _ingestion_timestamp = TIMESTAMP '{ingested}' AND {field} >= TIMESTAMP '{first_day}' AND {field} < TIMESTAMP '{}'",
-            batch.table.dataset,
-            batch.table.table,
-            last_day.succ_opt().unwrap_or(last_day),
-            field = batch.table.partition_field,
-        );
-        let count = self
-            .first_row(sql)
-            .await?
-            .first()
-            .and_then(|cell| cell.as_deref()?.parse::<usize>().ok())
-            .unwrap_or(0);
+        }
+        let count = self.count_ingested(batch, batch.rows.iter()).await?;
         match count {
             0 => Ok(false),
             n if n == batch.rows.len() => {
@@ -315,8 +324,35 @@ impl BigQueryWarehouse {
         }
     }
 
+    /// Rows of the table carrying the batch's ingestion time, within the
+    /// partitions of `rows` only (a batch's own, so the scan stays small).
+    async fn count_ingested<'r>(
+        &self,
+        batch: &RowBatch<'_>,
+        rows: impl Iterator<Item = &'r Row>,
+    ) -> Result<usize, SinkError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM `{}.{}` WHERE _ingestion_timestamp = TIMESTAMP '{}' AND {}",
+            batch.table.dataset,
+            batch.table.table,
+            timestamp_text(batch.ingested_at),
+            partition_filter(batch.table.partition_field, rows.map(|r| r.day)),
+        );
+        Ok(self
+            .first_row(sql)
+            .await?
+            .first()
+            .and_then(|cell| cell.as_deref()?.parse::<usize>().ok())
+            .unwrap_or(0))
+    }
+
     /// Runs a standard-SQL query; the cells of its first row as text.
     async fn first_row(&self, sql: String) -> Result<Vec<Option<String>>, SinkError> {
+        Ok(self.rows(sql).await?.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs a standard-SQL query; its rows, cells as text.
+    async fn rows(&self, sql: String) -> Result<Vec<Vec<Option<String>>>, SinkError> {
         let mut request = QueryRequest::new(sql);
         request.use_legacy_sql = false;
         let response = self
@@ -327,14 +363,18 @@ impl BigQueryWarehouse {
             .map_err(from_bq)?;
         Ok(response
             .rows
-            .and_then(|rows| rows.into_iter().next())
-            .and_then(|row| row.columns)
             .unwrap_or_default()
             .into_iter()
-            .map(|cell| match cell.value {
-                Some(Value::String(text)) => Some(text),
-                Some(Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
+            .map(|row| {
+                row.columns
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|cell| match cell.value {
+                        Some(Value::String(text)) => Some(text),
+                        Some(Value::Null) | None => None,
+                        Some(other) => Some(other.to_string()),
+                    })
+                    .collect()
             })
             .collect())
     }
@@ -348,15 +388,84 @@ impl BigQueryWarehouse {
             let rows: Vec<Row> = by_job.iter().map(|&i| batch.rows[i].clone()).collect();
             let ids: Vec<String> = by_job.iter().map(|&i| batch.row_ids[i].clone()).collect();
             let batch_id = format!("{}_outside_streaming_window", batch.batch_id);
-            self.load(&RowBatch {
-                batch_id: &batch_id,
-                rows: &rows,
-                row_ids: &ids,
-                ..*batch
-            })
-            .await?;
+            let loaded = self
+                .load(&RowBatch {
+                    batch_id: &batch_id,
+                    rows: &rows,
+                    row_ids: &ids,
+                    ..*batch
+                })
+                .await;
+            if let Err(SinkError {
+                failure: Failure::Rows { named, unexplained },
+                message,
+            }) = loaded
+            {
+                // Name the rows by their place in the whole batch.
+                let named = named
+                    .into_iter()
+                    .filter_map(|(i, why)| Some((*by_job.get(i)?, why)))
+                    .collect();
+                return Err(SinkError::new(
+                    Failure::Rows { named, unexplained },
+                    message,
+                ));
+            }
+            loaded?;
         }
-        self.stream(batch, streamable).await
+        let pending = if batch.maybe_written {
+            self.not_yet_streamed(batch, streamable).await?
+        } else {
+            streamable
+        };
+        self.stream(batch, pending).await
+    }
+
+    /// Of the rows `candidates`, those not in the table yet. insertId keeps
+    /// repeats out only for about a minute, so a batch that may have been
+    /// streamed before is looked up first, as load mode does: by its
+    /// ingestion time, then, when only part of it is there, by content.
+    async fn not_yet_streamed(
+        &self,
+        batch: &RowBatch<'_>,
+        candidates: Vec<usize>,
+    ) -> Result<Vec<usize>, SinkError> {
+        let rows = || candidates.iter().map(|&i| &batch.rows[i]);
+        let present = self.count_ingested(batch, rows()).await?;
+        if present == 0 {
+            return Ok(candidates);
+        }
+        if present >= candidates.len() {
+            tracing::info!(batch = %batch.batch_id, rows = present, "batch already streamed; not sent again");
+            return Ok(Vec::new());
+        }
+        let event_column = crate::event::schema::event_column(batch.table.kind);
+        let sql = format!(
+            "SELECT TO_JSON_STRING({event_column}) FROM `{}.{}` WHERE _ingestion_timestamp = TIMESTAMP '{}' AND {}",
+            batch.table.dataset,
+            batch.table.table,
+            timestamp_text(batch.ingested_at),
+            partition_filter(batch.table.partition_field, rows().map(|r| r.day)),
+        );
+        let mut landed: Vec<Value> = self
+            .rows(sql)
+            .await?
+            .into_iter()
+            .filter_map(|cells| serde_json::from_str(cells.first()?.as_deref()?).ok())
+            .collect();
+        let mut missing = Vec::new();
+        for index in candidates {
+            let event = event_of_row(&batch.rows[index].json, event_column);
+            match landed.iter().position(|row| Some(row) == event.as_ref()) {
+                Some(at) => {
+                    landed.swap_remove(at);
+                }
+                None => missing.push(index),
+            }
+        }
+        tracing::info!(batch = %batch.batch_id, present, missing = missing.len(),
+            "part of a streamed batch is in BigQuery; sending the rest");
+        Ok(missing)
     }
 
     /// Streaming inserts with insertId = record id. Rows BigQuery rejects come
@@ -529,6 +638,107 @@ impl Warehouse for BigQueryWarehouse {
     }
 }
 
+/// What a failed load job means for its batch: its reason decides, and for
+/// `invalid` the errors that name a row by its position in the uploaded
+/// data ("... in row starting at position N ...") say which rows are at fault.
+fn job_failure(job_id: &str, error: &ErrorProto, errors: &[ErrorProto], rows: &[Row]) -> SinkError {
+    let reason = error.reason.clone().unwrap_or_default();
+    let message = format!(
+        "load job {job_id} failed: {reason}: {}",
+        error.message.clone().unwrap_or_default()
+    );
+    if reason != "invalid" {
+        return classify_reason(None, &reason, message);
+    }
+    let mut starts = Vec::with_capacity(rows.len());
+    let mut offset = 0u64;
+    for row in rows {
+        starts.push(offset);
+        offset += row.json.len() as u64 + 1;
+    }
+    let mut named = Vec::new();
+    let mut unexplained = false;
+    let mut row_level = false;
+    for entry in errors.iter().chain(std::iter::once(error)) {
+        let text = entry.message.clone().unwrap_or_default();
+        if text.contains("too many errors") {
+            row_level = true;
+            continue;
+        }
+        let found: Vec<usize> = positions(&text)
+            .filter_map(|at| starts.binary_search(&at).ok())
+            .collect();
+        if found.is_empty() {
+            unexplained |= !std::ptr::eq(entry, error);
+        } else {
+            row_level = true;
+            named.extend(found.into_iter().map(|index| (index, text.clone())));
+        }
+    }
+    named.sort_by_key(|(index, _)| *index);
+    named.dedup_by_key(|(index, _)| *index);
+    if !row_level {
+        // Nothing says a row is at fault (a schema that changed, say):
+        // splitting would only dead-letter good rows.
+        return SinkError::fatal(message);
+    }
+    SinkError::new(Failure::Rows { named, unexplained }, message)
+}
+
+/// Whether a job is done and failed.
+fn job_failed(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .is_some_and(|s| s.state.as_deref() == Some("DONE") && s.error_result.is_some())
+}
+
+/// The numbers that follow "position " in a message.
+fn positions(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.match_indices("position ")
+        .filter_map(move |(at, word)| {
+            let digits: String = text[at + word.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+}
+
+/// A filter on the partition column that keeps the given days, as constant
+/// ranges (consecutive days merged) so BigQuery prunes partitions.
+fn partition_filter(field: &str, days: impl Iterator<Item = chrono::NaiveDate>) -> String {
+    let mut days: Vec<chrono::NaiveDate> = days.collect();
+    days.sort();
+    days.dedup();
+    let mut ranges: Vec<(chrono::NaiveDate, chrono::NaiveDate)> = Vec::new();
+    for day in days {
+        match ranges.last_mut() {
+            Some((_, end)) if end.succ_opt() == Some(day) => *end = day,
+            _ => ranges.push((day, day)),
+        }
+    }
+    if ranges.is_empty() {
+        return "FALSE".to_owned();
+    }
+    let clauses: Vec<String> = ranges
+        .iter()
+        .map(|(first, last)| {
+            format!(
+                "({field} >= TIMESTAMP '{first}' AND {field} < TIMESTAMP '{}')",
+                last.succ_opt().unwrap_or(*last)
+            )
+        })
+        .collect();
+    format!("({})", clauses.join(" OR "))
+}
+
+/// The event column of a row line, as a JSON value.
+fn event_of_row(line: &str, event_column: &str) -> Option<Value> {
+    let columns: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(line).ok()?;
+    serde_json::from_str(columns.get(event_column)?.get()).ok()
+}
+
 /// Whether a row's whole partition day lies within the streaming window.
 fn streamable(row: &Row, ingested_at: chrono::DateTime<chrono::Utc>) -> bool {
     let start = row.day.and_time(chrono::NaiveTime::MIN).and_utc();
@@ -660,11 +870,33 @@ fn from_response(status: u16, body: &str) -> SinkError {
 }
 
 fn classify(status: u16, reason: &str, message: &str) -> SinkError {
-    let retryable = status == 429 || status >= 500 || RETRYABLE_REASONS.contains(&reason);
-    SinkError {
-        retryable,
-        message: format!("BigQuery answered {status} {reason}: {message}"),
-    }
+    classify_reason(
+        Some(status),
+        reason,
+        format!("BigQuery answered {status} {reason}: {message}"),
+    )
+}
+
+/// Reasons that set a table aside until the next run: a quota, or
+/// credentials and permissions. Never split on them.
+const SET_ASIDE_REASONS: [&str; 5] = [
+    "quotaExceeded",
+    "accessDenied",
+    "billingNotEnabled",
+    "billingTierLimitExceeded",
+    "unauthorized",
+];
+
+fn classify_reason(status: Option<u16>, reason: &str, message: String) -> SinkError {
+    let failure =
+        if RETRYABLE_REASONS.contains(&reason) || status.is_some_and(|s| s == 429 || s >= 500) {
+            Failure::Retryable
+        } else if SET_ASIDE_REASONS.contains(&reason) || matches!(status, Some(401 | 403)) {
+            Failure::SetAside
+        } else {
+            Failure::Failed
+        };
+    SinkError::new(failure, message)
 }
 
 #[cfg(test)]
@@ -672,18 +904,114 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retryable_errors_follow_bigquery_documentation() {
-        assert!(classify(503, "backendError", "try again").retryable);
-        assert!(classify(403, "rateLimitExceeded", "slow down").retryable);
-        assert!(classify(429, "", "").retryable);
-        assert!(classify(500, "internalError", "").retryable);
+    fn failures_follow_bigquery_documentation() {
+        assert!(classify(503, "backendError", "try again").is_retryable());
+        assert!(classify(403, "rateLimitExceeded", "slow down").is_retryable());
+        assert!(classify(429, "", "").is_retryable());
+        assert!(classify(500, "internalError", "").is_retryable());
         let bad = from_response(
             400,
             r#"{"error":{"code":400,"message":"Invalid schema","errors":[{"reason":"invalid"}]}}"#,
         );
-        assert!(!bad.retryable);
+        assert_eq!(bad.failure, Failure::Failed);
         assert!(bad.message.contains("Invalid schema"), "{}", bad.message);
-        assert!(!classify(404, "notFound", "").retryable);
+        assert_eq!(classify(404, "notFound", "").failure, Failure::Failed);
+        // Never split, never retried now: the table waits for the next run.
+        assert_eq!(
+            classify(403, "quotaExceeded", "").failure,
+            Failure::SetAside
+        );
+        assert_eq!(classify(403, "accessDenied", "").failure, Failure::SetAside);
+        assert_eq!(classify(401, "", "").failure, Failure::SetAside);
+    }
+
+    fn row(text: &str) -> Row {
+        Row {
+            day: chrono::NaiveDate::MIN,
+            at: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            json: text.to_owned(),
+        }
+    }
+
+    fn proto(reason: &str, message: &str) -> ErrorProto {
+        ErrorProto {
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            ..ErrorProto::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_load_job_names_its_rows_by_position() {
+        // Rows of 9, 10 and 5 bytes: they start at 0, 10 and 21.
+        let rows = [row("{\"a\":111}"), row("{\"a\":2222}"), row("{\"a\"}")];
+        let summary = proto(
+            "invalid",
+            "Error while reading data, error message: JSON table encountered too many errors, giving up. Rows: 2; errors: 2.",
+        );
+        let errors = [
+            summary.clone(),
+            proto(
+                "invalid",
+                "Error while reading data, error message: JSON parsing error in row starting at position 10: Could not convert value to double.",
+            ),
+            proto(
+                "invalid",
+                "Error while reading data, error message: JSON parsing error in row starting at position 21: Parser terminated before end of string",
+            ),
+        ];
+        let err = job_failure("j", &summary, &errors, &rows);
+        let Failure::Rows { named, unexplained } = err.failure else {
+            panic!("row-level: {err:?}");
+        };
+        assert_eq!(named.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+        assert!(named[0].1.contains("Could not convert value to double"));
+        assert!(!unexplained);
+
+        // Errors that name no row: still row-level (the summary says so), unexplained.
+        let errors = [
+            summary.clone(),
+            proto("invalid", "Error while reading data: something odd"),
+        ];
+        let err = job_failure("j", &summary, &errors, &rows);
+        assert_eq!(
+            err.failure,
+            Failure::Rows {
+                named: vec![],
+                unexplained: true
+            }
+        );
+
+        // Nothing about rows: not split.
+        let schema = proto("invalid", "Provided Schema does not match Table");
+        assert_eq!(
+            job_failure("j", &schema, std::slice::from_ref(&schema), &rows).failure,
+            Failure::Failed
+        );
+        // A quota in a job: set aside.
+        let quota = proto(
+            "quotaExceeded",
+            "Quota exceeded: Your table exceeded quota for imports or query appends per table",
+        );
+        assert_eq!(
+            job_failure("j", &quota, &[], &rows).failure,
+            Failure::SetAside
+        );
+    }
+
+    #[test]
+    fn partition_filters_merge_consecutive_days() {
+        let day = |d: &str| d.parse::<chrono::NaiveDate>().expect("date");
+        let filter = partition_filter(
+            "t",
+            ["2026-11-20", "2026-11-21", "2026-11-20", "2030-01-01"]
+                .into_iter()
+                .map(day),
+        );
+        assert_eq!(
+            filter,
+            "((t >= TIMESTAMP '2026-11-20' AND t < TIMESTAMP '2026-11-22') OR (t >= TIMESTAMP '2030-01-01' AND t < TIMESTAMP '2030-01-02'))"
+        );
     }
 
     #[test]

@@ -182,6 +182,7 @@ mod tests {
             row_ids: &ids,
             ingested_at: now,
             maybe_written: false,
+            jobs: &crate::warehouse::Unlimited,
         };
         sink.write(&batch).await.expect("write");
         sink.write(&batch).await.expect("rewrite");

@@ -109,50 +109,99 @@ impl TableSpec {
     }
 }
 
-/// One upload batch. `batch_id` is unique and stable: writing the same batch
-/// again (after a crash) must not add its rows twice.
-#[derive(Debug)]
+/// One upload batch (or a part of one). `batch_id` is unique and stable:
+/// writing the same batch again (after a crash) must not add its rows twice.
 pub struct RowBatch<'a> {
     pub batch_id: &'a str,
     pub table: TableSpec,
     pub rows: &'a [Row],
-    /// Record id per row, used where the sink deduplicates by row.
+    /// One id per record version (the SHA-1 of its payload), used where the
+    /// sink deduplicates by row (insertId).
     pub row_ids: &'a [String],
     /// The batch's `_ingestion_timestamp`, unique to it: how a batch is found again.
     pub ingested_at: chrono::DateTime<chrono::Utc>,
     /// The batch may have reached the warehouse before (a recovered batch,
     /// or a retry after a failure that may have happened after the write).
     pub maybe_written: bool,
+    /// Asked before every load job: BigQuery allows 1,500 per table a day.
+    pub jobs: &'a dyn JobBudget,
+}
+
+/// Load jobs a sink may still start today for a table.
+#[async_trait::async_trait]
+pub trait JobBudget: Send + Sync {
+    /// Takes one job from the budget, or says the table must wait
+    /// (`Failure::SetAside`) because the day's budget is spent.
+    async fn reserve(&self, table: TableSpec) -> Result<(), SinkError>;
+}
+
+/// No budget: the local sink starts no jobs; tests and benchmarks.
+pub struct Unlimited;
+
+#[async_trait::async_trait]
+impl JobBudget for Unlimited {
+    async fn reserve(&self, _table: TableSpec) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Rows of a batch the warehouse refused one by one (the rest were written).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
+    /// Index into the batch's rows, and the warehouse's reason.
     pub rejected: Vec<(usize, String)>,
 }
 
-/// A failed write. `retryable` failures are tried again with backoff;
-/// others fail the batch at once with the warehouse's message.
+/// What a failed write means for its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again soon: network, 5xx, backendError, rateLimitExceeded.
+    Retryable,
+    /// The warehouse refused the batch because of some of its rows: those it
+    /// named (index into the batch's rows, and its message), and whether
+    /// other errors named no row (then the batch is split to find them).
+    Rows {
+        named: Vec<(usize, String)>,
+        unexplained: bool,
+    },
+    /// Not this batch's fault and not worth retrying now: a quota, the day's
+    /// job budget, credentials or permissions. The table waits for the next
+    /// run, and its batches are neither split nor given up.
+    SetAside,
+    /// Anything else: the batch is kept for a later run.
+    Failed,
+}
+
+/// A failed write, and what it means for the batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
-    pub retryable: bool,
+    pub failure: Failure,
     pub message: String,
 }
 
 impl SinkError {
     pub fn retryable(message: impl Into<String>) -> Self {
+        Self::new(Failure::Retryable, message)
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(Failure::Failed, message)
+    }
+
+    pub fn set_aside(message: impl Into<String>) -> Self {
+        Self::new(Failure::SetAside, message)
+    }
+
+    pub fn new(failure: Failure, message: impl Into<String>) -> Self {
         SinkError {
-            retryable: true,
+            failure,
             message: message.into(),
         }
     }
 
-    pub fn fatal(message: impl Into<String>) -> Self {
-        SinkError {
-            retryable: false,
-            message: message.into(),
-        }
+    pub fn is_retryable(&self) -> bool {
+        self.failure == Failure::Retryable
     }
 }
 
@@ -165,7 +214,8 @@ pub trait Warehouse: Send + Sync {
     fn ensure_table(&self, table: TableSpec) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Writes a batch. Idempotent per `batch_id`: a batch written before
-    /// (completely or in part) is completed, never doubled.
+    /// (completely or in part) is completed, never doubled. Refuses none of
+    /// the door's rows unless the warehouse itself does (`Failure::Rows`).
     fn write(
         &self,
         batch: &RowBatch<'_>,
