@@ -213,10 +213,18 @@ fn invalid_records_are_dead_lettered_and_expired_ones_counted_never_silent() {
         .arg("+")
         .query(&mut conn)
         .expect("xrange");
-    assert_eq!(dead.len(), 3);
     let text = |f: &std::collections::HashMap<String, Vec<u8>>, name: &str| {
         String::from_utf8_lossy(&f[name]).into_owned()
     };
+    // Each expired record is accounted for by key, not only counted.
+    let (expired, dead): (Vec<_>, Vec<_>) = dead
+        .into_iter()
+        .partition(|(_, f)| text(f, "reason_code") == "expired");
+    let mut expired_keys: Vec<String> =
+        expired.iter().map(|(_, f)| text(f, "source_key")).collect();
+    expired_keys.sort();
+    assert_eq!(expired_keys, ["pred:p0", "pred:p1", "pred:p2"]);
+    assert_eq!(dead.len(), 3);
     let reasons: Vec<String> = dead.iter().map(|(_, f)| text(f, "reason")).collect();
     assert!(
         reasons

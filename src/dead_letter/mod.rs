@@ -110,6 +110,8 @@ impl DeadLetter {
             )
         } else if self.reason_code == "missing_data" {
             Some("the stream entry had no `data` field; there is no event to send")
+        } else if self.reason_code == "expired" {
+            Some("the record expired before any upload took it; its data is gone")
         } else {
             None
         }

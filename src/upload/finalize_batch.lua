@@ -13,20 +13,25 @@
 -- KEYS: 1 upload queue, 2 dead-letter stream, 3 counter of dead letters
 --       the cap trimmed, 4 the batch's manifest, 5 the parked index,
 --       6 keys of parked batches (a set)
--- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 gone count,
---       5 dead-letter cap, 6 'queued' or 'parked', 7 batch id,
+-- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 expired
+--       count, 5 repeated count, 6 dead-letter cap, 7 'queued' or 'parked',
+--       8 batch id,
 --       per uploaded: queue key, id, sha1 of payload
 --       per dead:     queue key, id, sha1 of payload, reason code, reason,
 --                     payload kept (a prefix when long), whole size,
 --                     '1' when the kept payload is a prefix
---       per gone:     queue key
--- Returns {settled, moved_on, dead_lettered, gone_removed}
+--       per expired:  queue key (its record was gone when the batch was cut)
+--       per repeated: queue key (a second entry for a key of the batch)
+-- An expired record gets a dead letter (reason `expired`, no data), so each
+-- one is accounted for by key, not only counted in the run report.
+-- Returns {settled, moved_on, dead_lettered, expired_removed}
 local queue, dead, trimmed_counter = KEYS[1], KEYS[2], KEYS[3]
 local superseded = ARGV[1]
-local uploaded, dead_count, gone = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
-local queued = ARGV[6] == 'queued'
-local settled, moved_on, dead_lettered, gone_removed = 0, 0, 0, 0
+local uploaded, dead_count = tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired, repeated = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap = tonumber(ARGV[6])
+local queued = ARGV[7] == 'queued'
+local settled, moved_on, dead_lettered, expired_removed = 0, 0, 0, 0
 
 -- Queue entries to remove (key -> how many) and record keys to delete.
 local unqueue, unqueue_total = {}, 0
@@ -64,7 +69,7 @@ local function settle(key, id, digest)
   return false
 end
 
-local i = 8
+local i = 9
 for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
   i = i + 3
@@ -79,19 +84,28 @@ for _ = 1, dead_count do
   end
   i = i + 8
 end
-if dead_lettered > 0 then
+if dead_lettered + expired_removed > 0 then
   local trimmed = redis.call('XTRIM', dead, 'MAXLEN', '~', cap)
   if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
 end
-for _ = 1, gone do
+for _ = 1, expired do
   local key = ARGV[i]
   i = i + 1
   -- Only while the record is still absent: a record stored again since then
   -- owns a queue entry of its own that must stay.
   if redis.call('EXISTS', key) == 0 then
     drop_entry(key)
-    gone_removed = gone_removed + 1
+    redis.call('XADD', dead, '*', 'reason_code', 'expired',
+               'reason', 'the record expired (TTL) before any upload took it',
+               'source_key', key, 'data', '', 'size', '0', 'sha1', '', 'truncated', '0')
+    expired_removed = expired_removed + 1
   end
+end
+-- A second entry for a key of this batch: the key's own entry is settled
+-- above (or kept for a newer version); this one goes.
+for _ = 1, repeated do
+  drop_entry(ARGV[i])
+  i = i + 1
 end
 
 for first = 1, #delete, 500 do
@@ -116,8 +130,8 @@ if queued and unqueue_total > 0 then
 end
 redis.call('DEL', KEYS[4])
 if not queued then
-  redis.call('HDEL', KEYS[5], ARGV[7])
-  local first = 8
+  redis.call('HDEL', KEYS[5], ARGV[8])
+  local first = 9
   for _ = 1, uploaded do
     redis.call('SREM', KEYS[6], ARGV[first])
     first = first + 3
@@ -127,4 +141,4 @@ if not queued then
     first = first + 8
   end
 end
-return {settled, moved_on, dead_lettered, gone_removed}
+return {settled, moved_on, dead_lettered, expired_removed}

@@ -364,7 +364,8 @@ impl UploadQueue {
             .arg(self.kind.superseded_prefix())
             .arg(manifest.records.len())
             .arg(manifest.invalid.len())
-            .arg(manifest.expired.len() + manifest.repeated.len())
+            .arg(manifest.expired.len())
+            .arg(manifest.repeated.len())
             .arg(self.dead_letters.max_len)
             .arg(if manifest.queued { "queued" } else { "parked" })
             .arg(&manifest.batch_id);
@@ -390,7 +391,7 @@ impl UploadQueue {
         for key in manifest.expired.iter().chain(&manifest.repeated) {
             invocation.arg(key);
         }
-        let (settled, _moved, dead_lettered, _gone): (u64, u64, u64, u64) =
+        let (settled, _moved, dead_lettered, _expired): (u64, u64, u64, u64) =
             invocation.invoke_async(&mut self.records).await?;
         Ok(Settled {
             removed: settled,
