@@ -43,9 +43,10 @@ pub fn parked_manifest_key(kind: EventKind, batch_id: &str) -> String {
     format!("flit:upload:parked:{}:{batch_id}", kind.name())
 }
 
-/// Record keys of parked batches, which have left the upload queue (a set).
-pub fn parked_keys_key(kind: EventKind) -> String {
-    format!("flit:upload:parked_keys:{}", kind.name())
+/// Versions that batches (in flight or parked) have read and will upload:
+/// a hash with fields `<sha1 of the value>:<record key>` (see take_page.lua).
+pub fn claims_key(kind: EventKind) -> String {
+    format!("flit:upload:claims:{}", kind.name())
 }
 
 /// Load jobs started for `kind`'s table on a UTC day (`YYYY-MM-DD`).

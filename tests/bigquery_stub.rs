@@ -937,3 +937,52 @@ fn stream_mode_looks_before_resending_and_sends_only_what_did_not_land() {
     assert!(stub.queries >= 2, "counted, then read what landed");
     assert!(keys(&mut redis.conn(1), "pred:*").is_empty());
 }
+
+#[test]
+fn a_version_replaced_while_its_batch_is_written_then_parked_is_neither_lost_nor_doubled() {
+    let (redis, env, stub) = setup_with(
+        Stub {
+            stuck_prefix: Some("stuck_"),
+            delay_ms: 1_500,
+            ..Stub::default()
+        },
+        &["stuck_1"],
+        &[],
+    );
+    let upload = env.spawn(&["batch-upload", "--only", "predictions", "--json"]);
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the batch is being written",
+        || keys(&mut redis.conn(1), "flit:upload:inflight:*").len() == 1,
+    );
+    // The id comes back with new content while its batch is in the warehouse's hands.
+    env.push("predictions", &prediction_lines(&["stuck_1"], 0.9));
+    ingest_until_queued(&redis, &env, 0, (N + 2) as u64);
+    let out = upload.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "parked: {}", output_text(&out));
+    let mut conn = redis.conn(1);
+    assert_eq!(
+        queue(&mut conn),
+        ["pred:stuck_1"],
+        "the newer version keeps a queue entry of its own"
+    );
+
+    stub.lock().expect("stub").stuck_prefix = None;
+    stub.lock().expect("stub").delay_ms = 0;
+    let (code, _, text) = upload_predictions(&env);
+    assert_eq!(code, Some(0), "{text}");
+    let rows = committed(&stub);
+    assert_eq!(rows["stuck_1"], 2, "each version once");
+    assert_eq!(rows.len(), N + 1);
+    assert!(
+        rows.iter().all(|(id, n)| *n == 1 || id == "stuck_1"),
+        "{rows:?}"
+    );
+    assert!(keys(&mut conn, "pred*").is_empty());
+    assert!(
+        keys(&mut conn, "flit:upload:*")
+            .iter()
+            .all(|k| k.contains("load_jobs")),
+        "no claim, manifest or parked batch left"
+    );
+}

@@ -560,3 +560,46 @@ fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once
     }
     assert_eq!(llen(&mut pred, "upload_queue"), 0);
 }
+
+#[test]
+fn claims_left_by_an_upload_killed_before_saving_its_batch_are_released_and_nothing_is_lost() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let mut pred = redis.conn(1);
+    let line = |score: f64| {
+        format!(
+            r#"{{"prediction_id":"p_x","selected_prediction":{score},"prediction_timestamp":"2026-11-20T10:00:00Z"}}"#
+        )
+    };
+    env.push("predictions", &line(0.1));
+    ingest_until_queued(&redis, &env, 0, 1);
+    // An upload read and claimed this version, then died before saving its batch.
+    let first: String = redis::cmd("GET")
+        .arg("pred:p_x")
+        .query(&mut pred)
+        .expect("get");
+    let digest = sha1_smol::Sha1::from(first.as_bytes()).digest().to_string();
+    let _: () = redis::cmd("HSET")
+        .arg("flit:upload:claims:predictions")
+        .arg(format!("{digest}:pred:p_x"))
+        .arg(1)
+        .query(&mut pred)
+        .expect("claim");
+    // A new version arrives while the claim stands: ingest leaves the claimed
+    // version to a batch that no longer exists.
+    env.push("predictions", &line(0.9));
+    ingest_until_queued(&redis, &env, 0, 2);
+
+    let (code, report, text) = upload(&env, &["--only", "predictions"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(table(&report, PRED_TABLE)["rows_uploaded"], 2, "{text}");
+    let mut scores: Vec<f64> = warehouse_rows(&env, PRED_TABLE)
+        .iter()
+        .filter_map(|(_, row)| row["selected_prediction"].as_f64())
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    assert_eq!(scores, [0.1, 0.9], "each version once");
+    assert!(keys(&mut pred, "flit:upload:claims:*").is_empty());
+    assert!(keys(&mut pred, "pred*").is_empty());
+    assert_eq!(llen(&mut pred, "upload_queue"), 0);
+}

@@ -117,7 +117,7 @@ impl BatchCommit {
             .key(kind.dead_letter_stream())
             .key(UPLOAD_QUEUE)
             .key(kind.dead_letters_trimmed_key())
-            .key(crate::keys::parked_keys_key(kind))
+            .key(crate::keys::claims_key(kind))
             .arg(CONSUMER_GROUP)
             .arg(self.ttl_seconds)
             .arg(kind.record_prefix())

@@ -6,7 +6,7 @@
 -- or without allow-oom, is put in front by commit.rs.)
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue, 4 counter of dead
---       letters the cap trimmed, 5 keys of parked batches (a set)
+--       letters the cap trimmed, 5 versions batches have claimed (a hash)
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
 --       8 the event time field,
@@ -17,7 +17,7 @@
 --       then per rejected event: entry id, reason code, reason, data kept,
 --         whole size, sha1 of the whole data, '1' when data is a prefix
 -- Returns {stored, duplicates, superseded, dead_lettered, dead_letters_trimmed}
-local stream, dead, queue, trimmed_counter, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local stream, dead, queue, trimmed_counter, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
@@ -44,8 +44,8 @@ local function same_apart_from_stamp(current, original, at, replaced)
     and is_stamp(middle:sub(#head + 1, -2))
 end
 
--- Usually no batch is parked: then no per-event lookup in the set at all.
-local any_parked = redis.call('EXISTS', parked) == 1
+-- Usually no upload is under way: then no lookup of claims at all.
+local any_claims = redis.call('EXISTS', claims) == 1
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
 local acks = {}
@@ -60,8 +60,6 @@ for _ = 1, accepted do
   if not current then
     redis.call('SET', key, payload, 'EX', ttl)
     redis.call('RPUSH', queue, key)
-    -- A parked version that expired or was settled no longer holds the key.
-    if any_parked then redis.call('SREM', parked, key) end
     stored = stored + 1
   elseif current == payload or same_apart_from_stamp(current, original, at, replaced) then
     -- The same event again (redelivery, producer retry): nothing new.
@@ -73,16 +71,18 @@ for _ = 1, accepted do
       duplicates = duplicates + 1
     else
       -- The id was reused with another payload. The waiting version moves to
-      -- a key of its own, keeps its expiry and is queued; the record key
-      -- (already queued) takes the newest payload, so lookups see it.
-      -- When the waiting version is in a parked batch, that batch (not the
-      -- queue) uploads it, and the record key has left the queue with it:
-      -- the record key is queued again for the newest payload instead.
-      local previous = superseded_prefix .. redis.sha1hex(current) .. ':' .. id
+      -- a key of its own and keeps its expiry; the record key takes the
+      -- newest payload, so lookups see it. Whoever owned the waiting version
+      -- still owns it: a queue entry (then the record key's entry passes to
+      -- the newest, and the moved version is queued), or a batch that claimed
+      -- it (then the batch uploads it from its new key, and the newest gets a
+      -- queue entry of its own).
+      local digest = redis.sha1hex(current)
+      local previous = superseded_prefix .. digest .. ':' .. id
       local left = redis.call('PTTL', key)
       if left <= 0 then left = ttl * 1000 end
       redis.call('SET', previous, current, 'PX', left)
-      if any_parked and redis.call('SREM', parked, key) == 1 then
+      if any_claims and redis.call('HEXISTS', claims, digest .. ':' .. key) == 1 then
         redis.call('RPUSH', queue, key)
       else
         redis.call('RPUSH', queue, previous)

@@ -10,7 +10,9 @@ mod breaker;
 mod spool;
 
 pub use breaker::CircuitBreaker;
-pub use spool::{Spool, SpoolError};
+pub use spool::{ReplayFile, Spool, SpoolError};
+
+use std::sync::Arc;
 
 use crate::configuration::{ProducerSettings, Settings};
 use crate::event::{self, AcceptedEvent, DoorRules, Rejection};
@@ -19,6 +21,9 @@ use crate::redis_target::LazyConnection;
 
 /// Events sent in one pipelined round trip.
 pub const PIPELINE_CHUNK: usize = 1_000;
+/// Events a spool replay sends between two notes of its progress: what an
+/// interrupted replay may send twice.
+const REPLAY_CHUNK: usize = 200;
 
 /// Where events went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,32 +136,35 @@ impl Producer {
     }
 
     /// Re-sends every spooled event. A file is deleted only after all its
-    /// events are in Redis; on failure it stays for the next replay.
+    /// events are in Redis; on failure it stays for the next replay, which
+    /// resumes after the last chunk that reached Redis (progress is noted,
+    /// synced, after each chunk), so at most one chunk can be sent twice.
     pub async fn replay_spool(&self) -> anyhow::Result<ReplayReport> {
         let spool = self.spool.clone();
         let files = tokio::task::spawn_blocking(move || spool.take_for_replay()).await??;
         let mut report = ReplayReport::default();
         for file in files {
+            let file = Arc::new(file);
             let (sender, mut receiver) =
-                tokio::sync::mpsc::channel::<(EventKind, String)>(PIPELINE_CHUNK);
+                tokio::sync::mpsc::channel::<(u64, EventKind, String)>(REPLAY_CHUNK);
             let spool = self.spool.clone();
+            let reading = file.clone();
             let reader = tokio::task::spawn_blocking(move || {
-                let unreadable = spool.read_events(&file, |kind, data| {
+                spool.read_events(&reading, |line, kind, data| {
                     sender
-                        .blocking_send((kind, data))
+                        .blocking_send((line, kind, data))
                         .map_err(|_| std::io::Error::other("replay stopped"))
-                });
-                (file, unreadable)
+                })
             });
-            let mut chunk: Vec<(EventKind, String)> = Vec::with_capacity(PIPELINE_CHUNK);
+            let mut chunk: Vec<(u64, EventKind, String)> = Vec::with_capacity(REPLAY_CHUNK);
             let mut sent = 0u64;
             let mut failure = None;
             loop {
                 let item = receiver.recv().await;
                 let end = item.is_none();
                 chunk.extend(item);
-                if chunk.len() == PIPELINE_CHUNK || (end && !chunk.is_empty()) {
-                    match self.replay_chunk(&mut chunk).await {
+                if chunk.len() == REPLAY_CHUNK || (end && !chunk.is_empty()) {
+                    match self.replay_chunk(&file, &mut chunk).await {
                         Ok(count) => sent += count,
                         Err(err) => {
                             failure = Some(err);
@@ -170,10 +178,10 @@ impl Producer {
             }
             // Dropping the receiver stops the reader early after a failure.
             drop(receiver);
-            let (file, unreadable) = reader.await?;
+            let unreadable = reader.await?;
             if let Some(err) = failure {
                 return Err(err.context(format!(
-                    "replay of {} stopped; it stays for the next replay",
+                    "replay of {} stopped; the rest of it stays for the next replay",
                     file.path.display()
                 )));
             }
@@ -181,6 +189,8 @@ impl Producer {
             report.events += sent;
             report.files += 1;
             let spool = self.spool.clone();
+            let file = Arc::try_unwrap(file)
+                .map_err(|_| anyhow::anyhow!("a spool file is still in use after its replay"))?;
             tokio::task::spawn_blocking(move || spool.finish(file)).await??;
         }
         if report.unreadable > 0 {
@@ -190,19 +200,29 @@ impl Producer {
         Ok(report)
     }
 
-    /// Sends a chunk of spooled events, grouped by kind; returns how many.
-    async fn replay_chunk(&self, chunk: &mut Vec<(EventKind, String)>) -> anyhow::Result<u64> {
+    /// Sends a chunk of spooled events, grouped by kind, then notes how far
+    /// the file got; returns how many were sent.
+    async fn replay_chunk(
+        &self,
+        file: &Arc<ReplayFile>,
+        chunk: &mut Vec<(u64, EventKind, String)>,
+    ) -> anyhow::Result<u64> {
         let mut sent = 0;
         for kind in EventKind::ALL {
             let payloads: Vec<String> = chunk
                 .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, p)| p.clone())
+                .filter(|(_, k, _)| *k == kind)
+                .map(|(_, _, p)| p.clone())
                 .collect();
             if !payloads.is_empty() {
                 self.xadd(kind, &payloads).await?;
                 sent += payloads.len() as u64;
             }
+        }
+        if let Some(&(line, _, _)) = chunk.last() {
+            let spool = self.spool.clone();
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || spool.record_progress(&file, line)).await??;
         }
         chunk.clear();
         Ok(sent)

@@ -7,6 +7,9 @@
 //!   deleted once every line in them reached Redis;
 //! - `unreadable.ndjson`: lines that could not be parsed (a torn write after
 //!   a crash), kept for a person to look at, never dropped;
+//! - `progress-replay-*.ndjson`: how many lines of a replay file already
+//!   reached Redis, so a replay that was interrupted resumes after them
+//!   instead of sending them again;
 //! - `.lock`: serialises appends with the rename that starts a replay, across
 //!   processes, so a line can never be written into a file already read.
 
@@ -22,6 +25,7 @@ use crate::keys::EventKind;
 const ACTIVE: &str = "events.ndjson";
 const REPLAY_PREFIX: &str = "replay-";
 const UNREADABLE: &str = "unreadable.ndjson";
+const PROGRESS_PREFIX: &str = "progress-";
 const LOCK: &str = ".lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -184,23 +188,31 @@ impl Spool {
         Ok(taken)
     }
 
-    /// Reads a replay file line by line, handing events to `each` in order.
+    /// Reads a replay file line by line, handing events to `each` in order
+    /// with the number of their line (blank lines not counted), from the
+    /// first line after those an earlier, interrupted replay had sent.
     /// Unparseable lines are moved to `unreadable.ndjson` and counted.
     pub fn read_events(
         &self,
         file: &ReplayFile,
-        mut each: impl FnMut(EventKind, String) -> io::Result<()>,
+        mut each: impl FnMut(u64, EventKind, String) -> io::Result<()>,
     ) -> io::Result<u64> {
         let reader = BufReader::new(File::open(&file.path)?);
+        let done = self.progress(file);
         let mut unreadable = Vec::new();
+        let mut number = 0u64;
         for line in reader.split(b'\n') {
             let line = line?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            number += 1;
+            if number <= done {
+                continue;
+            }
             match serde_json::from_slice::<SpoolLine>(&line) {
                 Ok(parsed) => match EventKind::from_name(parsed.kind) {
-                    Some(kind) => each(kind, parsed.data.into_owned())?,
+                    Some(kind) => each(number, kind, parsed.data.into_owned())?,
                     None => unreadable.push(line),
                 },
                 Err(_) => unreadable.push(line),
@@ -223,7 +235,41 @@ impl Spool {
     /// Deletes a replay file once all its events reached Redis.
     pub fn finish(&self, file: ReplayFile) -> io::Result<()> {
         fs::remove_file(&file.path)?;
+        match fs::remove_file(self.progress_path(&file)) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
         sync_dir(&self.dir)
+    }
+
+    /// Notes that the lines of `file` up to `line` have reached Redis; a
+    /// replay that is interrupted later resumes after them. Written to a
+    /// temporary name, synced and renamed, so it is whole or absent.
+    pub fn record_progress(&self, file: &ReplayFile, line: u64) -> io::Result<()> {
+        let target = self.progress_path(file);
+        let temporary = target.with_extension("tmp");
+        let mut out = File::create(&temporary)?;
+        out.write_all(line.to_string().as_bytes())?;
+        out.sync_all()?;
+        fs::rename(&temporary, &target)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Lines of `file` an earlier replay had sent (0 when none, or unreadable).
+    fn progress(&self, file: &ReplayFile) -> u64 {
+        fs::read_to_string(self.progress_path(file))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn progress_path(&self, file: &ReplayFile) -> PathBuf {
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.dir.join(format!("{PROGRESS_PREFIX}{name}"))
     }
 
     /// Bytes waiting in the spool (active and replay files).
@@ -281,7 +327,7 @@ mod tests {
         let mut unreadable = 0;
         for file in spool.take_for_replay().expect("take") {
             unreadable += spool
-                .read_events(&file, |kind, data| {
+                .read_events(&file, |_, kind, data| {
                     seen.push((kind, data));
                     Ok(())
                 })
@@ -404,6 +450,31 @@ mod tests {
         let (seen, unreadable) = events(&spool);
         assert_eq!(seen.len(), 1);
         assert_eq!(unreadable, 0);
+    }
+
+    #[test]
+    fn an_interrupted_replay_resumes_after_what_it_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        let payloads: Vec<String> = (0..5).map(|n| format!("{{\"n\":{n}}}")).collect();
+        spool
+            .append(EventKind::Prediction, &payloads)
+            .expect("append");
+        let file = spool.take_for_replay().expect("take").remove(0);
+        // The first replay got three lines to Redis, then stopped.
+        spool.record_progress(&file, 3).expect("progress");
+        drop(file);
+        let (seen, _) = events(&spool);
+        let data: Vec<&str> = seen.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(data, ["{\"n\":3}", "{\"n\":4}"], "only what was not sent");
+        assert!(spool.is_empty());
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(PROGRESS_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "progress goes with its file: {left:?}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 #!lua flags=allow-oom
 -- Settles a batch the warehouse has confirmed, in the records' database:
 -- uploaded and dead-lettered records leave Redis (key and queue entry),
--- queue entries whose record was gone are dropped. Safe to run twice for the
--- same batch (a crash between this script and the manifest's removal): a
--- record is removed only while it still holds the exact uploaded content.
+-- queue entries whose record was gone are dropped, and the batch's claims
+-- on the versions it read are released. A record is removed only while it
+-- still holds the exact uploaded content.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
 -- The batch's manifest goes in the same step, so a crash cannot leave a
@@ -12,7 +12,7 @@
 --
 -- KEYS: 1 upload queue, 2 dead-letter stream, 3 counter of dead letters
 --       the cap trimmed, 4 the batch's manifest, 5 the parked index,
---       6 keys of parked batches (a set)
+--       6 versions batches have claimed (a hash, see take_page.lua)
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 expired
 --       count, 5 repeated count, 6 dead-letter cap, 7 'queued' or 'parked',
 --       8 batch id,
@@ -25,7 +25,7 @@
 -- An expired record gets a dead letter (reason `expired`, no data), so each
 -- one is accounted for by key, not only counted in the run report.
 -- Returns {settled, moved_on, dead_lettered, expired_removed}
-local queue, dead, trimmed_counter = KEYS[1], KEYS[2], KEYS[3]
+local queue, dead, trimmed_counter, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
 local superseded = ARGV[1]
 local uploaded, dead_count = tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired, repeated = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -42,31 +42,36 @@ local function drop_entry(key)
 end
 
 -- Marks for removal the version of record `id` whose content hashes to
--- `digest`; returns true if it was still there.
+-- `digest`, and releases the batch's claim on it; returns true if it was
+-- still there.
 local function settle(key, id, digest)
+  local claimed = redis.call('HDEL', claims, digest .. ':' .. key) == 1
   local current = redis.call('GET', key)
   if current and redis.sha1hex(current) == digest then
     delete[#delete + 1] = key
     drop_entry(key)
     return true
   end
-  if not current then
-    -- Already settled, or expired: drop a dangling queue entry, if any.
-    drop_entry(key)
-    return false
-  end
-  -- A newer version arrived while this one was uploading: ingest moved the
-  -- uploaded content to its own key and queued it. Remove that copy; the
-  -- record key keeps its queue entry for the newer content.
+  -- Gone (expired), or a newer version took the key while this one was
+  -- uploading: then ingest moved this one to a key of its own. Remove it.
   local moved = superseded .. digest .. ':' .. id
   local copy = redis.call('GET', moved)
-  if copy and redis.sha1hex(copy) == digest then
+  local found = copy and redis.sha1hex(copy) == digest
+  if found then
     delete[#delete + 1] = moved
-    drop_entry(moved)
     moved_on = moved_on + 1
-    return true
   end
-  return false
+  if not current or claimed then
+    -- A dangling entry; or ingest saw the claim, so the moved copy was
+    -- never queued and the newer version got an entry of its own.
+    drop_entry(key)
+  end
+  if found and not claimed then
+    -- A batch cut by an earlier version (no claims): the moved copy was
+    -- queued, and the record key's entry is the newer version's.
+    drop_entry(moved)
+  end
+  return found
 end
 
 local i = 9
@@ -129,16 +134,5 @@ if queued and unqueue_total > 0 then
   end
 end
 redis.call('DEL', KEYS[4])
-if not queued then
-  redis.call('HDEL', KEYS[5], ARGV[8])
-  local first = 9
-  for _ = 1, uploaded do
-    redis.call('SREM', KEYS[6], ARGV[first])
-    first = first + 3
-  end
-  for _ = 1, dead_count do
-    redis.call('SREM', KEYS[6], ARGV[first])
-    first = first + 8
-  end
-end
+if not queued then redis.call('HDEL', KEYS[5], ARGV[8]) end
 return {settled, moved_on, dead_lettered, expired_removed}

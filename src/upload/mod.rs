@@ -166,6 +166,9 @@ async fn upload_table<W: Warehouse>(
     report
 }
 
+/// Partitions one BigQuery load job may modify.
+const MAX_PARTITIONS: usize = 4_000;
+
 /// Whether a kind's run goes on after a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
@@ -211,6 +214,7 @@ impl<W: Warehouse> KindRun<'_, W> {
             return self.dry_run(queued_at_start).await;
         }
         self.queue.take_over_old_manifest(same_database).await?;
+        self.queue.release_orphan_claims().await?;
 
         // 1. Batches earlier runs could not upload, oldest first.
         for summary in self.queue.parked_summaries().await? {
@@ -310,6 +314,13 @@ impl<W: Warehouse> KindRun<'_, W> {
                 Some(rows) if part.id == manifest.batch_id => rows,
                 _ => manifest.rows_of(&part),
             };
+            // One load job may modify at most 4,000 partitions.
+            let days: HashSet<chrono::NaiveDate> = part_rows.iter().map(|r| r.day).collect();
+            if days.len() > MAX_PARTITIONS && part.rows.len() > 1 {
+                manifest.split_part(&part, &[], "");
+                self.queue.save(&manifest, Ttl::Unchanged).await?;
+                continue;
+            }
             let ids: Vec<String> = part
                 .rows
                 .iter()

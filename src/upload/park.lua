@@ -6,14 +6,11 @@
 -- any found elsewhere (there should be none) are removed one by one.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- Its record keys join the set of parked keys: a new version of one of them
--- must queue the record key again, since it left the queue with the batch.
+-- The versions it claimed stay claimed (see take_page.lua).
 --
--- KEYS: 1 upload queue, 2 in-flight manifest, 3 parked manifest, 4 parked
---       index, 5 keys of parked batches (a set)
+-- KEYS: 1 upload queue, 2 in-flight manifest, 3 parked manifest, 4 parked index
 -- ARGV: 1 batch id, 2 manifest (marked parked), 3 its summary,
---       4 number of queue entries, then the entries' keys, then the number
---       of record keys, then those keys
+--       4 number of queue entries, then the entries' keys
 -- Returns the number of entries trimmed off the head of the queue.
 local queue = KEYS[1]
 local count = tonumber(ARGV[4])
@@ -34,12 +31,6 @@ if count > 0 then
   for key, left in pairs(remove) do
     if left > 0 then redis.call('LREM', queue, left, key) end
   end
-end
-local records = tonumber(ARGV[5 + count])
-for first = 1, records, 500 do
-  local slice = {}
-  for i = first, math.min(first + 499, records) do slice[#slice + 1] = ARGV[5 + count + i] end
-  redis.call('SADD', KEYS[5], unpack(slice))
 end
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])

@@ -18,7 +18,7 @@
 //! leaves a manifest behind (in flight or parked); the next run writes that
 //! same batch again (a no-op where it had landed) and settles it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use redis::Script;
@@ -29,8 +29,7 @@ use crate::configuration::DeadLetterSettings;
 use crate::dead_letter::KeptBody;
 use crate::event::Rejection;
 use crate::keys::{
-    EventKind, UPLOAD_QUEUE, parked_index_key, parked_keys_key, parked_manifest_key,
-    upload_manifest_key,
+    EventKind, UPLOAD_QUEUE, claims_key, parked_index_key, parked_manifest_key, upload_manifest_key,
 };
 use crate::warehouse::rows::{self, Row};
 
@@ -41,8 +40,6 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Entries in the first page, before any size is known, and the most per page.
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
-/// BigQuery lets one load job modify at most 4,000 partitions.
-pub const MAX_PARTITIONS: usize = 4_000;
 
 /// SET that Redis runs even at maxmemory: the uploader is what frees memory,
 /// so it must be able to start a batch when Redis is full.
@@ -134,6 +131,46 @@ impl UploadQueue {
         Ok(())
     }
 
+    /// Releases claims that no manifest (in flight or parked) owns: left by
+    /// an upload killed between claiming and saving its manifest. Called at
+    /// the start of a run, under the lock, before any batch is taken.
+    pub async fn release_orphan_claims(&mut self) -> anyhow::Result<u64> {
+        let claimed: Vec<String> = redis::cmd("HKEYS")
+            .arg(claims_key(self.kind))
+            .query_async(&mut self.records)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let mut owned: HashSet<String> = HashSet::new();
+        let mut manifests: Vec<BatchManifest> = self.in_flight().await?.into_iter().collect();
+        for summary in self.parked_summaries().await? {
+            manifests.extend(self.parked(&summary.batch_id).await?);
+        }
+        for manifest in &manifests {
+            let records = manifest
+                .records
+                .iter()
+                .chain(manifest.invalid.iter().map(|i| &i.record));
+            owned.extend(records.map(|r| format!("{}:{}", r.digest(), r.key)));
+        }
+        let orphans: Vec<&String> = claimed.iter().filter(|c| !owned.contains(*c)).collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let requeued: u64 = Script::new(include_str!("release_claims.lua"))
+            .key(UPLOAD_QUEUE)
+            .key(claims_key(self.kind))
+            .arg(self.kind.superseded_prefix())
+            .arg(self.kind.record_prefix())
+            .arg(&orphans)
+            .invoke_async(&mut self.records)
+            .await?;
+        tracing::warn!(kind = %self.kind, orphans = orphans.len(), requeued,
+            "released claims of an upload that died before saving its batch");
+        Ok(orphans.len() as u64)
+    }
+
     /// The batch a previous run left in flight, if any.
     pub async fn in_flight(&mut self) -> anyhow::Result<Option<BatchManifest>> {
         let key = upload_manifest_key(self.kind);
@@ -208,12 +245,6 @@ impl UploadQueue {
     pub async fn park(&mut self, manifest: &mut BatchManifest) -> anyhow::Result<()> {
         manifest.queued = false;
         let summary = ParkedSummary::of(manifest, Utc::now());
-        let record_keys: Vec<&str> = manifest
-            .records
-            .iter()
-            .map(|r| r.key.as_str())
-            .chain(manifest.invalid.iter().map(|i| i.record.key.as_str()))
-            .collect();
         let queue_keys: Vec<&str> = manifest.queue_keys().collect();
         let script = Script::new(include_str!("park.lua"));
         let mut invocation = script.prepare_invoke();
@@ -222,21 +253,20 @@ impl UploadQueue {
             .key(upload_manifest_key(self.kind))
             .key(parked_manifest_key(self.kind, &manifest.batch_id))
             .key(parked_index_key(self.kind))
-            .key(parked_keys_key(self.kind))
             .arg(&manifest.batch_id)
             .arg(serde_json::to_string(manifest)?)
             .arg(serde_json::to_string(&summary)?)
             .arg(queue_keys.len())
-            .arg(&queue_keys)
-            .arg(record_keys.len())
-            .arg(&record_keys);
+            .arg(&queue_keys);
         let _trimmed: u64 = invocation.invoke_async(&mut self.records).await?;
         Ok(())
     }
 
     /// Reads the next batch from the head of the queue. For an upload it
-    /// becomes the in-flight manifest. Returns the rows of its records too,
-    /// built once while checking them with the door's rules.
+    /// becomes the in-flight manifest, and the versions it read are claimed
+    /// by it in the same step as they are read (take_page.lua). Returns the
+    /// rows of its records too, built once while checking them with the
+    /// door's rules.
     pub async fn take_batch(
         &mut self,
         take: Take,
@@ -245,50 +275,83 @@ impl UploadQueue {
     ) -> anyhow::Result<(BatchManifest, Vec<Row>)> {
         let mut manifest = BatchManifest::new(self.kind);
         let ingested_at = manifest.ingested_at;
-        let mut seen = HashSet::new();
-        let mut days = HashSet::new();
+        let mut seen: HashMap<String, Option<String>> = HashMap::new();
         let mut rows = Vec::new();
         let mut bytes = 0usize;
         let mut start = match take {
             Take::Upload => 0,
             Take::Look { skip } => skip,
         };
-        'pages: while manifest.records.len() + manifest.invalid.len() < max_rows
-            && bytes < max_bytes
-        {
+        let page_script = Script::new(include_str!("take_page.lua"));
+        while manifest.records.len() + manifest.invalid.len() < max_rows && bytes < max_bytes {
             let read = manifest.records.len() + manifest.invalid.len();
             let page = match bytes.checked_div(read) {
                 Some(average) if average > 0 => (PAGE_BYTES / average).clamp(FIRST_PAGE, MAX_PAGE),
                 _ => FIRST_PAGE,
             }
             .min(max_rows - read);
-            let keys: Vec<String> = redis::cmd("LRANGE")
-                .arg(UPLOAD_QUEUE)
-                .arg(start)
-                .arg(start + page - 1)
-                .query_async(&mut self.records)
-                .await?;
-            if keys.is_empty() {
-                break;
-            }
             // Bytes, not text: a value that is not UTF-8 (set by hand past
             // the door) is one bad record, not a batch that never loads.
-            let payloads: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut self.records)
-                .await?;
-            for (key, payload) in keys.into_iter().zip(payloads) {
-                if seen.contains(&key) {
-                    manifest.repeated.push(key);
-                    start += 1;
-                    continue;
+            let entries: Vec<(String, Option<Vec<u8>>)> = match take {
+                Take::Upload => {
+                    page_script
+                        .key(UPLOAD_QUEUE)
+                        .key(claims_key(self.kind))
+                        .arg(start)
+                        .arg(page)
+                        .arg(max_bytes - bytes)
+                        .invoke_async(&mut self.records)
+                        .await?
                 }
+                Take::Look { .. } => {
+                    let keys: Vec<String> = redis::cmd("LRANGE")
+                        .arg(UPLOAD_QUEUE)
+                        .arg(start)
+                        .arg(start + page - 1)
+                        .query_async(&mut self.records)
+                        .await?;
+                    if keys.is_empty() {
+                        Vec::new()
+                    } else {
+                        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                            .arg(&keys)
+                            .query_async(&mut self.records)
+                            .await?;
+                        keys.into_iter().zip(values).collect()
+                    }
+                }
+            };
+            if entries.is_empty() {
+                break;
+            }
+            start += entries.len();
+            for (key, payload) in entries {
+                // A key met again is a repeat only with the same content: a
+                // newer version may have taken the key between two pages,
+                // with an entry of its own, and it is a record of its own.
+                let digest = payload
+                    .as_deref()
+                    .map(|p| sha1_smol::Sha1::from(p).digest().to_string());
+                match seen.get(&key) {
+                    Some(earlier) if *earlier == digest => {
+                        manifest.repeated.push(key);
+                        continue;
+                    }
+                    // Gone at its first entry, stored again by its second:
+                    // the first entry was no expiry, just a stale entry.
+                    Some(None) => {
+                        if let Some(at) = manifest.expired.iter().position(|k| *k == key) {
+                            manifest.repeated.push(manifest.expired.remove(at));
+                        }
+                    }
+                    _ => {}
+                }
+                seen.insert(key.clone(), digest);
                 let Some(payload) = payload else {
-                    seen.insert(key.clone());
                     manifest.expired.push(key);
-                    start += 1;
                     continue;
                 };
+                bytes += payload.len();
                 let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
                 let (payload, stored_sha1, row) = match String::from_utf8(payload) {
                     Ok(text) => {
@@ -304,17 +367,6 @@ impl UploadQueue {
                         ))),
                     ),
                 };
-                // One load job may touch at most 4,000 partitions: a record
-                // on a day past that waits for the next batch.
-                if let Ok(row) = &row
-                    && !days.contains(&row.day)
-                    && days.len() == MAX_PARTITIONS
-                {
-                    break 'pages;
-                }
-                seen.insert(key.clone());
-                start += 1;
-                bytes += payload.len();
                 let record = BatchRecord {
                     key,
                     id,
@@ -323,7 +375,6 @@ impl UploadQueue {
                 };
                 match row {
                     Ok(row) => {
-                        days.insert(row.day);
                         rows.push(row);
                         manifest.records.push(record);
                     }
@@ -332,10 +383,6 @@ impl UploadQueue {
                         reason: rejection.to_string(),
                         code: rejection.code().to_owned(),
                     }),
-                }
-                if bytes >= max_bytes || manifest.records.len() + manifest.invalid.len() >= max_rows
-                {
-                    break 'pages;
                 }
             }
         }
@@ -360,7 +407,7 @@ impl UploadQueue {
             .key(self.kind.dead_letters_trimmed_key())
             .key(manifest_key)
             .key(parked_index_key(self.kind))
-            .key(parked_keys_key(self.kind))
+            .key(claims_key(self.kind))
             .arg(self.kind.superseded_prefix())
             .arg(manifest.records.len())
             .arg(manifest.invalid.len())

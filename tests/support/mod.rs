@@ -179,6 +179,10 @@ impl RedisServer {
         assert!(self.child.is_none(), "stop or kill first");
         self.launch();
     }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
 }
 
 impl Drop for RedisServer {
@@ -330,6 +334,10 @@ pub struct Service {
 }
 
 impl Service {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -619,6 +627,18 @@ impl Emulator {
         }
     }
 
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop first");
         self.launch();
@@ -650,6 +670,20 @@ impl Emulator {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every row of `sql` (which must have a total ORDER BY), read in pages.
+    pub fn query_all(&self, sql: &str) -> Vec<Vec<String>> {
+        const PAGE: usize = 5_000;
+        let mut rows = Vec::new();
+        loop {
+            let page = self.query(&format!("{sql} LIMIT {PAGE} OFFSET {}", rows.len()));
+            let done = page.len() < PAGE;
+            rows.extend(page);
+            if done {
+                return rows;
+            }
+        }
     }
 
     /// Number of rows, and of distinct values of `id_expression`, in `table`.
