@@ -315,6 +315,18 @@ impl Cast {
         }
     }
 
+    /// Copies the service's and Redis's directories (logs, spool, AOF) to
+    /// /tmp/soak-failure for a look after a failed run.
+    fn keep_for_diagnosis(&self) {
+        let _ = std::fs::create_dir_all("/tmp/soak-failure");
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(self.env.dir.path())
+            .arg(self.redis.dir())
+            .arg("/tmp/soak-failure/")
+            .status();
+    }
+
     /// After the chaos: everything up, the spool replayed, the streams read,
     /// every record uploaded (or dead-lettered, or expired).
     fn drain(&mut self) {
@@ -332,10 +344,36 @@ impl Cast {
             spool_bytes(&spool) == 0
         });
         let (mut tx, mut pred) = (self.redis.conn(0), self.redis.conn(1));
-        wait_until(Duration::from_secs(120), "the streams read", || {
-            unread(&mut tx, "stream:transactions") == 0
-                && unread(&mut pred, "stream:predictions") == 0
-        });
+        let started = Instant::now();
+        while unread(&mut tx, "stream:transactions") + unread(&mut pred, "stream:predictions") > 0 {
+            if started.elapsed() > Duration::from_secs(120) {
+                self.keep_for_diagnosis();
+                for (conn, stream) in [
+                    (&mut tx, "stream:transactions"),
+                    (&mut pred, "stream:predictions"),
+                ] {
+                    let groups: redis::Value = redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg(stream)
+                        .query(conn)
+                        .unwrap_or(redis::Value::Nil);
+                    let pending: redis::Value = redis::cmd("XPENDING")
+                        .arg(stream)
+                        .arg("flit-cache")
+                        .query(conn)
+                        .unwrap_or(redis::Value::Nil);
+                    println!("{stream}: groups {groups:?}\npending {pending:?}");
+                }
+                let log = self.service.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                println!(
+                    "service log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+                panic!("timed out after 120 s waiting for the streams read");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         wait_until(Duration::from_secs(180), "everything uploaded", || {
             let out = self.env.flit(&["batch-upload"]);
             out.status.code() == Some(0)
@@ -362,22 +400,34 @@ fn spool_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Entries of a stream the group has not read or not acknowledged.
+/// Entries of a stream the group has not read or not acknowledged. Not
+/// Redis's `lag`: that counter goes stale across restarts from the AOF.
 fn unread(conn: &mut redis::Connection, stream: &str) -> u64 {
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
         .query(conn)
         .unwrap_or_default();
-    let number = |group: &HashMap<String, redis::Value>, field: &str| match group.get(field) {
+    let Some(group) = groups.first() else {
+        return xlen(conn, stream);
+    };
+    let pending = match group.get("pending") {
         Some(redis::Value::Int(n)) => *n as u64,
         _ => 0,
     };
-    groups
-        .iter()
-        .map(|g| number(g, "lag") + number(g, "pending"))
-        .sum::<u64>()
-        + u64::from(groups.is_empty() && xlen(conn, stream) > 0)
+    let delivered: String = group
+        .get("last-delivered-id")
+        .and_then(|v| redis::from_redis_value_ref(v).ok())
+        .unwrap_or_else(|| "0-0".to_owned());
+    let after: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({delivered}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)
+        .unwrap_or_default();
+    pending + after.len() as u64
 }
 
 /// Dead letters of both kinds: (reason code, source key or id, data).
@@ -634,13 +684,7 @@ fn soak(plan: Plan) {
                 .unwrap_or_default();
             println!("{id}: log lines:\n{logs}");
         }
-        let _ = std::fs::create_dir_all("/tmp/soak-failure");
-        let _ = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(cast.env.dir.path())
-            .arg(cast.redis.dir())
-            .arg("/tmp/soak-failure/")
-            .status();
+        cast.keep_for_diagnosis();
     }
     assert!(
         outcome.problems.is_empty(),

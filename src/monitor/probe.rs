@@ -231,15 +231,22 @@ pub async fn stream_state(
         .arg(kind.dead_letter_stream())
         .query_async(conn)
         .await?;
-    let (now_ms, last_id, recent, trimmed, dead_letter_bytes): (i64, String, u64, u64, u64) =
-        Script::new(include_str!("stream_facts.lua"))
-            .key(kind.stream())
-            .key(kind.dead_letter_stream())
-            .key(kind.dead_letters_trimmed_key())
-            .arg(3_600_000)
-            .arg(dead_letter_limit.max(1))
-            .invoke_async(conn)
-            .await?;
+    let (now_ms, last_id, recent, trimmed, dead_letter_bytes, unread): (
+        i64,
+        String,
+        u64,
+        u64,
+        u64,
+        u8,
+    ) = Script::new(include_str!("stream_facts.lua"))
+        .key(kind.stream())
+        .key(kind.dead_letter_stream())
+        .key(kind.dead_letters_trimmed_key())
+        .arg(3_600_000)
+        .arg(dead_letter_limit.max(1))
+        .arg(CONSUMER_GROUP)
+        .invoke_async(conn)
+        .await?;
     let last_id_ahead_ms = last_id
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<u64>().ok())
@@ -287,8 +294,13 @@ pub async fn stream_state(
         state.group_exists = true;
         state.consumers = number("consumers").unwrap_or(0);
         state.pending = number("pending").unwrap_or(0);
-        // `lag` is Redis 7's count of undelivered entries; nil when unknown.
-        state.lag = number("lag");
+        // `lag` is Redis 7's count of undelivered entries (nil when unknown),
+        // but it can be stale after a restart: it only counts when an
+        // undelivered entry exists, and never beyond the stream's length.
+        state.lag = match unread {
+            0 => Some(0),
+            _ => number("lag").map(|lag| lag.clamp(1, length.max(1))),
+        };
     }
     if !state.group_exists {
         state.lag = Some(length);
