@@ -32,9 +32,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     end
     if name == ARGV[3] then delivered = id end
   end
+  -- Nothing comes after the last generated id; asking would also fail when
+  -- that id is the largest possible one ('(' before it is an error).
   if delivered == nil then
     unread = redis.call('XLEN', KEYS[1]) > 0 and 1 or 0
-  elseif #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
+  elseif delivered ~= last
+      and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
     unread = 1
   end
 end
