@@ -41,11 +41,15 @@ local function drop_entry(key)
   unqueue_total = unqueue_total + 1
 end
 
+-- The batch's claims (see take_page.lua), released in slices at the end.
+-- Whether a version is still claimed matters only when it left its key.
+local release = {}
+
 -- Marks for removal the version of record `id` whose content hashes to
--- `digest`, and releases the batch's claim on it; returns true if it was
--- still there.
+-- `digest`; returns true if it was still there.
 local function settle(key, id, digest)
-  local claimed = redis.call('HDEL', claims, digest .. ':' .. key) == 1
+  local field = digest .. ':' .. key
+  release[#release + 1] = field
   local current = redis.call('GET', key)
   if current and redis.sha1hex(current) == digest then
     delete[#delete + 1] = key
@@ -54,6 +58,7 @@ local function settle(key, id, digest)
   end
   -- Gone (expired), or a newer version took the key while this one was
   -- uploading: then ingest moved this one to a key of its own. Remove it.
+  local claimed = redis.call('HEXISTS', claims, field) == 1
   local moved = superseded .. digest .. ':' .. id
   local copy = redis.call('GET', moved)
   local found = copy and redis.sha1hex(copy) == digest
@@ -113,6 +118,9 @@ for _ = 1, repeated do
   i = i + 1
 end
 
+for first = 1, #release, 500 do
+  redis.call('HDEL', claims, unpack(release, first, math.min(first + 499, #release)))
+end
 for first = 1, #delete, 500 do
   redis.call('DEL', unpack(delete, first, math.min(first + 499, #delete)))
 end
