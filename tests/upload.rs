@@ -603,3 +603,114 @@ fn claims_left_by_an_upload_killed_before_saving_its_batch_are_released_and_noth
     assert!(keys(&mut pred, "pred*").is_empty());
     assert_eq!(llen(&mut pred, "upload_queue"), 0);
 }
+
+/// A run that lost its batch to another run (its lock expired while it was
+/// paused) may come back holding a manifest the other run already settled.
+/// Nothing it then does may touch Redis: settling again would drop the queue
+/// entry of a version that arrived since, and saving would bring the settled
+/// batch back to be uploaded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_batch_another_run_settled_writes_nothing() {
+    use flit_cache::keys::EventKind;
+    use flit_cache::upload::{Take, Ttl, UploadQueue};
+
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let v1 = br#"{"_timestamp":"2025-09-22T10:00:00Z","transaction_id":"tx_a","amount":10}"#;
+    let v2 = br#"{"_timestamp":"2025-09-23T10:00:00Z","transaction_id":"tx_a","amount":20}"#;
+    let other = br#"{"_timestamp":"2025-09-22T11:00:00Z","transaction_id":"tx_b","amount":30}"#;
+    let ingest = |events: &[&[u8]], queued: u64| {
+        let mut conn = redis.conn(0);
+        for event in events {
+            xadd(&mut conn, "stream:transactions", &[("data", event)]);
+        }
+        let mut service = env.service("ingest");
+        wait_until(Duration::from_secs(60), "ingested", || {
+            llen(&mut conn, "upload_queue") == queued
+                && pending(&mut conn, "stream:transactions") == 0
+        });
+        assert!(service.terminate().success());
+    };
+    ingest(&[v1, other], 2);
+    // A second queue entry for tx_a: the batch will carry it as `repeated`.
+    let mut conn = redis.conn(0);
+    let _: () = redis::cmd("RPUSH")
+        .arg("upload_queue")
+        .arg("tx:tx_a")
+        .query(&mut conn)
+        .expect("rpush");
+
+    let queue_of = |conn: redis::aio::MultiplexedConnection| {
+        UploadQueue::new(
+            EventKind::Transaction,
+            conn.clone(),
+            conn,
+            flit_cache::configuration::DeadLetterSettings {
+                keep_bytes: 4096,
+                max_len: 100_000,
+            },
+        )
+    };
+    let client = redis::Client::open(format!("{}/0", redis.url())).expect("client");
+    let records = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let mut stale = queue_of(records.clone());
+    let (mut manifest, _) = stale
+        .take_batch(Take::Upload, 100, 1 << 20)
+        .await
+        .expect("batch");
+    assert_eq!(manifest.records.len(), 2);
+    assert_eq!(manifest.repeated, vec!["tx:tx_a".to_owned()]);
+
+    // While the stale run is paused, another run finishes its batch...
+    let (code, _, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    // ... and tx_a comes back with new content, queued once.
+    ingest(&[v2], 1);
+
+    // The stale run wakes up: every step that writes is refused.
+    let refused = [
+        stale.save(&manifest, Ttl::Unchanged).await.err(),
+        stale.settle(&manifest).await.err(),
+        stale.park(&mut manifest).await.err(),
+    ];
+    for err in &refused {
+        let err = err.as_ref().expect("refused");
+        assert!(err.to_string().contains("another run"), "{err:#}");
+    }
+    assert_eq!(
+        queue(&mut conn),
+        vec!["tx:tx_a".to_owned()],
+        "v2 still queued"
+    );
+    assert!(keys(&mut conn, "flit:upload:inflight:*").is_empty());
+    assert!(keys(&mut conn, "flit:upload:parked*").is_empty());
+
+    // Nor can a run start a batch while another batch is in flight.
+    let (first, _) = queue_of(records.clone())
+        .take_batch(Take::Upload, 100, 1 << 20)
+        .await
+        .expect("batch");
+    let second = queue_of(records)
+        .take_batch(Take::Upload, 100, 1 << 20)
+        .await;
+    assert!(second.is_err(), "a second batch in flight");
+    let in_flight: String = redis::cmd("GET")
+        .arg("flit:upload:inflight:transactions")
+        .query(&mut conn)
+        .expect("manifest");
+    assert!(in_flight.contains(&first.batch_id));
+
+    // The next run finishes what is there: each version exactly once.
+    let (code, _, text) = upload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let mut amounts: Vec<i64> = warehouse_rows(&env, TX_TABLE)
+        .iter()
+        .filter_map(|(_, row)| row["json_body"]["amount"].as_i64())
+        .collect();
+    amounts.sort();
+    assert_eq!(amounts, vec![10, 20, 30]);
+    assert_redis_drained(&redis);
+}

@@ -24,7 +24,14 @@
 --       per repeated: queue key (a second entry for a key of the batch)
 -- An expired record gets a dead letter (reason `expired`, no data), so each
 -- one is accounted for by key, not only counted in the run report.
--- Returns {settled, moved_on, dead_lettered, expired_removed}
+-- Returns {settled, moved_on, dead_lettered, expired_removed}, or {-1}
+-- when the manifest is gone or names another batch: the batch was settled
+-- already (or another run holds the kind), and settling it again could
+-- drop a newer version's queue entry, so nothing is touched.
+local prefix_of_manifest = '{"batch_id":"' .. ARGV[8] .. '"'
+if redis.call('GETRANGE', KEYS[4], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
+  return {-1}
+end
 local queue, dead, trimmed_counter, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
 local superseded = ARGV[1]
 local uploaded, dead_count = tonumber(ARGV[2]), tonumber(ARGV[3])

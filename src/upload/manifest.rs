@@ -346,6 +346,16 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_s_text_begins_with_its_batch_id() {
+        // The settle, park and save scripts tell manifests apart by this
+        // prefix alone, without reading the payloads that follow.
+        let manifest = manifest(2);
+        let text = serde_json::to_string(&manifest).expect("json");
+        let prefix = format!("{{\"batch_id\":\"{}\"", manifest.batch_id);
+        assert!(text.starts_with(&prefix), "{text}");
+    }
+
+    #[test]
     fn digest_matches_redis_sha1hex() {
         // redis-cli EVAL "return redis.sha1hex('abc')" 0
         assert_eq!(digest("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");

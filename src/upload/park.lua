@@ -11,7 +11,13 @@
 -- KEYS: 1 upload queue, 2 in-flight manifest, 3 parked manifest, 4 parked index
 -- ARGV: 1 batch id, 2 manifest (marked parked), 3 its summary,
 --       4 number of queue entries, then the entries' keys
--- Returns the number of entries trimmed off the head of the queue.
+-- Returns the number of entries trimmed off the head of the queue, or -1
+-- (changing nothing) when the in-flight manifest is gone or names another
+-- batch: another run settled it or holds the kind.
+local prefix_of_manifest = '{"batch_id":"' .. ARGV[1] .. '"'
+if redis.call('GETRANGE', KEYS[2], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
+  return -1
+end
 local queue = KEYS[1]
 local count = tonumber(ARGV[4])
 local remove = {}

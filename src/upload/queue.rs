@@ -41,11 +41,34 @@ const PAGE_BYTES: usize = 1 << 20;
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
 
-/// SET that Redis runs even at maxmemory: the uploader is what frees memory,
-/// so it must be able to start a batch when Redis is full.
-const SET_EVEN_WHEN_FULL: &str = "#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[1])";
-/// Keeps a parked batch's manifest and summary up to date, even when full.
-const SAVE_PARKED: &str = "#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[2])\nredis.call('HSET', KEYS[2], ARGV[1], ARGV[3])";
+/// Records a new in-flight manifest only where none is: a run that lost
+/// the lock cannot overwrite the batch another run has in flight. Runs even
+/// at maxmemory: the uploader is what frees memory.
+const START_IN_FLIGHT: &str =
+    "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0";
+/// Saves progress only into the same batch's manifest (its text begins
+/// with its `batch_id`, which the script checks without reading on): a run that lost the lock cannot bring back a batch
+/// another run settled, nor overwrite another batch's manifest.
+const SAVE_IN_FLIGHT: &str = "#!lua flags=allow-oom
+local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
+if redis.call('GETRANGE', KEYS[1], 0, #prefix - 1) ~= prefix then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1";
+/// Keeps a parked batch's manifest and summary up to date, even when full,
+/// while it is still parked.
+const SAVE_PARKED: &str = "#!lua flags=allow-oom
+if redis.call('SET', KEYS[1], ARGV[2], 'XX') == false then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1";
+
+/// Why a batch's manifest was not where this run expected it: another run
+/// settled it, or holds the kind. The run stops without writing.
+fn taken_over(batch_id: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "batch {batch_id}: its manifest is gone or names another batch; another run settled it or \
+         holds this kind (was the upload lock lost?); stopping without writing"
+    )
+}
 
 /// What settling a batch changed in Redis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -200,24 +223,28 @@ impl UploadQueue {
     /// `ttl` says whether its records' TTLs were just renewed.
     pub async fn save(&mut self, manifest: &BatchManifest, ttl: Ttl) -> anyhow::Result<()> {
         let text = serde_json::to_string(manifest)?;
-        if manifest.queued {
-            let () = Script::new(SET_EVEN_WHEN_FULL)
+        let saved: u8 = if manifest.queued {
+            Script::new(SAVE_IN_FLIGHT)
                 .key(upload_manifest_key(self.kind))
+                .arg(&manifest.batch_id)
                 .arg(text)
                 .invoke_async(&mut self.records)
-                .await?;
+                .await?
         } else {
             let summary = self.summary_of(manifest, ttl).await?;
-            let () = Script::new(SAVE_PARKED)
+            Script::new(SAVE_PARKED)
                 .key(parked_manifest_key(self.kind, &manifest.batch_id))
                 .key(parked_index_key(self.kind))
                 .arg(&manifest.batch_id)
                 .arg(text)
                 .arg(serde_json::to_string(&summary)?)
                 .invoke_async(&mut self.records)
-                .await?;
+                .await?
+        };
+        match saved {
+            1 => Ok(()),
+            _ => Err(taken_over(&manifest.batch_id)),
         }
-        Ok(())
     }
 
     async fn summary_of(
@@ -258,7 +285,10 @@ impl UploadQueue {
             .arg(serde_json::to_string(&summary)?)
             .arg(queue_keys.len())
             .arg(&queue_keys);
-        let _trimmed: u64 = invocation.invoke_async(&mut self.records).await?;
+        let trimmed: i64 = invocation.invoke_async(&mut self.records).await?;
+        if trimmed < 0 {
+            return Err(taken_over(&manifest.batch_id));
+        }
         Ok(())
     }
 
@@ -387,7 +417,14 @@ impl UploadQueue {
             }
         }
         if take == Take::Upload && !manifest.is_empty() {
-            self.save(&manifest, Ttl::Unchanged).await?;
+            let started: u8 = Script::new(START_IN_FLIGHT)
+                .key(upload_manifest_key(self.kind))
+                .arg(serde_json::to_string(&manifest)?)
+                .invoke_async(&mut self.records)
+                .await?;
+            if started != 1 {
+                return Err(taken_over(&manifest.batch_id));
+            }
         }
         Ok((manifest, rows))
     }
@@ -438,12 +475,14 @@ impl UploadQueue {
         for key in manifest.expired.iter().chain(&manifest.repeated) {
             invocation.arg(key);
         }
-        let (settled, _moved, dead_lettered, _expired): (u64, u64, u64, u64) =
-            invocation.invoke_async(&mut self.records).await?;
-        Ok(Settled {
-            removed: settled,
-            dead_lettered,
-        })
+        let counts: Vec<i64> = invocation.invoke_async(&mut self.records).await?;
+        match counts[..] {
+            [settled, _moved, dead_lettered, _expired] if settled >= 0 => Ok(Settled {
+                removed: settled as u64,
+                dead_lettered: dead_lettered as u64,
+            }),
+            _ => Err(taken_over(&manifest.batch_id)),
+        }
     }
 
     /// Gives a batch that could not be uploaded a full TTL again, so its
