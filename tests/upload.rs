@@ -714,3 +714,70 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     assert_eq!(amounts, vec![10, 20, 30]);
     assert_redis_drained(&redis);
 }
+
+/// A record the batch dead-letters is accounted for from the manifest's
+/// copy, even when its key expired while the batch waited (parked).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
+    use flit_cache::keys::EventKind;
+    use flit_cache::upload::{Take, UploadQueue};
+
+    let redis = RedisServer::start();
+    let mut conn = redis.conn(1);
+    // Past the door (an older binary, or by hand): no row of the typed table.
+    let bad = br#"{"prediction_id":"bad","selected_prediction":"high","prediction_timestamp":"2025-09-27T10:00:00Z"}"#;
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg("pred:bad")
+        .arg(&bad[..])
+        .ignore()
+        .cmd("RPUSH")
+        .arg("upload_queue")
+        .arg("pred:bad")
+        .ignore()
+        .query(&mut conn)
+        .expect("seed");
+    let client = redis::Client::open(format!("{}/1", redis.url())).expect("client");
+    let records = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let mut uploads = UploadQueue::new(
+        EventKind::Prediction,
+        records.clone(),
+        records,
+        flit_cache::configuration::DeadLetterSettings {
+            keep_bytes: 4096,
+            max_len: 100_000,
+        },
+    );
+    let (manifest, rows) = uploads
+        .take_batch(Take::Upload, 100, 1 << 20)
+        .await
+        .expect("batch");
+    assert!(rows.is_empty());
+    assert_eq!(manifest.invalid.len(), 1);
+    let _: () = redis::cmd("DEL")
+        .arg("pred:bad")
+        .query(&mut conn)
+        .expect("expire");
+    let settled = uploads.settle(&manifest).await.expect("settle");
+    assert_eq!(settled.dead_lettered, 1);
+    let dead: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("stream:predictions:dead")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("xrange");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].1["data"].as_bytes(),
+        bad,
+        "from the manifest's copy"
+    );
+    assert!(
+        dead[0].1["reason"].contains("selected_prediction"),
+        "{dead:?}"
+    );
+    assert_eq!(llen(&mut conn, "upload_queue"), 0);
+}

@@ -91,14 +91,16 @@ for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
   i = i + 3
 end
+-- A dead letter is written from the manifest's copy, whether or not the
+-- record is still in Redis: one that expired while its batch was parked is
+-- still accounted for.
 for _ = 1, dead_count do
   local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if settle(key, id, digest) then
-    redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
-               'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
-               'sha1', digest, 'truncated', ARGV[i + 7])
-    dead_lettered = dead_lettered + 1
-  end
+  settle(key, id, digest)
+  redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
+             'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
+             'sha1', digest, 'truncated', ARGV[i + 7])
+  dead_lettered = dead_lettered + 1
   i = i + 8
 end
 if dead_lettered + expired_removed > 0 then

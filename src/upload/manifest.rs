@@ -163,15 +163,29 @@ impl BatchManifest {
         }
     }
 
-    /// The rows of a part, built with the part's own ingestion time.
-    pub fn rows_of(&self, part: &Part) -> Vec<Row> {
-        part.rows
-            .iter()
-            .filter_map(|&i| {
-                let record = self.records.get(i)?;
-                rows::to_row(self.kind, &record.payload, part.ingested_at).ok()
-            })
-            .collect()
+    /// The rows of a part, built with the part's own ingestion time; or the
+    /// records (indexes into the part's rows) that are no rows under this
+    /// version's rules, which an earlier version's manifest may hold. They
+    /// must be split off, never skipped: a skipped record would be settled
+    /// as uploaded.
+    pub fn rows_of(&self, part: &Part) -> Result<Vec<Row>, Vec<(usize, String)>> {
+        let mut rows = Vec::with_capacity(part.rows.len());
+        let mut refused = Vec::new();
+        for (at, &i) in part.rows.iter().enumerate() {
+            let built = match self.records.get(i) {
+                Some(record) => rows::to_row(self.kind, &record.payload, part.ingested_at)
+                    .map_err(|err| format!("not a row under this version's rules: {err}")),
+                None => Err(format!("the manifest has no record {i}")),
+            };
+            match built {
+                Ok(row) => rows.push(row),
+                Err(why) => refused.push((at, why)),
+            }
+        }
+        match refused.is_empty() {
+            true => Ok(rows),
+            false => Err(refused),
+        }
     }
 
     /// The part was written; `refused` (indexes into the part's rows) were
@@ -343,6 +357,26 @@ mod tests {
             })
             .collect();
         m
+    }
+
+    #[test]
+    fn records_that_are_no_rows_are_named_never_skipped() {
+        // An earlier version's manifest may hold what today's rules refuse.
+        let mut m = manifest(3);
+        m.records[1].payload =
+            r#"{"prediction_id":"p1","selected_prediction":"high","prediction_timestamp":"2026-11-20T00:00:00Z"}"#.to_owned();
+        let part = m.next_part().expect("part");
+        let refused = m.rows_of(&part).expect_err("one is no row");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, 1);
+        m.split_part(&part, &refused, "");
+        let rest = m.next_part().expect("the rest");
+        assert_eq!(m.rows_of(&rest).expect("rows").len(), 2);
+        m.part_written(&rest, &[]);
+        let settled = m.settled_form();
+        assert_eq!(settled.records.len(), 2);
+        assert_eq!(settled.invalid.len(), 1);
+        assert!(settled.invalid[0].reason.contains("selected_prediction"));
     }
 
     #[test]

@@ -312,7 +312,16 @@ impl<W: Warehouse> KindRun<'_, W> {
         while let Some(part) = manifest.next_part() {
             let part_rows = match rows.take() {
                 Some(rows) if part.id == manifest.batch_id => rows,
-                _ => manifest.rows_of(&part),
+                _ => match manifest.rows_of(&part) {
+                    Ok(rows) => rows,
+                    Err(refused) => {
+                        tracing::warn!(batch = %manifest.batch_id, part = %part.id, rows = refused.len(),
+                            "records of a kept batch are no rows under this version's rules; dead-lettering them");
+                        manifest.split_part(&part, &refused, "");
+                        self.queue.save(&manifest, Ttl::Unchanged).await?;
+                        continue;
+                    }
+                },
             };
             // One load job may modify at most 4,000 partitions.
             let days: HashSet<chrono::NaiveDate> = part_rows.iter().map(|r| r.day).collect();
