@@ -842,11 +842,15 @@ fn a_batch_that_keeps_failing_is_parked_and_the_queue_behind_it_goes_on() {
     env.push("predictions", &prediction_lines(&["stuck_1"], 0.9));
     ingest_until_queued(&redis, &env, 0, 1);
 
-    // Runs keep failing it (it is retried first); the new version loads.
-    for _ in 0..2 {
+    // Runs keep failing both. A parked batch that fails again ends only the
+    // retries of parked batches: the queue behind them is still tried (the
+    // new version is taken and parked too), and the parked batch that failed
+    // least goes first, so neither keeps the other from its turn.
+    for _ in 0..3 {
         let (code, _, text) = upload_predictions(&env);
         assert_eq!(code, Some(1), "{text}");
     }
+    assert_eq!(llen(&mut conn, "upload_queue"), 0, "the queue was tried");
     let out = env.flit(&["monitor", "--json"]);
     let health: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(
@@ -857,10 +861,9 @@ fn a_batch_that_keeps_failing_is_parked_and_the_queue_behind_it_goes_on() {
             .any(|a| a["code"] == "batch_failures_repeating"),
         "{health}"
     );
-    assert_eq!(
-        health["kinds"][1]["queue"]["parked"][0]["failures"], 3,
-        "{health}"
-    );
+    let parked = &health["kinds"][1]["queue"]["parked"];
+    assert_eq!(parked[0]["failures"], 3, "{health}");
+    assert_eq!(parked[1]["failures"], 2, "its turn came too: {health}");
 
     // The warehouse takes it at last: each version exactly once.
     stub.lock().expect("stub").stuck_prefix = None;

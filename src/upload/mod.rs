@@ -216,15 +216,23 @@ impl<W: Warehouse> KindRun<'_, W> {
         self.queue.take_over_old_manifest(same_database).await?;
         self.queue.release_orphan_claims().await?;
 
-        // 1. Batches earlier runs could not upload, oldest first.
-        for summary in self.queue.parked_summaries().await? {
+        // 1. Batches earlier runs could not upload: those that failed least
+        // first, then the oldest, so one that fails every time cannot keep
+        // the others from their turn. The first that fails again ends this
+        // step, not the run: the queue behind them is always tried.
+        let mut parked = self.queue.parked_summaries().await?;
+        parked.sort_by(|a, b| (a.failures, &a.batch_id).cmp(&(b.failures, &b.batch_id)));
+        for summary in parked {
             self.may_go_on()?;
             let Some(manifest) = self.queue.parked(&summary.batch_id).await? else {
                 continue;
             };
             tracing::info!(batch = %manifest.batch_id, failures = manifest.failures, "retrying a parked batch");
             if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {
-                return Ok(Next::Stop);
+                if self.report.set_aside.is_some() {
+                    return Ok(Next::Stop);
+                }
+                break;
             }
         }
         // 2. A batch an earlier run left in flight (it crashed).
@@ -391,7 +399,12 @@ impl<W: Warehouse> KindRun<'_, W> {
             .await?;
         let kept = if !manifest.queued {
             self.queue.save(&manifest, Ttl::Renewed).await?;
-            Kept::Parked
+            tracing::error!(table = %self.report.table, batch = %manifest.batch_id, error = %err,
+                failures = manifest.failures, "a parked batch failed again; the other parked ones wait for a later run, the queue goes on");
+            // It counts as one failure in a row: if the queue's next batch
+            // fails too, the warehouse looks down and the run ends there.
+            self.failures_in_a_row = 1;
+            return Ok(Next::Stop);
         } else if self.queue.parked_summaries().await?.len() >= self.settings.upload.max_parked {
             self.queue.save(&manifest, Ttl::Renewed).await?;
             Kept::InFlight
