@@ -93,7 +93,8 @@ pub struct UploadSettings {
     pub attempts: usize,
     pub retry_min_delay: Duration,
     pub lock_ttl: Duration,
-    /// Load jobs flit-cache starts per table and UTC day (BigQuery: 1,500).
+    /// Load jobs flit-cache starts per table in any 24 hours (BigQuery: 1,500,
+    /// refilled over a rolling 24 hours).
     pub load_jobs_per_day: u64,
     /// Batches that may wait parked per kind before the queue waits too.
     pub max_parked: usize,

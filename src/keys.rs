@@ -49,9 +49,10 @@ pub fn claims_key(kind: EventKind) -> String {
     format!("flit:upload:claims:{}", kind.name())
 }
 
-/// Load jobs started for `kind`'s table on a UTC day (`YYYY-MM-DD`).
-pub fn load_jobs_key(kind: EventKind, day: &str) -> String {
-    format!("flit:upload:load_jobs:{}:{day}", kind.name())
+/// Load jobs started for `kind`'s table in the last 24 hours: a sorted set
+/// scored by start time in ms (see upload/budget.rs).
+pub fn load_jobs_key(kind: EventKind) -> String {
+    format!("flit:upload:load_jobs:{}", kind.name())
 }
 
 /// The stream field that carries the event's JSON.

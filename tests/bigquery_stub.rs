@@ -794,12 +794,15 @@ fn the_daily_load_job_budget_sets_the_table_aside_when_spent() {
     assert_eq!(stub.lock().expect("stub").job_ids_seen.len(), 2);
     let mut conn = redis.conn(1);
     assert_eq!(keys(&mut conn, "pred:*").len(), N - 20, "the rest waits");
-    let day = chrono::Utc::now().format("%Y-%m-%d");
-    let used: u64 = redis::cmd("GET")
-        .arg(format!("flit:upload:load_jobs:predictions:{day}"))
+    let used: u64 = redis::cmd("ZCARD")
+        .arg("flit:upload:load_jobs:predictions")
         .query(&mut conn)
-        .expect("counter");
-    assert_eq!(used, 3, "two jobs, and the one refused");
+        .expect("jobs");
+    assert_eq!(used, 2, "two jobs; the one refused is not counted");
+    // A second run within the 24 hours starts no job.
+    let (code, _, text) = upload_predictions(&env);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(stub.lock().expect("stub").job_ids_seen.len(), 2);
 }
 
 #[test]

@@ -1,8 +1,9 @@
-//! `DailyLoadJobs`: the load jobs a table may still get today. BigQuery
-//! allows 1,500 load jobs per table per day, failed ones included; flit-cache
-//! keeps under its own budget (`FLIT_LOAD_JOBS_PER_DAY`, default 1,000), so
-//! retries and poison isolation can never spend a table's quota. Counted in
-//! Redis per table and UTC day, so every process shares the count.
+//! `LoadJobBudget`: the load jobs a table may still get. BigQuery allows
+//! 1,500 load jobs per table per day, failed ones included, and refills that
+//! quota over a rolling 24 hours; flit-cache keeps under its own budget
+//! (`FLIT_LOAD_JOBS_PER_DAY`, default 1,000) over the same rolling window,
+//! so retries and poison isolation never spend a table's quota, not even
+//! across midnight. Kept in Redis per table, so every process shares it.
 
 use redis::Script;
 use redis::aio::MultiplexedConnection;
@@ -10,20 +11,37 @@ use redis::aio::MultiplexedConnection;
 use crate::keys::{EventKind, load_jobs_key};
 use crate::warehouse::{JobBudget, SinkError, TableSpec};
 
-/// INCR with a two-day expiry, at maxmemory too: counting must not stop an
-/// upload that frees memory.
-const TAKE_ONE: &str = "#!lua flags=allow-oom\nlocal n = redis.call('INCR', KEYS[1])\nif n == 1 then redis.call('EXPIRE', KEYS[1], 172800) end\nreturn n";
+/// The window BigQuery's per-table quota refills over.
+const WINDOW_MS: u64 = 24 * 3_600_000;
 
-pub struct DailyLoadJobs {
+/// Forgets jobs older than the window and, while fewer than the budget
+/// remain, records one more (at the server's time). Returns how many the
+/// window then holds, counting a refused one: past the budget means refused.
+/// Runs at maxmemory too: counting must not stop an upload that frees memory.
+///
+/// KEYS: 1 the table's jobs (a sorted set scored by start time in ms)
+/// ARGV: 1 window in ms, 2 budget, 3 a member unique to this job
+const TAKE_ONE: &str = r"#!lua flags=allow-oom
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+local used = redis.call('ZCARD', KEYS[1])
+if used >= tonumber(ARGV[2]) then return used + 1 end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return used + 1";
+
+pub struct LoadJobBudget {
     conn: MultiplexedConnection,
     kind: EventKind,
     per_day: u64,
 }
 
-impl DailyLoadJobs {
-    /// `conn` is the kind's database, where the counter lives.
+impl LoadJobBudget {
+    /// `conn` is the kind's database, where the count lives.
     pub fn new(conn: MultiplexedConnection, kind: EventKind, per_day: u64) -> Self {
-        DailyLoadJobs {
+        LoadJobBudget {
             conn,
             kind,
             per_day,
@@ -32,18 +50,25 @@ impl DailyLoadJobs {
 }
 
 #[async_trait::async_trait]
-impl JobBudget for DailyLoadJobs {
+impl JobBudget for LoadJobBudget {
     async fn reserve(&self, table: TableSpec) -> Result<(), SinkError> {
-        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let mut conn = self.conn.clone();
+        let member = format!(
+            "{}-{:016x}",
+            chrono::Utc::now().timestamp_micros(),
+            rand::random::<u64>()
+        );
         let used: u64 = Script::new(TAKE_ONE)
-            .key(load_jobs_key(self.kind, &day))
+            .key(load_jobs_key(self.kind))
+            .arg(WINDOW_MS)
+            .arg(self.per_day)
+            .arg(member)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| SinkError::retryable(format!("cannot count load jobs in Redis: {e}")))?;
         if used > self.per_day {
             return Err(SinkError::set_aside(format!(
-                "{} has used its budget of {} load jobs for {day} (FLIT_LOAD_JOBS_PER_DAY; BigQuery allows 1,500); its batches wait for tomorrow's run",
+                "{} has used its budget of {} load jobs in the last 24 hours (FLIT_LOAD_JOBS_PER_DAY; BigQuery allows 1,500 and refills over a rolling 24 hours); its batches wait for a later run",
                 table.qualified(),
                 self.per_day
             )));

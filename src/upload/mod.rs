@@ -26,7 +26,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use budget::DailyLoadJobs;
+pub use budget::LoadJobBudget;
 pub use lock::{Busy, UploadLock};
 pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary, Part};
 pub use queue::{Settled, Take, Ttl, UploadQueue, parked_expiry, parked_summaries};
@@ -139,7 +139,7 @@ async fn upload_table<W: Warehouse>(
             settings,
             warehouse,
             queue: UploadQueue::new(kind, records.clone(), state.clone(), settings.dead_letters),
-            jobs: DailyLoadJobs::new(records, kind, settings.upload.load_jobs_per_day),
+            jobs: LoadJobBudget::new(records, kind, settings.upload.load_jobs_per_day),
             options,
             lock,
             report: &mut report,
@@ -200,7 +200,7 @@ struct KindRun<'a, W> {
     settings: &'a Settings,
     warehouse: &'a W,
     queue: UploadQueue,
-    jobs: DailyLoadJobs,
+    jobs: LoadJobBudget,
     options: &'a UploadOptions,
     lock: Option<&'a UploadLock>,
     report: &'a mut TableReport,
