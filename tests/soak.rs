@@ -645,7 +645,7 @@ fn soak(plan: Plan) {
     let mut kills: Vec<_> = cast.kills.iter().collect();
     kills.sort();
     println!(
-        "soak done in {:.0} s: {} events sent ({} duplicate copies, {} new versions of old ids, {} refused raw), kills {kills:?}",
+        "soak done in {:.0} s: {} events sent, plus {} duplicate copies, {} new versions of old ids and {} refused raw events; kills {kills:?}",
         started.elapsed().as_secs_f64(),
         truth.sent,
         truth.duplicates,
