@@ -149,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
     let producer = Producer::new(&settings)?;
     let all = redis::Client::open(url.as_str())?;
     println!(
-        "flit-cache ingest benchmark: {per_kind} events of each kind, batch {batch}, redis AOF everysec"
+        "flit-cache ingest benchmark: {per_kind} events of each kind, batch {batch}, redis AOF {}",
+        support::appendfsync()
     );
 
     // 1. Producer latency, one event per call.

@@ -54,12 +54,7 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                &std::env::var("BENCH_APPENDFSYNC").unwrap_or_else(|_| "everysec".into()),
-            ])
+            .args(["--appendonly", "yes", "--appendfsync", &appendfsync()])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -77,4 +72,9 @@ impl PrivateRedis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+}
+
+/// The AOF fsync policy of the benchmark's Redis (`BENCH_APPENDFSYNC`).
+pub fn appendfsync() -> String {
+    std::env::var("BENCH_APPENDFSYNC").unwrap_or_else(|_| "everysec".into())
 }
