@@ -563,6 +563,18 @@ fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once
 
 #[test]
 fn claims_left_by_an_upload_killed_before_saving_its_batch_are_released_and_nothing_is_lost() {
+    orphan_claim_released(false);
+}
+
+/// The same, when a run that was already past its own release (the claim was
+/// a stale run's, made meanwhile) uploaded and removed the newer version
+/// before anyone released the claim: the claimed version still comes back.
+#[test]
+fn an_orphan_claim_on_a_version_whose_successor_is_gone_still_brings_it_back() {
+    orphan_claim_released(true);
+}
+
+fn orphan_claim_released(successor_uploaded_meanwhile: bool) {
     let redis = RedisServer::start();
     let env = Env::new(&redis);
     let mut pred = redis.conn(1);
@@ -589,16 +601,36 @@ fn claims_left_by_an_upload_killed_before_saving_its_batch_are_released_and_noth
     // version to a batch that no longer exists.
     env.push("predictions", &line(0.9));
     ingest_until_queued(&redis, &env, 0, 2);
+    let mut expected = vec![0.1, 0.9];
+    if successor_uploaded_meanwhile {
+        // What that run's settle leaves: the newer version and its entry gone.
+        let _: () = redis::pipe()
+            .cmd("DEL")
+            .arg("pred:p_x")
+            .ignore()
+            .cmd("LREM")
+            .arg("upload_queue")
+            .arg(0)
+            .arg("pred:p_x")
+            .ignore()
+            .query(&mut pred)
+            .expect("settled elsewhere");
+        expected = vec![0.1];
+    }
 
     let (code, report, text) = upload(&env, &["--only", "predictions"]);
     assert_eq!(code, Some(0), "{text}");
-    assert_eq!(table(&report, PRED_TABLE)["rows_uploaded"], 2, "{text}");
+    assert_eq!(
+        table(&report, PRED_TABLE)["rows_uploaded"],
+        expected.len() as u64,
+        "{text}"
+    );
     let mut scores: Vec<f64> = warehouse_rows(&env, PRED_TABLE)
         .iter()
         .filter_map(|(_, row)| row["selected_prediction"].as_f64())
         .collect();
     scores.sort_by(f64::total_cmp);
-    assert_eq!(scores, [0.1, 0.9], "each version once");
+    assert_eq!(scores, expected, "each version once");
     assert!(keys(&mut pred, "flit:upload:claims:*").is_empty());
     assert!(keys(&mut pred, "pred*").is_empty());
     assert_eq!(llen(&mut pred, "upload_queue"), 0);

@@ -209,12 +209,14 @@ struct KindRun<'a, W> {
 
 impl<W: Warehouse> KindRun<'_, W> {
     async fn upload(&mut self, same_database: bool) -> anyhow::Result<Next> {
-        let queued_at_start = self.queue.len().await? as usize;
         if self.options.dry_run {
-            return self.dry_run(queued_at_start).await;
+            let queued = self.queue.len().await? as usize;
+            return self.dry_run(queued).await;
         }
         self.queue.take_over_old_manifest(same_database).await?;
         self.queue.release_orphan_claims().await?;
+        // Counted after the release, which may queue versions again.
+        let queued_at_start = self.queue.len().await? as usize;
 
         // 1. Batches earlier runs could not upload: those that failed least
         // first, then the oldest, so one that fails every time cannot keep

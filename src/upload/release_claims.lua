@@ -19,12 +19,14 @@ for i = 3, #ARGV do
   if redis.call('HDEL', claims, field) == 1 then
     local digest, key = string.match(field, '^(%x+):(.*)$')
     local current = key and redis.call('GET', key)
-    if current and redis.sha1hex(current) ~= digest
-        and key:sub(1, #record_prefix) == record_prefix then
+    local replaced = key and (not current or redis.sha1hex(current) ~= digest)
+    if replaced and key:sub(1, #record_prefix) == record_prefix then
       local moved = superseded .. digest .. ':' .. key:sub(#record_prefix + 1)
       if redis.call('EXISTS', moved) == 1 then
         redis.call('RPUSH', queue, moved)
-        redis.call('LREM', queue, -1, key)
+        -- The extra entry is still queued only while the newer version is:
+        -- once that was uploaded (or expired), its entry went with it.
+        if current then redis.call('LREM', queue, -1, key) end
         requeued = requeued + 1
       end
     end
