@@ -91,16 +91,21 @@ for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
   i = i + 3
 end
--- A dead letter is written from the manifest's copy, whether or not the
--- record is still in Redis: one that expired while its batch was parked is
--- still accounted for.
+-- A dead letter is written from the manifest's copy while the batch still
+-- claims the record, whether or not the record is still in Redis: one that
+-- expired while its batch was parked is still accounted for. A manifest
+-- without claims (an earlier version's) writes it only while the record is
+-- there, as that version did, so settling such a manifest again (that
+-- version removed it in a step of its own) doubles no dead letter.
 for _ = 1, dead_count do
   local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  settle(key, id, digest)
-  redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
-             'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
-             'sha1', digest, 'truncated', ARGV[i + 7])
-  dead_lettered = dead_lettered + 1
+  local claimed = redis.call('HEXISTS', claims, digest .. ':' .. key) == 1
+  if settle(key, id, digest) or claimed then
+    redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
+               'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
+               'sha1', digest, 'truncated', ARGV[i + 7])
+    dead_lettered = dead_lettered + 1
+  end
   i = i + 8
 end
 if dead_lettered + expired_removed > 0 then

@@ -213,6 +213,7 @@ impl<W: Warehouse> KindRun<'_, W> {
             let queued = self.queue.len().await? as usize;
             return self.dry_run(queued).await;
         }
+        self.may_go_on()?;
         self.queue.take_over_old_manifest(same_database).await?;
         self.queue.release_orphan_claims().await?;
         // Counted after the release, which may queue versions again.
@@ -239,6 +240,8 @@ impl<W: Warehouse> KindRun<'_, W> {
         }
         // 2. A batch an earlier run left in flight (it crashed).
         let mut handled = 0usize;
+        // After a pause in the steps above, the lock may be another run's.
+        self.may_go_on()?;
         if let Some(manifest) = self.queue.in_flight().await? {
             tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
             handled += manifest.entries();
