@@ -1,8 +1,9 @@
 //! The local warehouse: NDJSON files under
 //! `FLIT_WAREHOUSE_DIR/<dataset>.<table>/dt=YYYY-MM-DD/<batch_id>.ndjson`,
 //! one file per batch and day, that `bq load --source_format=NEWLINE_DELIMITED_JSON`
-//! takes as they are. Each file is written to a temporary name, fsync'd and
-//! renamed, so a file is either complete or absent; a batch written again
+//! takes as they are. Each file is written to a temporary file of its
+//! writer's own, fsync'd and renamed without replacing, so a file is either
+//! complete or absent and never the mix of two writers; a batch written again
 //! after a crash completes the days it missed and leaves the others alone.
 
 use std::collections::BTreeMap;
@@ -127,22 +128,53 @@ fn scan_recent(dir: &Path, field: &str, window_days: u32) -> Result<Freshness, S
     Ok(freshness)
 }
 
-/// Writes `dir/name` atomically unless it is already there.
+/// Writes `dir/name` atomically unless it is already there. Every writer
+/// has a temporary file of its own, and the rename never replaces a
+/// finished file: two writers of one batch (a run that lost its lock and the
+/// run that took over) cannot interleave, and the first complete file stays.
 fn write_once(dir: &Path, name: &str, content: &[u8]) -> Result<(), SinkError> {
     let target = dir.join(name);
     if target.exists() {
         return Ok(());
     }
     fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let temporary = dir.join(format!(".{name}.tmp"));
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temporary)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
         file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &target)?;
-        File::open(dir)?.sync_all()
+        file.as_file().sync_all()?;
+        match file.persist_noclobber(&target) {
+            Ok(_) => {}
+            // Another writer finished the same batch first (and may have
+            // swept our temporary file as a leftover); ours is dropped.
+            Err(_) if target.exists() => return Ok(()),
+            Err(err) => return Err(err.error),
+        }
+        File::open(dir)?.sync_all()?;
+        remove_leftovers(dir, name);
+        Ok(())
     };
     write().map_err(|e| io_error(&target, e))
+}
+
+/// Temporary files of `name` that killed writers left behind. Best effort:
+/// they are never read (only `.ndjson` files are part of the table).
+fn remove_leftovers(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name.starts_with(&prefix) && file_name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn io_error(path: &Path, err: std::io::Error) -> SinkError {
@@ -201,5 +233,35 @@ mod tests {
         sink.write(&batch).await.expect("recovery");
         assert_eq!(day("2025-09-27").expect("day 1").lines().count(), 2);
         assert_eq!(day("2025-09-28").expect("day 2").lines().count(), 1);
+    }
+
+    #[test]
+    fn a_finished_file_is_never_replaced_and_writers_never_mix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A writer killed mid-write left its temporary file.
+        fs::write(dir.path().join(".b1.ndjson.abc123.tmp"), b"torn").expect("leftover");
+        // Many writers of the same file at once, each with different bytes.
+        let contents: Vec<Vec<u8>> = (0..8)
+            .map(|i| format!("{{\"writer\":{i}}}\n").repeat(10_000).into_bytes())
+            .collect();
+        std::thread::scope(|scope| {
+            for content in &contents {
+                let path = dir.path();
+                scope.spawn(move || write_once(path, "b1.ndjson", content).expect("write"));
+            }
+        });
+        let written = fs::read(dir.path().join("b1.ndjson")).expect("file");
+        assert!(contents.contains(&written), "one writer's whole file");
+        // A later writer with other bytes leaves it alone.
+        write_once(dir.path(), "b1.ndjson", b"late\n").expect("late");
+        assert_eq!(
+            fs::read(dir.path().join("b1.ndjson")).expect("file"),
+            written
+        );
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert_eq!(names, ["b1.ndjson"], "no temporary file left");
     }
 }
