@@ -10,8 +10,12 @@ pub const CONSUMER_GROUP: &str = "flit-cache";
 /// The list of record keys waiting for the batch upload (one per DB).
 pub const UPLOAD_QUEUE: &str = "upload_queue";
 
-/// The upload lock: one upload run at a time across all processes.
-pub const UPLOAD_LOCK: &str = "flit:upload:lock";
+/// The upload lock of `kind`: one upload of the kind at a time across all
+/// processes. In the kind's database, beside the keys it guards, so every
+/// script that writes for an upload checks it in the same step (a fence).
+pub fn upload_lock_key(kind: EventKind) -> String {
+    format!("flit:upload:lock:{}", kind.name())
+}
 
 /// The report of the last upload run (JSON).
 pub const UPLOAD_LAST_RUN: &str = "flit:upload:last_run";

@@ -291,7 +291,7 @@ impl Cast {
                     let mut holds = false;
                     while started.elapsed() < Duration::from_secs(3) {
                         let holder: Option<String> = redis::cmd("GET")
-                            .arg("flit:upload:lock")
+                            .arg("flit:upload:lock:transactions")
                             .query(&mut conn)
                             .unwrap_or(None);
                         holds = holder.is_some_and(|h| h.contains(&pid));

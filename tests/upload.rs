@@ -309,7 +309,7 @@ fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
     let mut conn = redis.conn(0);
 
     let _: () = redis::cmd("SET")
-        .arg("flit:upload:lock")
+        .arg("flit:upload:lock:transactions")
         .arg("other-host/pid 1")
         .arg("PX")
         .arg(10_000)
@@ -319,11 +319,11 @@ fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
     assert_eq!(code, Some(1), "{text}");
     assert_eq!(report["status"], "busy");
     assert!(
-        text.contains("another upload run holds the lock (other-host/pid 1"),
+        text.contains("another upload run holds the lock of transactions (other-host/pid 1"),
         "{text}"
     );
     let _: () = redis::cmd("DEL")
-        .arg("flit:upload:lock")
+        .arg("flit:upload:lock:transactions")
         .query(&mut conn)
         .expect("unlock");
 
@@ -411,7 +411,6 @@ fn a_missed_scheduled_run_is_caught_up_at_start_but_a_fresh_redis_gets_none() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::UploadQueue;
     use flit_cache::warehouse::{LocalWarehouse, RowBatch, TableSpec, Warehouse};
 
     let redis = RedisServer::start();
@@ -430,20 +429,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     };
     ingest(v1, 1);
 
-    let client = redis::Client::open(format!("{}/0", redis.url())).expect("client");
-    let records = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let mut uploads = UploadQueue::new(
-        EventKind::Transaction,
-        records.clone(),
-        records,
-        flit_cache::configuration::DeadLetterSettings {
-            keep_bytes: 4096,
-            max_len: 100_000,
-        },
-    );
+    let (mut uploads, lock) = locked_queue(&redis, EventKind::Transaction).await;
     let (manifest, rows) = uploads
         .take_batch(flit_cache::upload::Take::Upload, 100, 1 << 20)
         .await
@@ -467,6 +453,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     warehouse.write(&batch).await.expect("write");
     let settled = uploads.settle(&manifest).await.expect("settle");
     assert_eq!(settled.removed, 1);
+    lock.release().await.expect("release");
 
     let mut conn = redis.conn(0);
     assert_eq!(
@@ -644,7 +631,7 @@ fn orphan_claim_released(successor_uploaded_meanwhile: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::{Take, Ttl, UploadQueue};
+    use flit_cache::upload::{Take, Ttl};
 
     let redis = RedisServer::start();
     let env = Env::new(&redis);
@@ -672,23 +659,7 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
         .query(&mut conn)
         .expect("rpush");
 
-    let queue_of = |conn: redis::aio::MultiplexedConnection| {
-        UploadQueue::new(
-            EventKind::Transaction,
-            conn.clone(),
-            conn,
-            flit_cache::configuration::DeadLetterSettings {
-                keep_bytes: 4096,
-                max_len: 100_000,
-            },
-        )
-    };
-    let client = redis::Client::open(format!("{}/0", redis.url())).expect("client");
-    let records = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let mut stale = queue_of(records.clone());
+    let (mut stale, stale_lock) = locked_queue(&redis, EventKind::Transaction).await;
     let (mut manifest, _) = stale
         .take_batch(Take::Upload, 100, 1 << 20)
         .await
@@ -696,21 +667,28 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     assert_eq!(manifest.records.len(), 2);
     assert_eq!(manifest.repeated, vec!["tx:tx_a".to_owned()]);
 
-    // While the stale run is paused, another run finishes its batch...
+    // The run pauses past its lock's expiry (the lock is gone)...
+    let _: () = redis::cmd("DEL")
+        .arg("flit:upload:lock:transactions")
+        .query(&mut conn)
+        .expect("expire");
+    drop(stale_lock);
+    // ... another run finishes its batch...
     let (code, _, text) = upload(&env, &[]);
     assert_eq!(code, Some(0), "{text}");
     // ... and tx_a comes back with new content, queued once.
     ingest(&[v2], 1);
 
-    // The stale run wakes up: every step that writes is refused.
+    // The stale run wakes up: every step that writes is fenced off.
     let refused = [
         stale.save(&manifest, Ttl::Unchanged).await.err(),
         stale.settle(&manifest).await.err(),
         stale.park(&mut manifest).await.err(),
+        stale.take_batch(Take::Upload, 100, 1 << 20).await.err(),
     ];
     for err in &refused {
         let err = err.as_ref().expect("refused");
-        assert!(err.to_string().contains("another run"), "{err:#}");
+        assert!(format!("{err:#}").contains("FENCED"), "{err:#}");
     }
     assert_eq!(
         queue(&mut conn),
@@ -719,21 +697,32 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     );
     assert!(keys(&mut conn, "flit:upload:inflight:*").is_empty());
     assert!(keys(&mut conn, "flit:upload:parked*").is_empty());
+    assert!(keys(&mut conn, "flit:upload:claims:*").is_empty());
 
-    // Nor can a run start a batch while another batch is in flight.
-    let (first, _) = queue_of(records.clone())
+    // Behind the fence, each manifest step checks its own batch too: with
+    // the lock held, a second batch cannot start while one is in flight,
+    // and a batch settled already cannot be settled again.
+    let (mut live, live_lock) = locked_queue(&redis, EventKind::Transaction).await;
+    let (first, _) = live
         .take_batch(Take::Upload, 100, 1 << 20)
         .await
         .expect("batch");
-    let second = queue_of(records)
-        .take_batch(Take::Upload, 100, 1 << 20)
-        .await;
-    assert!(second.is_err(), "a second batch in flight");
+    let second = live.take_batch(Take::Upload, 100, 1 << 20).await;
+    assert!(
+        second.is_err_and(|e| e.to_string().contains("another run")),
+        "a second batch in flight"
+    );
+    let again = live.settle(&manifest).await;
+    assert!(
+        again.is_err_and(|e| e.to_string().contains("another run")),
+        "settled twice"
+    );
     let in_flight: String = redis::cmd("GET")
         .arg("flit:upload:inflight:transactions")
         .query(&mut conn)
         .expect("manifest");
     assert!(in_flight.contains(&first.batch_id));
+    live_lock.release().await.expect("release");
 
     // The next run finishes what is there: each version exactly once.
     let (code, _, text) = upload(&env, &[]);
@@ -752,7 +741,7 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::{Take, UploadQueue};
+    use flit_cache::upload::Take;
 
     let redis = RedisServer::start();
     let mut conn = redis.conn(1);
@@ -769,20 +758,7 @@ async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
         .ignore()
         .query(&mut conn)
         .expect("seed");
-    let client = redis::Client::open(format!("{}/1", redis.url())).expect("client");
-    let records = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let mut uploads = UploadQueue::new(
-        EventKind::Prediction,
-        records.clone(),
-        records,
-        flit_cache::configuration::DeadLetterSettings {
-            keep_bytes: 4096,
-            max_len: 100_000,
-        },
-    );
+    let (mut uploads, _lock) = locked_queue(&redis, EventKind::Prediction).await;
     let (manifest, rows) = uploads
         .take_batch(Take::Upload, 100, 1 << 20)
         .await
@@ -812,4 +788,83 @@ async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
         "{dead:?}"
     );
     assert_eq!(llen(&mut conn, "upload_queue"), 0);
+}
+
+/// An `UploadQueue` for `kind` holding the kind's upload lock, as a run does.
+async fn locked_queue(
+    redis: &RedisServer,
+    kind: flit_cache::keys::EventKind,
+) -> (
+    flit_cache::upload::UploadQueue,
+    flit_cache::upload::UploadLock,
+) {
+    let db = match kind {
+        flit_cache::keys::EventKind::Transaction => 0,
+        flit_cache::keys::EventKind::Prediction => 1,
+    };
+    let client = redis::Client::open(format!("{}/{db}", redis.url())).expect("client");
+    let records = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let lock =
+        flit_cache::upload::UploadLock::acquire(records.clone(), kind, Duration::from_secs(60))
+            .await
+            .expect("redis")
+            .expect("the lock is free");
+    let queue = flit_cache::upload::UploadQueue::new(
+        kind,
+        records.clone(),
+        records,
+        flit_cache::configuration::DeadLetterSettings {
+            keep_bytes: 4096,
+            max_len: 100_000,
+        },
+        lock.fence(),
+    );
+    (queue, lock)
+}
+
+/// Two uploaders: one paused (SIGSTOP) past its locks' expiry while the
+/// other takes over and finishes, then resumed. Whatever it held in hand,
+/// the fence and the local sink's no-replace rename keep every record to
+/// exactly one row.
+#[test]
+fn an_uploader_paused_past_its_lock_s_expiry_writes_nothing_twice() {
+    const N: usize = 6_000;
+    for pause_after_ms in [30u64, 120, 300] {
+        let redis = RedisServer::start();
+        let env = Env::new(&redis)
+            .set("FLIT_UPLOAD_BATCH_ROWS", "500")
+            .set("FLIT_UPLOAD_LOCK_TTL_MS", "600");
+        ingest_generated(&redis, &env, N);
+        let mut first = env.spawn(&["batch-upload"]);
+        let pid = format!("/pid {}/", first.id());
+        let mut conn = redis.conn(0);
+        wait_until(
+            Duration::from_secs(30),
+            "the first run holds its lock",
+            || {
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg("flit:upload:lock:transactions")
+                    .query(&mut conn)
+                    .unwrap_or(None);
+                holder.is_some_and(|h| h.contains(&pid))
+            },
+        );
+        std::thread::sleep(Duration::from_millis(pause_after_ms));
+        signal(&first, "STOP");
+        std::thread::sleep(Duration::from_millis(1_000)); // its locks expire
+
+        let (code, _, text) = upload(&env, &[]);
+        assert_eq!(code, Some(0), "the second run finishes: {text}");
+        signal(&first, "CONT");
+        let status = first.wait().expect("first run");
+        println!("paused after {pause_after_ms} ms: the first run exited with {status}");
+
+        for name in [TX_TABLE, PRED_TABLE] {
+            assert_rows_once(&env, name, N);
+        }
+        assert_redis_drained(&redis);
+    }
 }

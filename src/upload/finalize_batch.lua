@@ -12,7 +12,8 @@
 --
 -- KEYS: 1 upload queue, 2 dead-letter stream, 3 counter of dead letters
 --       the cap trimmed, 4 the batch's manifest, 5 the parked index,
---       6 versions batches have claimed (a hash, see take_page.lua)
+--       6 versions batches have claimed (a hash, see take_page.lua), 7 the
+--       kind's upload lock
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 expired
 --       count, 5 repeated count, 6 dead-letter cap, 7 'queued' or 'parked',
 --       8 batch id,
@@ -21,13 +22,20 @@
 --                     payload kept (a prefix when long), whole size,
 --                     '1' when the kept payload is a prefix
 --       per expired:  queue key (its record was gone when the batch was cut)
---       per repeated: queue key (a second entry for a key of the batch)
+--       per repeated: queue key (a second entry for a key of the batch),
+--       then the run's lock token
 -- An expired record gets a dead letter (reason `expired`, no data), so each
 -- one is accounted for by key, not only counted in the run report.
 -- Returns {settled, moved_on, dead_lettered, expired_removed}, or {-1}
 -- when the manifest is gone or names another batch: the batch was settled
 -- already (or another run holds the kind), and settling it again could
 -- drop a newer version's queue entry, so nothing is touched.
+
+-- Fence: the run must still hold its kind's upload lock (last KEYS; its
+-- token is the last ARGV), or nothing changes.
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
+  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
+end
 local prefix_of_manifest = '{"batch_id":"' .. ARGV[8] .. '"'
 if redis.call('GETRANGE', KEYS[4], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
   return {-1}

@@ -1,7 +1,10 @@
-//! `UploadLock`: one upload run at a time across every process on this
-//! Redis. The lock is a key holding a random token with an expiry, renewed
-//! while the run lasts and released only by its holder, so a crashed run
-//! frees it by itself and can never release a lock someone else took since.
+//! `UploadLock`: one upload of a kind at a time across every process on
+//! this Redis. The lock is a key in the kind's database holding a random
+//! token with an expiry, renewed while the run lasts and released only by
+//! its holder, so a crashed run frees it by itself and can never release a
+//! lock someone else took since. It is also a fence: every script that
+//! writes for the upload gets its `Fence` and checks the token in the same
+//! step, so a run that lost the lock (paused past its expiry) writes nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +14,7 @@ use redis::Script;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::UPLOAD_LOCK;
+use crate::keys::{EventKind, upload_lock_key};
 
 /// SET NX PX that Redis runs even at maxmemory: an upload is what frees memory.
 const ACQUIRE: &str =
@@ -22,9 +25,29 @@ const RELEASE: &str =
 
 pub struct UploadLock {
     conn: MultiplexedConnection,
+    key: String,
     token: String,
     lost: Arc<AtomicBool>,
     stop_renewing: CancellationToken,
+}
+
+/// What a script needs to check that the run still holds its kind's lock:
+/// the lock's key (last of the script's KEYS) and the run's token (last of
+/// its ARGV). The scripts answer `FENCED` otherwise, having changed nothing.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub key: String,
+    pub token: String,
+}
+
+impl Fence {
+    /// A fence no lock matches: for runs that must not write (dry runs).
+    pub fn closed(kind: EventKind) -> Self {
+        Fence {
+            key: upload_lock_key(kind),
+            token: String::new(),
+        }
+    }
 }
 
 /// Who holds the lock, when it is busy.
@@ -35,11 +58,14 @@ pub struct Busy {
 }
 
 impl UploadLock {
-    /// Takes the lock, or says who holds it.
+    /// Takes `kind`'s lock (`conn` is the kind's database), or says who
+    /// holds it.
     pub async fn acquire(
         mut conn: MultiplexedConnection,
+        kind: EventKind,
         ttl: Duration,
     ) -> anyhow::Result<Result<Self, Busy>> {
+        let key = upload_lock_key(kind);
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -49,7 +75,7 @@ impl UploadLock {
             rand::random::<u64>()
         );
         let taken: Option<String> = Script::new(ACQUIRE)
-            .key(UPLOAD_LOCK)
+            .key(&key)
             .arg(&token)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -57,9 +83,9 @@ impl UploadLock {
         if taken.is_none() {
             let (holder, expires_in_ms): (Option<String>, i64) = redis::pipe()
                 .cmd("GET")
-                .arg(UPLOAD_LOCK)
+                .arg(&key)
                 .cmd("PTTL")
-                .arg(UPLOAD_LOCK)
+                .arg(&key)
                 .query_async(&mut conn)
                 .await?;
             return Ok(Err(Busy {
@@ -69,12 +95,21 @@ impl UploadLock {
         }
         let lock = UploadLock {
             conn,
+            key,
             token,
             lost: Arc::new(AtomicBool::new(false)),
             stop_renewing: CancellationToken::new(),
         };
         lock.keep_renewed(ttl);
         Ok(Ok(lock))
+    }
+
+    /// What the run's scripts check.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
     }
 
     /// True once renewing failed: the run must stop taking new batches.
@@ -85,7 +120,7 @@ impl UploadLock {
     pub async fn release(mut self) -> anyhow::Result<()> {
         self.stop_renewing.cancel();
         let _: i64 = Script::new(RELEASE)
-            .key(UPLOAD_LOCK)
+            .key(&self.key)
             .arg(&self.token)
             .invoke_async(&mut self.conn)
             .await?;
@@ -94,6 +129,7 @@ impl UploadLock {
 
     fn keep_renewed(&self, ttl: Duration) {
         let mut conn = self.conn.clone();
+        let key = self.key.clone();
         let token = self.token.clone();
         let lost = self.lost.clone();
         let stop = self.stop_renewing.clone();
@@ -105,7 +141,7 @@ impl UploadLock {
                     _ = stop.cancelled() => return,
                 }
                 let renewed: redis::RedisResult<i64> = script
-                    .key(UPLOAD_LOCK)
+                    .key(&key)
                     .arg(&token)
                     .arg(ttl.as_millis() as u64)
                     .invoke_async(&mut conn)

@@ -27,7 +27,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::LoadJobBudget;
-pub use lock::{Busy, UploadLock};
+pub use lock::{Busy, Fence, UploadLock};
 pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary, Part};
 pub use queue::{Settled, Take, Ttl, UploadQueue, parked_expiry, parked_summaries};
 pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
@@ -65,35 +65,44 @@ pub async fn run_once<W: Warehouse>(
         warehouse: warehouse.describe(),
         tables: Vec::new(),
     };
-    let lock = if options.dry_run {
-        None
-    } else {
-        match UploadLock::acquire(state.clone(), settings.upload.lock_ttl).await? {
-            Ok(lock) => Some(lock),
-            Err(Busy {
-                holder,
-                expires_in_ms,
-            }) => {
-                report.status = RunStatus::Busy;
-                report.tables.push(TableReport {
-                    errors: vec![format!(
-                        "another upload run holds the lock ({holder}, expires in {} s); nothing was done, try again later",
-                        expires_in_ms.max(0) / 1000
-                    )],
-                    ..TableReport::default()
-                });
-                report.finished_at = Utc::now();
-                return Ok(report);
-            }
-        }
-    };
-
-    // The kinds share nothing but the lock (own database, table and
-    // manifests), so they upload side by side.
-    let runs = EventKind::ALL
+    let kinds: Vec<EventKind> = EventKind::ALL
         .into_iter()
         .filter(|k| options.only.is_none_or(|only| only == *k))
-        .map(|kind| upload_table(settings, warehouse, kind, &state, &options, lock.as_ref()));
+        .collect();
+    // One lock per kind, in its own database, taken in a fixed order; a run
+    // goes only when it holds all it needs.
+    let mut locks: Vec<UploadLock> = Vec::new();
+    if !options.dry_run {
+        for kind in &kinds {
+            let records = connect(settings, settings.db_for(*kind)).await?;
+            match UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await? {
+                Ok(lock) => locks.push(lock),
+                Err(Busy {
+                    holder,
+                    expires_in_ms,
+                }) => {
+                    release_all(locks).await;
+                    report.status = RunStatus::Busy;
+                    report.tables.push(TableReport {
+                        errors: vec![format!(
+                            "another upload run holds the lock of {kind} ({holder}, expires in {} s); nothing was done, try again later",
+                            expires_in_ms.max(0) / 1000
+                        )],
+                        ..TableReport::default()
+                    });
+                    report.finished_at = Utc::now();
+                    return Ok(report);
+                }
+            }
+        }
+    }
+
+    // The kinds share nothing (own database, lock, table and manifests), so
+    // they upload side by side.
+    let runs = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| upload_table(settings, warehouse, *kind, &state, &options, locks.get(i)));
     for table_report in futures_util::future::join_all(runs).await {
         if table_report.kept_for_retry > 0
             || !table_report.errors.is_empty()
@@ -110,13 +119,18 @@ pub async fn run_once<W: Warehouse>(
     if let Err(err) = report.store(&mut state).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");
     }
-    // The lock expires by itself; failing to release it must not hide the report.
-    if let Some(lock) = lock
-        && let Err(err) = lock.release().await
-    {
-        tracing::warn!(error = %err, "could not release the upload lock; it expires by itself");
-    }
+    release_all(locks).await;
     Ok(report)
+}
+
+/// Releases a run's locks. A lock expires by itself; failing to release it
+/// must not hide the report.
+async fn release_all(locks: Vec<UploadLock>) {
+    for lock in locks {
+        if let Err(err) = lock.release().await {
+            tracing::warn!(error = %err, "could not release an upload lock; it expires by itself");
+        }
+    }
 }
 
 /// Uploads one kind's queue; whatever goes wrong ends up in its report.
@@ -138,7 +152,13 @@ async fn upload_table<W: Warehouse>(
         let mut run = KindRun {
             settings,
             warehouse,
-            queue: UploadQueue::new(kind, records.clone(), state.clone(), settings.dead_letters),
+            queue: UploadQueue::new(
+                kind,
+                records.clone(),
+                state.clone(),
+                settings.dead_letters,
+                lock.map_or_else(|| Fence::closed(kind), UploadLock::fence),
+            ),
             jobs: LoadJobBudget::new(records, kind, settings.upload.load_jobs_per_day),
             options,
             lock,

@@ -8,12 +8,20 @@
 --
 -- The versions it claimed stay claimed (see take_page.lua).
 --
--- KEYS: 1 upload queue, 2 in-flight manifest, 3 parked manifest, 4 parked index
+-- KEYS: 1 upload queue, 2 in-flight manifest, 3 parked manifest, 4 parked index,
+--       5 the kind's upload lock
 -- ARGV: 1 batch id, 2 manifest (marked parked), 3 its summary,
---       4 number of queue entries, then the entries' keys
+--       4 number of queue entries, then the entries' keys, then the run's
+--       lock token
 -- Returns the number of entries trimmed off the head of the queue, or -1
 -- (changing nothing) when the in-flight manifest is gone or names another
 -- batch: another run settled it or holds the kind.
+
+-- Fence: the run must still hold its kind's upload lock (last KEYS; its
+-- token is the last ARGV), or nothing changes.
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
+  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
+end
 local prefix_of_manifest = '{"batch_id":"' .. ARGV[1] .. '"'
 if redis.call('GETRANGE', KEYS[2], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
   return -1

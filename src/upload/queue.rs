@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
+use super::lock::Fence;
 pub use super::manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary};
 use crate::configuration::DeadLetterSettings;
 use crate::dead_letter::KeptBody;
@@ -41,25 +42,43 @@ const PAGE_BYTES: usize = 1 << 20;
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
 
+/// The fence check every writing script starts with (see `Fence`).
+macro_rules! fenced {
+    ($body:expr) => {
+        concat!(
+            "#!lua flags=allow-oom\n",
+            "if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then\n",
+            "  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')\n",
+            "end\n",
+            $body
+        )
+    };
+}
+
 /// Records a new in-flight manifest only where none is: a run that lost
 /// the lock cannot overwrite the batch another run has in flight. Runs even
 /// at maxmemory: the uploader is what frees memory.
 const START_IN_FLIGHT: &str =
-    "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0";
+    fenced!("return redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0");
 /// Saves progress only into the same batch's manifest (its text begins
-/// with its `batch_id`, which the script checks without reading on): a run that lost the lock cannot bring back a batch
-/// another run settled, nor overwrite another batch's manifest.
-const SAVE_IN_FLIGHT: &str = "#!lua flags=allow-oom
-local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
+/// with its `batch_id`, which the script checks without reading on): a run
+/// cannot bring back a batch another run settled, nor overwrite another
+/// batch's manifest.
+const SAVE_IN_FLIGHT: &str = fenced!(
+    "local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
 if redis.call('GETRANGE', KEYS[1], 0, #prefix - 1) ~= prefix then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-return 1";
+return 1"
+);
 /// Keeps a parked batch's manifest and summary up to date, even when full,
 /// while it is still parked.
-const SAVE_PARKED: &str = "#!lua flags=allow-oom
-if redis.call('SET', KEYS[1], ARGV[2], 'XX') == false then return 0 end
+const SAVE_PARKED: &str = fenced!(
+    "if redis.call('SET', KEYS[1], ARGV[2], 'XX') == false then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1";
+return 1"
+);
+/// Copies an old-format in-flight manifest where none is.
+const TAKE_OVER: &str = fenced!("redis.call('SET', KEYS[1], ARGV[1], 'NX')");
 
 /// Why a batch's manifest was not where this run expected it: another run
 /// settled it, or holds the kind. The run stops without writing.
@@ -100,6 +119,9 @@ pub struct UploadQueue {
     /// Database 0, where today's binary kept the in-flight manifest.
     state: MultiplexedConnection,
     dead_letters: DeadLetterSettings,
+    /// The run's hold on the kind's upload lock, checked by every script
+    /// that writes.
+    fence: Fence,
     finalize: Script,
 }
 
@@ -109,12 +131,14 @@ impl UploadQueue {
         records: MultiplexedConnection,
         state: MultiplexedConnection,
         dead_letters: DeadLetterSettings,
+        fence: Fence,
     ) -> Self {
         UploadQueue {
             kind,
             records,
             state,
             dead_letters,
+            fence,
             finalize: Script::new(include_str!("finalize_batch.lua")),
         }
     }
@@ -140,12 +164,13 @@ impl UploadQueue {
             .await?;
         if let Some(text) = old {
             tracing::info!(kind = %self.kind, "taking over the in-flight batch an earlier version left in database 0");
-            let () =
-                Script::new("#!lua flags=allow-oom\nredis.call('SET', KEYS[1], ARGV[1], 'NX')")
-                    .key(&key)
-                    .arg(text)
-                    .invoke_async(&mut self.records)
-                    .await?;
+            let () = Script::new(TAKE_OVER)
+                .key(&key)
+                .key(&self.fence.key)
+                .arg(text)
+                .arg(&self.fence.token)
+                .invoke_async(&mut self.records)
+                .await?;
             redis::cmd("DEL")
                 .arg(&key)
                 .exec_async(&mut self.state)
@@ -184,9 +209,11 @@ impl UploadQueue {
         let requeued: u64 = Script::new(include_str!("release_claims.lua"))
             .key(UPLOAD_QUEUE)
             .key(claims_key(self.kind))
+            .key(&self.fence.key)
             .arg(self.kind.superseded_prefix())
             .arg(self.kind.record_prefix())
             .arg(&orphans)
+            .arg(&self.fence.token)
             .invoke_async(&mut self.records)
             .await?;
         tracing::warn!(kind = %self.kind, orphans = orphans.len(), requeued,
@@ -226,8 +253,10 @@ impl UploadQueue {
         let saved: u8 = if manifest.queued {
             Script::new(SAVE_IN_FLIGHT)
                 .key(upload_manifest_key(self.kind))
+                .key(&self.fence.key)
                 .arg(&manifest.batch_id)
                 .arg(text)
+                .arg(&self.fence.token)
                 .invoke_async(&mut self.records)
                 .await?
         } else {
@@ -235,9 +264,11 @@ impl UploadQueue {
             Script::new(SAVE_PARKED)
                 .key(parked_manifest_key(self.kind, &manifest.batch_id))
                 .key(parked_index_key(self.kind))
+                .key(&self.fence.key)
                 .arg(&manifest.batch_id)
                 .arg(text)
                 .arg(serde_json::to_string(&summary)?)
+                .arg(&self.fence.token)
                 .invoke_async(&mut self.records)
                 .await?
         };
@@ -283,8 +314,10 @@ impl UploadQueue {
             .arg(&manifest.batch_id)
             .arg(serde_json::to_string(manifest)?)
             .arg(serde_json::to_string(&summary)?)
+            .key(&self.fence.key)
             .arg(queue_keys.len())
-            .arg(&queue_keys);
+            .arg(&queue_keys)
+            .arg(&self.fence.token);
         let trimmed: i64 = invocation.invoke_async(&mut self.records).await?;
         if trimmed < 0 {
             return Err(taken_over(&manifest.batch_id));
@@ -327,9 +360,11 @@ impl UploadQueue {
                     page_script
                         .key(UPLOAD_QUEUE)
                         .key(claims_key(self.kind))
+                        .key(&self.fence.key)
                         .arg(start)
                         .arg(page)
                         .arg(max_bytes - bytes)
+                        .arg(&self.fence.token)
                         .invoke_async(&mut self.records)
                         .await?
                 }
@@ -419,7 +454,9 @@ impl UploadQueue {
         if take == Take::Upload && !manifest.is_empty() {
             let started: u8 = Script::new(START_IN_FLIGHT)
                 .key(upload_manifest_key(self.kind))
+                .key(&self.fence.key)
                 .arg(serde_json::to_string(&manifest)?)
+                .arg(&self.fence.token)
                 .invoke_async(&mut self.records)
                 .await?;
             if started != 1 {
@@ -475,6 +512,7 @@ impl UploadQueue {
         for key in manifest.expired.iter().chain(&manifest.repeated) {
             invocation.arg(key);
         }
+        invocation.key(&self.fence.key).arg(&self.fence.token);
         let counts: Vec<i64> = invocation.invoke_async(&mut self.records).await?;
         match counts[..] {
             [settled, _moved, dead_lettered, _expired] if settled >= 0 => Ok(Settled {

@@ -7,14 +7,20 @@
 -- the extra entry removed. Run at the start of a run, under the upload lock.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- KEYS: 1 upload queue, 2 claims hash
+-- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
 -- ARGV: 1 superseded prefix, 2 record prefix, then claim fields
---       (`<sha1>:<record key>`)
+--       (`<sha1>:<record key>`), then the run's lock token
 -- Returns the number of moved copies queued again.
+
+-- Fence: the run must still hold its kind's upload lock (last KEYS; its
+-- token is the last ARGV), or nothing changes.
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
+  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
+end
 local queue, claims = KEYS[1], KEYS[2]
 local superseded, record_prefix = ARGV[1], ARGV[2]
 local requeued = 0
-for i = 3, #ARGV do
+for i = 3, #ARGV - 1 do
   local field = ARGV[i]
   if redis.call('HDEL', claims, field) == 1 then
     local digest, key = string.match(field, '^(%x+):(.*)$')

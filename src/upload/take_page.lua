@@ -8,10 +8,17 @@
 -- at once leaves no moment in which a version is read but not yet claimed.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- KEYS: 1 upload queue, 2 claims hash
--- ARGV: 1 first index, 2 most entries, 3 most payload bytes
+-- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
+-- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 the run's
+--       lock token
 -- Returns key, value (false when the record is gone), ... for the entries
 -- taken: it stops after the entry whose value reaches the byte budget.
+
+-- Fence: the run must still hold its kind's upload lock (last KEYS; its
+-- token is the last ARGV), or nothing changes.
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
+  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
+end
 local keys = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
 local budget = tonumber(ARGV[3])
 local out, bytes, claims = {}, 0, {}

@@ -191,7 +191,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+pub fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())
