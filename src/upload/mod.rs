@@ -74,8 +74,19 @@ pub async fn run_once<W: Warehouse>(
     let mut locks: Vec<UploadLock> = Vec::new();
     if !options.dry_run {
         for kind in &kinds {
-            let records = connect(settings, settings.db_for(*kind)).await?;
-            match UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await? {
+            let acquired = async {
+                let records = connect(settings, settings.db_for(*kind)).await?;
+                UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await
+            }
+            .await;
+            let acquired = match acquired {
+                Ok(acquired) => acquired,
+                Err(err) => {
+                    release_all(locks).await;
+                    return Err(err);
+                }
+            };
+            match acquired {
                 Ok(lock) => locks.push(lock),
                 Err(Busy {
                     holder,
@@ -368,6 +379,7 @@ impl<W: Warehouse> KindRun<'_, W> {
                 .iter()
                 .filter_map(|&i| Some(manifest.records.get(i)?.digest()))
                 .collect();
+            self.queue.check_fence().await?;
             let written = self
                 .write(&part, &part_rows, &ids, may_have_landed.remove(&part.id))
                 .await;

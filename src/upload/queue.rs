@@ -143,6 +143,24 @@ impl UploadQueue {
         }
     }
 
+    /// Fails unless the run still holds the kind's lock. Asked right before
+    /// each warehouse write, which no Redis script can fence: it narrows the
+    /// window in which a run that lost the lock still writes to the
+    /// warehouse to the write's own duration.
+    pub async fn check_fence(&mut self) -> anyhow::Result<()> {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(&self.fence.key)
+            .query_async(&mut self.records)
+            .await?;
+        if holder.as_deref() != Some(self.fence.token.as_str()) || self.fence.token.is_empty() {
+            anyhow::bail!(
+                "FENCED this run no longer holds {}; stopping before the warehouse write",
+                self.fence.key
+            );
+        }
+        Ok(())
+    }
+
     pub async fn len(&mut self) -> redis::RedisResult<u64> {
         redis::cmd("LLEN")
             .arg(UPLOAD_QUEUE)

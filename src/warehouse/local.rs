@@ -134,8 +134,11 @@ fn scan_recent(dir: &Path, field: &str, window_days: u32) -> Result<Freshness, S
 /// run that took over) cannot interleave, and the first complete file stays.
 fn write_once(dir: &Path, name: &str, content: &[u8]) -> Result<(), SinkError> {
     let target = dir.join(name);
+    // A file another writer finished is trusted only once its directory
+    // entry is on disk: the caller settles (removes the records) next.
+    let durable = || File::open(dir).and_then(|d| d.sync_all());
     if target.exists() {
-        return Ok(());
+        return durable().map_err(|e| io_error(&target, e));
     }
     fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let write = || -> std::io::Result<()> {
@@ -149,10 +152,10 @@ fn write_once(dir: &Path, name: &str, content: &[u8]) -> Result<(), SinkError> {
             Ok(_) => {}
             // Another writer finished the same batch first (and may have
             // swept our temporary file as a leftover); ours is dropped.
-            Err(_) if target.exists() => return Ok(()),
+            Err(_) if target.exists() => return durable(),
             Err(err) => return Err(err.error),
         }
-        File::open(dir)?.sync_all()?;
+        durable()?;
         remove_leftovers(dir, name);
         Ok(())
     };
