@@ -53,6 +53,9 @@ impl Warehouse for LocalWarehouse {
         }
         let table_dir = self.table_dir(batch.table);
         let name = format!("{}.ndjson", batch.batch_id);
+        // Only a batch written before (a crash, a lost lock) can have left
+        // temporary files; others skip the directory scan.
+        let sweep = batch.maybe_written;
         tokio::task::spawn_blocking(move || {
             // One file per day; their fsyncs overlap instead of queueing.
             std::thread::scope(|scope| {
@@ -61,7 +64,7 @@ impl Warehouse for LocalWarehouse {
                     .map(|(day, content)| {
                         let dir = table_dir.join(format!("dt={day}"));
                         let name = &name;
-                        scope.spawn(move || write_once(&dir, name, content))
+                        scope.spawn(move || write_once(&dir, name, content, sweep))
                     })
                     .collect();
                 for writer in writers {
@@ -132,7 +135,7 @@ fn scan_recent(dir: &Path, field: &str, window_days: u32) -> Result<Freshness, S
 /// has a temporary file of its own, and the rename never replaces a
 /// finished file: two writers of one batch (a run that lost its lock and the
 /// run that took over) cannot interleave, and the first complete file stays.
-fn write_once(dir: &Path, name: &str, content: &[u8]) -> Result<(), SinkError> {
+fn write_once(dir: &Path, name: &str, content: &[u8], sweep: bool) -> Result<(), SinkError> {
     let target = dir.join(name);
     // A file another writer finished is trusted only once its directory
     // entry is on disk: the caller settles (removes the records) next.
@@ -156,7 +159,9 @@ fn write_once(dir: &Path, name: &str, content: &[u8]) -> Result<(), SinkError> {
             Err(err) => return Err(err.error),
         }
         durable()?;
-        remove_leftovers(dir, name);
+        if sweep {
+            remove_leftovers(dir, name);
+        }
         Ok(())
     };
     write().map_err(|e| io_error(&target, e))
@@ -250,13 +255,13 @@ mod tests {
         std::thread::scope(|scope| {
             for content in &contents {
                 let path = dir.path();
-                scope.spawn(move || write_once(path, "b1.ndjson", content).expect("write"));
+                scope.spawn(move || write_once(path, "b1.ndjson", content, true).expect("write"));
             }
         });
         let written = fs::read(dir.path().join("b1.ndjson")).expect("file");
         assert!(contents.contains(&written), "one writer's whole file");
         // A later writer with other bytes leaves it alone.
-        write_once(dir.path(), "b1.ndjson", b"late\n").expect("late");
+        write_once(dir.path(), "b1.ndjson", b"late\n", true).expect("late");
         assert_eq!(
             fs::read(dir.path().join("b1.ndjson")).expect("file"),
             written
