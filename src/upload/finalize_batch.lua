@@ -1,9 +1,9 @@
-#!lua flags=allow-oom
 -- Settles a batch the warehouse has confirmed, in the records' database:
 -- uploaded and dead-lettered records leave Redis (key and queue entry),
 -- queue entries whose record was gone are dropped, and the batch's claims
 -- on the versions it read are released. A record is removed only while it
 -- still holds the exact uploaded content.
+-- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
 -- The batch's manifest goes in the same step, so a crash cannot leave a
@@ -31,11 +31,6 @@
 -- already (or another run holds the kind), and settling it again could
 -- drop a newer version's queue entry, so nothing is touched.
 
--- Fence: the run must still hold its kind's upload lock (last KEYS; its
--- token is the last ARGV), or nothing changes.
-if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
-  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
-end
 local prefix_of_manifest = '{"batch_id":"' .. ARGV[8] .. '"'
 if redis.call('GETRANGE', KEYS[4], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
   return {-1}

@@ -1,9 +1,9 @@
-#!lua flags=allow-oom
 -- Parks a batch the warehouse did not take: in one step its entries leave
 -- the upload queue and its manifest moves from in flight to parked, so the
 -- queue behind it goes on, and a later run retries it first. The batch was
 -- cut from the head of the queue, so its entries are trimmed off the head;
 -- any found elsewhere (there should be none) are removed one by one.
+-- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
 -- The versions it claimed stay claimed (see take_page.lua).
@@ -17,11 +17,6 @@
 -- (changing nothing) when the in-flight manifest is gone or names another
 -- batch: another run settled it or holds the kind.
 
--- Fence: the run must still hold its kind's upload lock (last KEYS; its
--- token is the last ARGV), or nothing changes.
-if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
-  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
-end
 local prefix_of_manifest = '{"batch_id":"' .. ARGV[1] .. '"'
 if redis.call('GETRANGE', KEYS[2], 0, #prefix_of_manifest - 1) ~= prefix_of_manifest then
   return -1

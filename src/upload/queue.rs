@@ -42,7 +42,9 @@ const PAGE_BYTES: usize = 1 << 20;
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
 
-/// The fence check every writing script starts with (see `Fence`).
+/// The one place the fence check is written: every script that writes for
+/// an upload starts with it (see `Fence`), after the flags line, which it
+/// gives them too. Included `.lua` files therefore carry neither.
 macro_rules! fenced {
     ($body:expr) => {
         concat!(
@@ -139,7 +141,7 @@ impl UploadQueue {
             state,
             dead_letters,
             fence,
-            finalize: Script::new(include_str!("finalize_batch.lua")),
+            finalize: Script::new(fenced!(include_str!("finalize_batch.lua"))),
         }
     }
 
@@ -224,7 +226,7 @@ impl UploadQueue {
         if orphans.is_empty() {
             return Ok(0);
         }
-        let requeued: u64 = Script::new(include_str!("release_claims.lua"))
+        let requeued: u64 = Script::new(fenced!(include_str!("release_claims.lua")))
             .key(UPLOAD_QUEUE)
             .key(claims_key(self.kind))
             .key(&self.fence.key)
@@ -322,7 +324,7 @@ impl UploadQueue {
         manifest.queued = false;
         let summary = ParkedSummary::of(manifest, Utc::now());
         let queue_keys: Vec<&str> = manifest.queue_keys().collect();
-        let script = Script::new(include_str!("park.lua"));
+        let script = Script::new(fenced!(include_str!("park.lua")));
         let mut invocation = script.prepare_invoke();
         invocation
             .key(UPLOAD_QUEUE)
@@ -363,7 +365,7 @@ impl UploadQueue {
             Take::Upload => 0,
             Take::Look { skip } => skip,
         };
-        let page_script = Script::new(include_str!("take_page.lua"));
+        let page_script = Script::new(fenced!(include_str!("take_page.lua")));
         while manifest.records.len() + manifest.invalid.len() < max_rows && bytes < max_bytes {
             let read = manifest.records.len() + manifest.invalid.len();
             let page = match bytes.checked_div(read) {

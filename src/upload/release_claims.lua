@@ -1,10 +1,10 @@
-#!lua flags=allow-oom
 -- Releases claims no batch owns: an upload killed after it claimed versions
 -- (take_page.lua) but before it saved its manifest leaves them behind. Each
 -- is undone as if it had never been made: when ingest, seeing the claim,
 -- moved a newer version's predecessor aside without queueing it and gave
 -- the record key an extra queue entry, the moved copy is queued again and
 -- the extra entry removed. Run at the start of a run, under the upload lock.
+-- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
 -- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
@@ -12,11 +12,6 @@
 --       (`<sha1>:<record key>`), then the run's lock token
 -- Returns the number of moved copies queued again.
 
--- Fence: the run must still hold its kind's upload lock (last KEYS; its
--- token is the last ARGV), or nothing changes.
-if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
-  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
-end
 local queue, claims = KEYS[1], KEYS[2]
 local superseded, record_prefix = ARGV[1], ARGV[2]
 local requeued = 0

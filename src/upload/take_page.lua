@@ -1,4 +1,3 @@
-#!lua flags=allow-oom
 -- Reads one page of the upload queue for a batch and claims, in the same
 -- step, each version it reads: field `<sha1 of the value>:<key>` in the
 -- claims hash. A claimed version belongs to its batch until the batch is
@@ -6,6 +5,7 @@
 -- the claimed one aside without queueing it again (the batch uploads it)
 -- and gives the newer one a queue entry of its own. Reading and claiming
 -- at once leaves no moment in which a version is read but not yet claimed.
+-- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
 -- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
@@ -14,11 +14,6 @@
 -- Returns key, value (false when the record is gone), ... for the entries
 -- taken: it stops after the entry whose value reaches the byte budget.
 
--- Fence: the run must still hold its kind's upload lock (last KEYS; its
--- token is the last ARGV), or nothing changes.
-if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
-  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')
-end
 local keys = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
 local budget = tonumber(ARGV[3])
 local out, bytes, claims = {}, 0, {}
