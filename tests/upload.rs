@@ -417,17 +417,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     let env = Env::new(&redis);
     let v1 = br#"{"_timestamp":"2025-09-22T10:00:00Z","transaction_id":"tx_again","amount":10}"#;
     let v2 = br#"{"_timestamp":"2025-09-23T10:00:00Z","transaction_id":"tx_again","amount":20}"#;
-    let ingest = |event: &[u8], queued: u64| {
-        let mut conn = redis.conn(0);
-        xadd(&mut conn, "stream:transactions", &[("data", event)]);
-        let mut service = env.service("ingest");
-        wait_until(Duration::from_secs(60), "ingested", || {
-            llen(&mut conn, "upload_queue") == queued
-                && pending(&mut conn, "stream:transactions") == 0
-        });
-        assert!(service.terminate().success());
-    };
-    ingest(v1, 1);
+    ingest_transactions(&redis, &env, &[v1], 1);
 
     let (mut uploads, lock) = locked_queue(&redis, EventKind::Transaction).await;
     let (manifest, rows) = uploads
@@ -437,7 +427,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
     assert_eq!(manifest.records.len(), 1);
 
     // While the batch is "in the warehouse's hands", the id comes back with new content.
-    ingest(v2, 2);
+    ingest_transactions(&redis, &env, &[v2], 2);
 
     let warehouse = LocalWarehouse::new(env.dir.path().join("warehouse"));
     let ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
@@ -638,19 +628,7 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     let v1 = br#"{"_timestamp":"2025-09-22T10:00:00Z","transaction_id":"tx_a","amount":10}"#;
     let v2 = br#"{"_timestamp":"2025-09-23T10:00:00Z","transaction_id":"tx_a","amount":20}"#;
     let other = br#"{"_timestamp":"2025-09-22T11:00:00Z","transaction_id":"tx_b","amount":30}"#;
-    let ingest = |events: &[&[u8]], queued: u64| {
-        let mut conn = redis.conn(0);
-        for event in events {
-            xadd(&mut conn, "stream:transactions", &[("data", event)]);
-        }
-        let mut service = env.service("ingest");
-        wait_until(Duration::from_secs(60), "ingested", || {
-            llen(&mut conn, "upload_queue") == queued
-                && pending(&mut conn, "stream:transactions") == 0
-        });
-        assert!(service.terminate().success());
-    };
-    ingest(&[v1, other], 2);
+    ingest_transactions(&redis, &env, &[v1, other], 2);
     // A second queue entry for tx_a: the batch will carry it as `repeated`.
     let mut conn = redis.conn(0);
     let _: () = redis::cmd("RPUSH")
@@ -677,7 +655,7 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
     let (code, _, text) = upload(&env, &[]);
     assert_eq!(code, Some(0), "{text}");
     // ... and tx_a comes back with new content, queued once.
-    ingest(&[v2], 1);
+    ingest_transactions(&redis, &env, &[v2], 1);
 
     // The stale run wakes up: every step that writes is fenced off.
     let refused = [
@@ -867,4 +845,18 @@ fn an_uploader_paused_past_its_lock_s_expiry_writes_nothing_twice() {
         }
         assert_redis_drained(&redis);
     }
+}
+
+/// Pushes `events` onto the transaction stream and runs the workers until
+/// the queue holds `queued` entries and nothing is pending.
+fn ingest_transactions(redis: &RedisServer, env: &Env, events: &[&[u8]], queued: u64) {
+    let mut conn = redis.conn(0);
+    for event in events {
+        xadd(&mut conn, "stream:transactions", &[("data", event)]);
+    }
+    let mut service = env.service("ingest");
+    wait_until(Duration::from_secs(60), "ingested", || {
+        llen(&mut conn, "upload_queue") == queued && pending(&mut conn, "stream:transactions") == 0
+    });
+    assert!(service.terminate().success());
 }
