@@ -98,6 +98,18 @@ pub struct UploadSettings {
     pub load_jobs_per_day: u64,
     /// Batches that may wait parked per kind before the queue waits too.
     pub max_parked: usize,
+    /// What settling does with an uploaded record (`FLIT_KEEP_UPLOADED`).
+    pub uploaded: AfterUpload,
+}
+
+/// What becomes of a record once the warehouse has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpload {
+    /// It stays readable by id for the rest of its TTL, marked as uploaded
+    /// beside it, so a late copy of it is recognised and never queued again.
+    Keep,
+    /// It leaves Redis (the record and its queue entry).
+    Remove,
 }
 
 /// Where uploads go (used by the upload commands).
@@ -259,6 +271,10 @@ impl Settings {
                 lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
                 load_jobs_per_day: env.bounded("FLIT_LOAD_JOBS_PER_DAY", 1_000, 1, 1_500)?,
                 max_parked: env.bounded("FLIT_UPLOAD_MAX_PARKED", 10, 0, 1_000)?,
+                uploaded: match env.flag("FLIT_KEEP_UPLOADED", true)? {
+                    true => AfterUpload::Keep,
+                    false => AfterUpload::Remove,
+                },
             },
             monitor: MonitorSettings {
                 alert_memory_mb: env.bounded("FLIT_ALERT_MEMORY_MB", 400, 1, 1 << 20)?,
@@ -379,6 +395,18 @@ impl Env<'_> {
             .map(Duration::from_millis)
     }
 
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(self.error(name, format!("expected true or false, got {text:?}"))),
+        }
+    }
+
     /// A share from 0 to 1, such as 0.05.
     fn fraction(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
         let Some(text) = self.text(name) else {
@@ -480,6 +508,11 @@ mod tests {
         assert_eq!(s.monitor.alert_queue, 10_000);
         assert_eq!(s.monitor.alert_upload_age, Duration::from_secs(26 * 3_600));
         assert_eq!(s.monitor.alert_failure_rate, 0.05);
+        assert_eq!(s.upload.uploaded, AfterUpload::Keep);
+        let s = settings(&[("FLIT_KEEP_UPLOADED", "false")]).expect("valid");
+        assert_eq!(s.upload.uploaded, AfterUpload::Remove);
+        let err = settings(&[("FLIT_KEEP_UPLOADED", "maybe")]).expect_err("not a flag");
+        assert_eq!(err.variable, "FLIT_KEEP_UPLOADED");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub fn upload_lock_key(kind: EventKind) -> String {
     format!("flit:upload:lock:{}", kind.name())
 }
 
+/// The version of the key layout in this database (see `layout`); in each
+/// kind's database.
+pub const LAYOUT: &str = "flit:layout";
+
 /// The report of the last upload run (JSON).
 pub const UPLOAD_LAST_RUN: &str = "flit:upload:last_run";
 
@@ -51,6 +55,13 @@ pub fn parked_manifest_key(kind: EventKind, batch_id: &str) -> String {
 /// a hash with fields `<sha1 of the value>:<record key>` (see take_page.lua).
 pub fn claims_key(kind: EventKind) -> String {
     format!("flit:upload:claims:{}", kind.name())
+}
+
+/// Records of `kind` stored during one hour (`<hour>`: hours since the Unix
+/// epoch, by Redis's clock): a counter the commit adds to, expiring after 25
+/// hours, which `monitor` sums to project the memory records will take.
+pub fn stored_per_hour_prefix(kind: EventKind) -> String {
+    format!("flit:stored:{}:", kind.name())
 }
 
 /// Load jobs started for `kind`'s table in the last 24 hours: a sorted set
@@ -136,6 +147,23 @@ impl EventKind {
         }
     }
 
+    /// Prefix of the uploaded marks: `tx!{id}` is a string of the 40-digit
+    /// SHA-1s of the versions of record `id` already uploaded, one after
+    /// the other, expiring with the record. A mark
+    /// lives beside the record, never inside it, so the record stays the
+    /// event's JSON for a plain GET. The `!` can never follow `tx` in a
+    /// record key or a superseded-version key.
+    pub fn uploaded_mark_prefix(self) -> &'static str {
+        match self {
+            EventKind::Transaction => "tx!",
+            EventKind::Prediction => "pred!",
+        }
+    }
+
+    pub fn uploaded_mark_key(self, id: &str) -> String {
+        format!("{}{id}", self.uploaded_mark_prefix())
+    }
+
     pub fn record_key(self, id: &str) -> String {
         format!("{}{id}", self.record_prefix())
     }
@@ -190,6 +218,7 @@ mod tests {
     fn keys_follow_the_design() {
         assert_eq!(EventKind::Transaction.record_key("tx_1"), "tx:tx_1");
         assert_eq!(EventKind::Prediction.record_key("p"), "pred:p");
+        assert_eq!(EventKind::Transaction.uploaded_mark_key("t"), "tx!t");
         assert_eq!(
             EventKind::Prediction.dead_letter_stream(),
             "stream:predictions:dead"

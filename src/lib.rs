@@ -10,6 +10,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod layout;
 pub mod monitor;
 pub mod producer;
 pub mod redis_target;

@@ -68,8 +68,13 @@ fn assert_drained(redis: &RedisServer) {
         "queues empty"
     );
     assert!(
-        keys(&mut tx, "tx*").is_empty() && keys(&mut pred, "pred*").is_empty(),
-        "records gone"
+        unuploaded_records(&mut tx, "tx").is_empty()
+            && unuploaded_records(&mut pred, "pred").is_empty(),
+        "every record uploaded (kept and marked)"
+    );
+    assert!(
+        keys(&mut tx, "tx@*").is_empty() && keys(&mut pred, "pred@*").is_empty(),
+        "no older version left"
     );
     assert!(
         keys(&mut tx, "flit:upload:inflight:*").is_empty(),

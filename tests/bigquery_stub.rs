@@ -531,7 +531,7 @@ fn a_400_fails_fast_with_bigquerys_message_and_keeps_the_records() {
         "parked: out of the queue"
     );
     assert_eq!(
-        keys(&mut conn, "pred:*").len(),
+        unuploaded_records(&mut conn, "pred").len(),
         N,
         "records wait for the next run"
     );
@@ -541,7 +541,7 @@ fn a_400_fails_fast_with_bigquerys_message_and_keeps_the_records() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(report["tables"][0]["parked_waiting"], 0, "{text}");
     assert_eq!(stub.lock().expect("stub").rows.len(), N);
-    assert!(keys(&mut conn, "pred:*").is_empty());
+    assert!(unuploaded_records(&mut conn, "pred").is_empty());
     assert!(
         keys(&mut conn, "flit:upload:parked*").is_empty(),
         "nothing parked is left"
@@ -652,7 +652,7 @@ fn rows_a_load_job_names_are_dead_lettered_and_the_rest_loads_in_the_same_run() 
                 && reason.contains("Could not convert value to double"))
     );
     assert_eq!(llen(&mut redis.conn(1), "upload_queue"), 0);
-    assert!(keys(&mut redis.conn(1), "pred:*").is_empty());
+    assert!(unuploaded_records(&mut redis.conn(1), "pred").is_empty());
 }
 
 #[test]
@@ -748,7 +748,7 @@ fn a_quota_sets_the_table_aside_without_splitting_or_giving_up_anything() {
     assert_eq!(table["attempts"], 1, "not retried, not split: {text}");
     assert_eq!(stub.lock().expect("stub").job_ids_seen.len(), 1);
     assert_eq!(
-        keys(&mut redis.conn(1), "pred:*").len(),
+        unuploaded_records(&mut redis.conn(1), "pred").len(),
         N,
         "every record kept"
     );
@@ -768,7 +768,7 @@ fn a_quota_sets_the_table_aside_without_splitting_or_giving_up_anything() {
     let (code, _, text) = upload_predictions(&env);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(committed(&stub).len(), N);
-    assert!(keys(&mut redis.conn(1), "pred:*").is_empty());
+    assert!(unuploaded_records(&mut redis.conn(1), "pred").is_empty());
 }
 
 #[test]
@@ -793,7 +793,11 @@ fn the_daily_load_job_budget_sets_the_table_aside_when_spent() {
     );
     assert_eq!(stub.lock().expect("stub").job_ids_seen.len(), 2);
     let mut conn = redis.conn(1);
-    assert_eq!(keys(&mut conn, "pred:*").len(), N - 20, "the rest waits");
+    assert_eq!(
+        unuploaded_records(&mut conn, "pred").len(),
+        N - 20,
+        "the rest waits"
+    );
     let used: u64 = redis::cmd("ZCARD")
         .arg("flit:upload:load_jobs:predictions")
         .query(&mut conn)
@@ -877,7 +881,10 @@ fn a_batch_that_keeps_failing_is_parked_and_the_queue_behind_it_goes_on() {
     assert_eq!(rows["stuck_1"], 2, "both versions, once each");
     assert_eq!(rows.len(), N + 1);
     assert!(rows.iter().all(|(id, n)| *n == 1 || id == "stuck_1"));
-    assert!(keys(&mut conn, "pred*").is_empty(), "nothing left behind");
+    assert!(
+        unuploaded_records(&mut conn, "pred").is_empty() && keys(&mut conn, "pred@*").is_empty(),
+        "nothing left behind"
+    );
     assert!(keys(&mut conn, "flit:upload:parked*").is_empty());
     assert_eq!(llen(&mut conn, "upload_queue"), 0);
 }
@@ -912,7 +919,7 @@ fn sigterm_stops_batch_upload_in_a_retry_pause_and_keeps_the_batch() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert_eq!(
-        keys(&mut redis.conn(1), "pred:*").len(),
+        unuploaded_records(&mut redis.conn(1), "pred").len(),
         N,
         "the batch is kept"
     );
@@ -941,7 +948,7 @@ fn stream_mode_looks_before_resending_and_sends_only_what_did_not_land() {
     let stub = stub.lock().expect("stub");
     assert!(stub.insert_ids.values().all(|n| *n == 1));
     assert!(stub.queries >= 2, "counted, then read what landed");
-    assert!(keys(&mut redis.conn(1), "pred:*").is_empty());
+    assert!(unuploaded_records(&mut redis.conn(1), "pred").is_empty());
 }
 
 #[test]
@@ -984,7 +991,8 @@ fn a_version_replaced_while_its_batch_is_written_then_parked_is_neither_lost_nor
         rows.iter().all(|(id, n)| *n == 1 || id == "stuck_1"),
         "{rows:?}"
     );
-    assert!(keys(&mut conn, "pred*").is_empty());
+    assert!(unuploaded_records(&mut conn, "pred").is_empty());
+    assert!(keys(&mut conn, "pred@*").is_empty());
     assert!(
         keys(&mut conn, "flit:upload:*")
             .iter()

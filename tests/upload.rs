@@ -48,10 +48,20 @@ fn assert_redis_drained(redis: &RedisServer) {
     let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
     assert_eq!(llen(&mut tx, "upload_queue"), 0, "transaction queue empty");
     assert_eq!(llen(&mut pred, "upload_queue"), 0, "prediction queue empty");
-    assert!(keys(&mut tx, "tx*").is_empty(), "transaction records gone");
+    assert_eq!(
+        unuploaded_records(&mut tx, "tx"),
+        Vec::<String>::new(),
+        "every transaction record uploaded (kept and marked)"
+    );
+    assert_eq!(
+        unuploaded_records(&mut pred, "pred"),
+        Vec::<String>::new(),
+        "every prediction record uploaded (kept and marked)"
+    );
+    assert!(keys(&mut tx, "tx@*").is_empty(), "no older version left");
     assert!(
-        keys(&mut pred, "pred*").is_empty(),
-        "prediction records gone"
+        keys(&mut pred, "pred@*").is_empty(),
+        "no older version left"
     );
     assert!(
         keys(&mut tx, "flit:upload:inflight:*").is_empty(),
@@ -236,10 +246,18 @@ fn invalid_records_are_dead_lettered_and_expired_ones_counted_never_silent() {
     codes.sort();
     assert_eq!(codes, ["invalid_json", "invalid_type", "invalid_type"]);
     assert!(dead.iter().all(|(_, f)| f["data"].starts_with(b"{")));
-    assert!(
-        keys(&mut conn, "pred:*").is_empty(),
-        "the refused records left Redis with their dead letter"
+    for (key, _) in past_the_door {
+        assert!(
+            !keys(&mut conn, "pred:*").contains(key),
+            "the refused record {key} left Redis with its dead letter"
+        );
+    }
+    assert_eq!(
+        keys(&mut conn, "pred:*").len(),
+        97,
+        "uploaded records stay readable"
     );
+    assert_eq!(unuploaded_records(&mut conn, "pred"), Vec::<String>::new());
 }
 
 #[test]
@@ -609,7 +627,8 @@ fn orphan_claim_released(successor_uploaded_meanwhile: bool) {
     scores.sort_by(f64::total_cmp);
     assert_eq!(scores, expected, "each version once");
     assert!(keys(&mut pred, "flit:upload:claims:*").is_empty());
-    assert!(keys(&mut pred, "pred*").is_empty());
+    assert_eq!(unuploaded_records(&mut pred, "pred"), Vec::<String>::new());
+    assert!(keys(&mut pred, "pred@*").is_empty());
     assert_eq!(llen(&mut pred, "upload_queue"), 0);
 }
 
@@ -798,6 +817,7 @@ async fn locked_queue(
             keep_bytes: 4096,
             max_len: 100_000,
         },
+        flit_cache::configuration::AfterUpload::Remove,
         lock.fence(),
     );
     (queue, lock)

@@ -73,7 +73,10 @@ pub enum MemoryLimit {
     Exceed,
 }
 
-const COMMIT_BODY: &str = include_str!("commit_batch.lua");
+const COMMIT_BODY: &str = concat!(
+    include_str!("../uploaded_marks.lua"),
+    include_str!("commit_batch.lua")
+);
 
 impl BatchCommit {
     /// Commits of `kind`: records kept `ttl_seconds`, each dead-letter stream
@@ -125,7 +128,9 @@ impl BatchCommit {
             .arg(self.dead_letter_cap)
             .arg(accepted.len())
             .arg(rejected.len())
-            .arg(kind.timestamp_field());
+            .arg(kind.timestamp_field())
+            .arg(kind.uploaded_mark_prefix())
+            .arg(crate::keys::stored_per_hour_prefix(kind));
         for entry in accepted {
             let event = &entry.event;
             let stamp = event.stamped_at_arrival;

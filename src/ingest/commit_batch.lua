@@ -5,11 +5,19 @@
 -- (The `#!lua` line that makes Redis check memory before running it, with
 -- or without allow-oom, is put in front by commit.rs.)
 --
+-- The common path costs one command per event: `SET key payload NX GET EX
+-- ttl` stores a new record, or answers the record already there without
+-- touching it (a duplicate, uploaded or not, is then recognised by its
+-- bytes). The call ends with one RPUSH of every key queued and one XACK.
+-- Only an id reused with another payload (rare) reads more: the claims
+-- and the uploaded marks (see docs/architecture.md, "Storage layout").
+--
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue, 4 counter of dead
 --       letters the cap trimmed, 5 versions batches have claimed (a hash)
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
---       8 the event time field,
+--       8 the event time field, 9 the uploaded-mark prefix, 10 the prefix
+--       of the per-hour counter of records stored,
 --       then per accepted event: entry id, record id, payload, original,
 --         stamp offset, stamp length (original is empty unless the
 --         timestamp was stamped at arrival: the payload is then the original
@@ -24,6 +32,8 @@ local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
 local cap = tonumber(ARGV[5])
 local accepted, rejected = tonumber(ARGV[6]), tonumber(ARGV[7])
 local time_field = ARGV[8]
+local mark_prefix = ARGV[9]
+local stored_counter_prefix = ARGV[10]
 
 -- A copy of an event that carried no time of its own differs from the stored
 -- record only in the arrival time stamped into it: compare around the stamp,
@@ -44,48 +54,64 @@ local function same_apart_from_stamp(current, original, at, replaced)
     and is_stamp(middle:sub(#head + 1, -2))
 end
 
--- Usually no upload is under way: then no lookup of claims at all.
-local any_claims = redis.call('EXISTS', claims) == 1
+-- Looked up only on the rare path, and then once: usually no upload is
+-- under way and the hash does not exist.
+local any_claims = nil
+local function claimed(field)
+  if any_claims == nil then any_claims = redis.call('EXISTS', claims) == 1 end
+  return any_claims and redis.call('HEXISTS', claims, field) == 1
+end
+-- Whether the version of record `id` hashing to `digest` was uploaded
+-- already: settling appends its SHA-1 to the mark beside the record (see
+-- finalize_batch.lua).
+local function uploaded(id, digest)
+  return is_marked(redis.call('GET', mark_prefix .. id), digest)
+end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
-local acks = {}
-local i = 9
+local acks, queued = {}, {}
+local i = 11
 
 for _ = 1, accepted do
   local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local at, replaced = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   i = i + 6
   local key = record_prefix .. id
-  local current = redis.call('GET', key)
+  local current = redis.call('SET', key, payload, 'NX', 'GET', 'EX', ttl)
   if not current then
-    redis.call('SET', key, payload, 'EX', ttl)
-    redis.call('RPUSH', queue, key)
+    queued[#queued + 1] = key
     stored = stored + 1
   elseif current == payload or same_apart_from_stamp(current, original, at, replaced) then
-    -- The same event again (redelivery, producer retry): nothing new.
+    -- The same event again (redelivery, producer retry, a late copy of an
+    -- uploaded record): nothing new.
     duplicates = duplicates + 1
   else
-    local this_version = superseded_prefix .. redis.sha1hex(payload) .. ':' .. id
-    if redis.call('EXISTS', this_version) == 1 then
-      -- An older version seen again while it still waits for upload.
+    local version = redis.sha1hex(payload)
+    if redis.call('EXISTS', superseded_prefix .. version .. ':' .. id) == 1
+        or uploaded(id, version) then
+      -- An older version seen again, still waiting or uploaded already.
       duplicates = duplicates + 1
     else
-      -- The id was reused with another payload. The waiting version moves to
-      -- a key of its own and keeps its expiry; the record key takes the
-      -- newest payload, so lookups see it. Whoever owned the waiting version
-      -- still owns it: a queue entry (then the record key's entry passes to
-      -- the newest, and the moved version is queued), or a batch that claimed
-      -- it (then the batch uploads it from its new key, and the newest gets a
-      -- queue entry of its own).
+      -- The id was reused with another payload; the record key takes the
+      -- newest, so lookups see it. The version it held is either
+      -- - uploaded: nothing waits for it; the newest is queued;
+      -- - claimed by a batch: it moves to a key of its own (keeping its
+      --   expiry), where the batch finds it, and the newest is queued;
+      -- - waiting in the queue: it moves likewise and is queued there,
+      --   and the record key's queue entry passes to the newest.
       local digest = redis.sha1hex(current)
-      local previous = superseded_prefix .. digest .. ':' .. id
-      local left = redis.call('PTTL', key)
-      if left <= 0 then left = ttl * 1000 end
-      redis.call('SET', previous, current, 'PX', left)
-      if any_claims and redis.call('HEXISTS', claims, digest .. ':' .. key) == 1 then
-        redis.call('RPUSH', queue, key)
+      if uploaded(id, digest) then
+        queued[#queued + 1] = key
       else
-        redis.call('RPUSH', queue, previous)
+        local previous = superseded_prefix .. digest .. ':' .. id
+        local left = redis.call('PTTL', key)
+        if left <= 0 then left = ttl * 1000 end
+        redis.call('SET', previous, current, 'PX', left)
+        if claimed(digest .. ':' .. key) then
+          queued[#queued + 1] = key
+        else
+          queued[#queued + 1] = previous
+        end
       end
       redis.call('SET', key, payload, 'EX', ttl)
       superseded = superseded + 1
@@ -111,9 +137,16 @@ if dead_lettered > 0 then
   if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
 end
 
--- XACK in slices: Lua's unpack has a limit on the number of values.
-for first = 1, #acks, 200 do
-  redis.call('XACK', stream, group, unpack(acks, first, math.min(first + 199, #acks)))
+-- Records stored this hour, for monitor's memory projection.
+if stored + superseded > 0 then
+  local counter = stored_counter_prefix .. math.floor(tonumber(redis.call('TIME')[1]) / 3600)
+  redis.call('INCRBY', counter, stored + superseded)
+  redis.call('EXPIRE', counter, 90000)
 end
+
+-- One RPUSH and one XACK for the call (the worker keeps a call's entries
+-- well under Lua's limit on unpacked values).
+if #queued > 0 then redis.call('RPUSH', queue, unpack(queued)) end
+redis.call('XACK', stream, group, unpack(acks))
 
 return {stored, duplicates, superseded, dead_lettered, trimmed}

@@ -23,9 +23,14 @@ use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind, UPLOAD_QUEUE};
 use crate::redis_target;
 use crate::service_metrics;
 
-/// Upper bound of payload bytes in one commit, so a batch of large events
-/// does not become one huge script call.
-const MAX_COMMIT_BYTES: usize = 8 * 1024 * 1024;
+/// Upper bounds of one commit call, so that it runs about a millisecond in
+/// Redis (a script blocks every other client, the producers' XADDs
+/// included) and stays far below Lua's limit on unpacked values (its one
+/// RPUSH and one XACK take every entry of the call). A read batch
+/// (`FLIT_BATCH_SIZE`) is committed in as many calls as these bounds need;
+/// each call is atomic on its own.
+const MAX_COMMIT_EVENTS: usize = 200;
+const MAX_COMMIT_BYTES: usize = 1024 * 1024;
 
 /// How often a worker that met a full Redis tries its batch again.
 const OOM_PAUSE: Duration = Duration::from_millis(500);
@@ -156,6 +161,7 @@ impl StreamWorker {
         let response_timeout = self.settings.block + Duration::from_secs(5);
         let mut conn =
             redis_target::connect(&self.client, Duration::from_secs(2), response_timeout).await?;
+        crate::layout::claim(&mut conn).await?;
         ensure_group(&mut conn, self.kind.stream()).await?;
         let now = Instant::now();
         Ok(Session {
@@ -289,7 +295,7 @@ impl StreamWorker {
                     0
                 }
             };
-            if bytes >= MAX_COMMIT_BYTES {
+            if bytes >= MAX_COMMIT_BYTES || accepted.len() + rejected.len() >= MAX_COMMIT_EVENTS {
                 self.commit_slice(conn, &mut accepted, &mut rejected, totals, read_at)
                     .await?;
                 bytes = 0;

@@ -1,8 +1,10 @@
 -- Settles a batch the warehouse has confirmed, in the records' database:
--- uploaded and dead-lettered records leave Redis (key and queue entry),
--- queue entries whose record was gone are dropped, and the batch's claims
--- on the versions it read are released. A record is removed only while it
--- still holds the exact uploaded content.
+-- uploaded records leave the queue and are marked uploaded beside the
+-- record (`tx!{id}`, the uploaded versions' SHA-1s one after the other,
+-- expiring with the record), or, with FLIT_KEEP_UPLOADED=false, leave Redis; dead-lettered
+-- records leave Redis; queue entries whose record was gone are dropped,
+-- and the batch's claims on the versions it read are released. A record
+-- is touched only while it still holds the exact uploaded content.
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
@@ -16,7 +18,8 @@
 --       kind's upload lock
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 expired
 --       count, 5 repeated count, 6 dead-letter cap, 7 'queued' or 'parked',
---       8 batch id,
+--       8 batch id, 9 'keep' or 'remove' (what becomes of an uploaded
+--       record), 10 uploaded-mark prefix,
 --       per uploaded: queue key, id, sha1 of payload
 --       per dead:     queue key, id, sha1 of payload, reason code, reason,
 --                     payload kept (a prefix when long), whole size,
@@ -41,6 +44,8 @@ local uploaded, dead_count = tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired, repeated = tonumber(ARGV[4]), tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
 local queued = ARGV[7] == 'queued'
+local keep = ARGV[9] == 'keep'
+local mark_prefix = ARGV[10]
 local settled, moved_on, dead_lettered, expired_removed = 0, 0, 0, 0
 
 -- Queue entries to remove (key -> how many) and record keys to delete.
@@ -55,24 +60,44 @@ end
 -- Whether a version is still claimed matters only when it left its key.
 local release = {}
 
--- Marks for removal the version of record `id` whose content hashes to
--- `digest`; returns true if it was still there.
-local function settle(key, id, digest)
+-- Marks version `digest` of record `id` uploaded, for as long as `holder`
+-- (the key holding that version) lives: ingest then takes a late copy of
+-- it for what it is, a duplicate, and no queue entry uploads it again.
+-- (A string of 40-digit SHA-1s, not a hash: most records have one version,
+-- and a short string is the smallest thing Redis keeps.)
+local function mark_uploaded(id, digest, holder)
+  local mark = mark_prefix .. id
+  if not is_marked(redis.call('GET', mark), digest) then redis.call('APPEND', mark, digest) end
+  local left = redis.call('PTTL', holder)
+  if left > 0 and left > redis.call('PTTL', mark) then redis.call('PEXPIRE', mark, left) end
+end
+
+-- Settles the version of record `id` whose content hashes to `digest`:
+-- `uploaded` when the warehouse took it (kept and marked, or removed), else
+-- it was dead-lettered (removed). Returns true if it was still there.
+local function settle(key, id, digest, uploaded)
   local field = digest .. ':' .. key
   release[#release + 1] = field
   local current = redis.call('GET', key)
   if current and redis.sha1hex(current) == digest then
-    delete[#delete + 1] = key
+    if uploaded and keep then mark_uploaded(id, digest, key) end
+    -- Kept only at the record key: an older version's own key goes, as
+    -- lookups read the newest and the mark recognises a late copy.
+    if not (uploaded and keep) or key:sub(1, #superseded) == superseded then
+      delete[#delete + 1] = key
+    end
     drop_entry(key)
     return true
   end
   -- Gone (expired), or a newer version took the key while this one was
-  -- uploading: then ingest moved this one to a key of its own. Remove it.
+  -- uploading: then ingest moved this one to a key of its own. Remove it
+  -- (lookups read the newest; the mark recognises a late copy).
   local claimed = redis.call('HEXISTS', claims, field) == 1
   local moved = superseded .. digest .. ':' .. id
   local copy = redis.call('GET', moved)
   local found = copy and redis.sha1hex(copy) == digest
   if found then
+    if uploaded and keep then mark_uploaded(id, digest, moved) end
     delete[#delete + 1] = moved
     moved_on = moved_on + 1
   end
@@ -89,9 +114,9 @@ local function settle(key, id, digest)
   return found
 end
 
-local i = 9
+local i = 11
 for _ = 1, uploaded do
-  if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2]) then settled = settled + 1 end
+  if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], true) then settled = settled + 1 end
   i = i + 3
 end
 -- A dead letter is written from the manifest's copy while the batch still
@@ -103,7 +128,7 @@ end
 for _ = 1, dead_count do
   local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local claimed = redis.call('HEXISTS', claims, digest .. ':' .. key) == 1
-  if settle(key, id, digest) or claimed then
+  if settle(key, id, digest, false) or claimed then
     redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 3], 'reason', ARGV[i + 4],
                'source_key', key, 'data', ARGV[i + 5], 'size', ARGV[i + 6],
                'sha1', digest, 'truncated', ARGV[i + 7])

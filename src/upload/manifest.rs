@@ -74,9 +74,17 @@ pub struct Split {
     pub parts_made: u32,
 }
 
+/// The manifest format this binary writes and reads. 1: the format before
+/// it carried a version (read as 1). A newer one is refused, never misread.
+pub const MANIFEST_FORMAT: u32 = 2;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchManifest {
+    /// Must stay the first field: scripts check a manifest's batch by its
+    /// text's beginning (`{"batch_id":"…"`).
     pub batch_id: String,
+    #[serde(default = "format_one")]
+    pub format: u32,
     pub kind: EventKind,
     pub ingested_at: DateTime<Utc>,
     pub records: Vec<BatchRecord>,
@@ -102,11 +110,16 @@ fn in_the_queue() -> bool {
     true
 }
 
+fn format_one() -> u32 {
+    1
+}
+
 impl BatchManifest {
     pub fn new(kind: EventKind) -> Self {
         let ingested_at = unique_now();
         BatchManifest {
             batch_id: new_batch_id(kind, ingested_at),
+            format: MANIFEST_FORMAT,
             kind,
             ingested_at,
             records: Vec::new(),

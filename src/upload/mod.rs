@@ -75,7 +75,10 @@ pub async fn run_once<W: Warehouse>(
     if !options.dry_run {
         for kind in &kinds {
             let acquired = async {
-                let records = connect(settings, settings.db_for(*kind)).await?;
+                let mut records = connect(settings, settings.db_for(*kind)).await?;
+                crate::layout::claim(&mut records)
+                    .await
+                    .with_context(|| format!("database {} ({kind})", settings.db_for(*kind)))?;
                 UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await
             }
             .await;
@@ -168,6 +171,7 @@ async fn upload_table<W: Warehouse>(
                 records.clone(),
                 state.clone(),
                 settings.dead_letters,
+                settings.upload.uploaded,
                 lock.map_or_else(|| Fence::closed(kind), UploadLock::fence),
             ),
             jobs: LoadJobBudget::new(records, kind, settings.upload.load_jobs_per_day),

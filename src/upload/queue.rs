@@ -25,8 +25,10 @@ use redis::Script;
 use redis::aio::MultiplexedConnection;
 
 use super::lock::Fence;
-pub use super::manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary};
-use crate::configuration::DeadLetterSettings;
+pub use super::manifest::{
+    BatchManifest, BatchRecord, InvalidRecord, MANIFEST_FORMAT, ParkedSummary,
+};
+use crate::configuration::{AfterUpload, DeadLetterSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::Rejection;
 use crate::keys::{
@@ -44,7 +46,8 @@ const MAX_PAGE: usize = 4_000;
 
 /// The one place the fence check is written: every script that writes for
 /// an upload starts with it (see `Fence`), after the flags line, which it
-/// gives them too. Included `.lua` files therefore carry neither.
+/// gives them too, followed by the uploaded-mark helper. Included `.lua`
+/// files therefore carry none of these.
 macro_rules! fenced {
     ($body:expr) => {
         concat!(
@@ -52,6 +55,7 @@ macro_rules! fenced {
             "if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then\n",
             "  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')\n",
             "end\n",
+            include_str!("../uploaded_marks.lua"),
             $body
         )
     };
@@ -121,6 +125,8 @@ pub struct UploadQueue {
     /// Database 0, where today's binary kept the in-flight manifest.
     state: MultiplexedConnection,
     dead_letters: DeadLetterSettings,
+    /// Whether settling keeps uploaded records (marked) or removes them.
+    after_upload: AfterUpload,
     /// The run's hold on the kind's upload lock, checked by every script
     /// that writes.
     fence: Fence,
@@ -133,6 +139,7 @@ impl UploadQueue {
         records: MultiplexedConnection,
         state: MultiplexedConnection,
         dead_letters: DeadLetterSettings,
+        after_upload: AfterUpload,
         fence: Fence,
     ) -> Self {
         UploadQueue {
@@ -140,6 +147,7 @@ impl UploadQueue {
             records,
             state,
             dead_letters,
+            after_upload,
             fence,
             finalize: Script::new(fenced!(include_str!("finalize_batch.lua"))),
         }
@@ -375,7 +383,9 @@ impl UploadQueue {
             .min(max_rows - read);
             // Bytes, not text: a value that is not UTF-8 (set by hand past
             // the door) is one bad record, not a batch that never loads.
-            let entries: Vec<(String, Option<Vec<u8>>)> = match take {
+            // The third value says the version was uploaded already: its
+            // entry is a stale one (take_page.lua).
+            let entries: Vec<(String, Option<Vec<u8>>, u8)> = match take {
                 Take::Upload => {
                     page_script
                         .key(UPLOAD_QUEUE)
@@ -384,6 +394,9 @@ impl UploadQueue {
                         .arg(start)
                         .arg(page)
                         .arg(max_bytes - bytes)
+                        .arg(self.kind.record_prefix())
+                        .arg(self.kind.superseded_prefix())
+                        .arg(self.kind.uploaded_mark_prefix())
                         .arg(&self.fence.token)
                         .invoke_async(&mut self.records)
                         .await?
@@ -402,7 +415,10 @@ impl UploadQueue {
                             .arg(&keys)
                             .query_async(&mut self.records)
                             .await?;
-                        keys.into_iter().zip(values).collect()
+                        keys.into_iter()
+                            .zip(values)
+                            .map(|(key, value)| (key, value, 0))
+                            .collect()
                     }
                 }
             };
@@ -410,7 +426,11 @@ impl UploadQueue {
                 break;
             }
             start += entries.len();
-            for (key, payload) in entries {
+            for (key, payload, uploaded) in entries {
+                if uploaded == 1 {
+                    manifest.repeated.push(key);
+                    continue;
+                }
                 // A key met again is a repeat only with the same content: a
                 // newer version may have taken the key between two pages,
                 // with an entry of its own, and it is a record of its own.
@@ -486,10 +506,25 @@ impl UploadQueue {
         Ok((manifest, rows))
     }
 
+    /// Whether Redis is near its maxmemory (90%, where `monitor` raises
+    /// `memory_near_limit`): uploaded records are then removed instead of
+    /// kept, since they are what an upload can free, and a full Redis must
+    /// drain through uploads (they are in the warehouse already).
+    async fn memory_pressed(&mut self) -> redis::RedisResult<bool> {
+        let info: redis::InfoDict = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.records)
+            .await?;
+        let used: u64 = info.get("used_memory").unwrap_or(0);
+        let max: u64 = info.get("maxmemory").unwrap_or(0);
+        Ok(max > 0 && used * 10 >= max * 9)
+    }
+
     /// Removes a written batch from Redis: its records, its queue entries
     /// (if it is still queued), its dead letters' records, and its manifest,
     /// in one step.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
+        let keep = self.after_upload == AfterUpload::Keep && !self.memory_pressed().await?;
         let mut invocation = self.finalize.prepare_invoke();
         let manifest_key = match manifest.queued {
             true => upload_manifest_key(self.kind),
@@ -509,7 +544,9 @@ impl UploadQueue {
             .arg(manifest.repeated.len())
             .arg(self.dead_letters.max_len)
             .arg(if manifest.queued { "queued" } else { "parked" })
-            .arg(&manifest.batch_id);
+            .arg(&manifest.batch_id)
+            .arg(if keep { "keep" } else { "remove" })
+            .arg(self.kind.uploaded_mark_prefix());
         for record in &manifest.records {
             invocation
                 .arg(&record.key)
@@ -563,8 +600,16 @@ impl UploadQueue {
 }
 
 fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
-    serde_json::from_str(text)
-        .map_err(|e| anyhow::anyhow!("{key} holds an unreadable manifest: {e}"))
+    let manifest: BatchManifest = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{key} holds an unreadable manifest: {e}"))?;
+    if manifest.format > MANIFEST_FORMAT {
+        anyhow::bail!(
+            "{key} holds a manifest of format {}, this flit-cache reads up to {MANIFEST_FORMAT}; \
+             run the newer flit-cache (nothing was changed)",
+            manifest.format
+        );
+    }
+    Ok(manifest)
 }
 
 /// Summaries of `kind`'s parked batches, oldest first (`monitor` reads these,
@@ -588,4 +633,25 @@ pub async fn parked_summaries(
 /// When a parked batch's records expire, at the soonest.
 pub fn parked_expiry(summary: &ParkedSummary, ttl_seconds: u64) -> DateTime<Utc> {
     summary.renewed_at + chrono::TimeDelta::seconds(ttl_seconds as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_of_a_newer_format_is_refused_and_one_without_a_format_is_format_one() {
+        let old = r#"{"batch_id":"b","kind":"predictions","ingested_at":"2026-11-23T00:00:00Z","records":[],"invalid":[],"expired":[],"repeated":[]}"#;
+        let read = read_manifest("k", old).expect("an earlier binary's manifest");
+        assert_eq!(read.format, 1);
+        let mine = serde_json::to_string(&BatchManifest::new(EventKind::Prediction)).expect("json");
+        assert!(mine.starts_with(r#"{"batch_id":""#), "{mine}");
+        assert_eq!(
+            read_manifest("k", &mine).expect("mine").format,
+            MANIFEST_FORMAT
+        );
+        let newer = old.replace(r#""kind""#, r#""format":99,"kind""#);
+        let err = read_manifest("flit:upload:inflight:predictions", &newer).expect_err("newer");
+        assert!(err.to_string().contains("format 99"), "{err}");
+    }
 }

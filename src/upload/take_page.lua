@@ -8,22 +8,48 @@
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
+-- A version already marked uploaded (finalize_batch.lua) is answered as
+-- such and not claimed: its entry is a stale one, and it is never
+-- uploaded twice.
+--
 -- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
--- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 the run's
+-- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
+--       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the run's
 --       lock token
--- Returns key, value (false when the record is gone), ... for the entries
--- taken: it stops after the entry whose value reaches the byte budget.
+-- Returns key, value (false when the record is gone), uploaded (1 or 0),
+-- ... for the entries taken: it stops after the entry whose value reaches
+-- the byte budget.
 
 local keys = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
 local budget = tonumber(ARGV[3])
+local record_prefix, superseded_prefix, mark_prefix = ARGV[4], ARGV[5], ARGV[6]
+-- The record id a queue key names: `<record prefix><id>` or
+-- `<superseded prefix><40 hex digits>:<id>`.
+local function id_of(key)
+  if key:sub(1, #record_prefix) == record_prefix then return key:sub(#record_prefix + 1) end
+  return key:sub(#superseded_prefix + 42)
+end
+-- Whether `digest` is among the uploaded versions marked beside the record.
+local function marked(key, digest)
+  return is_marked(redis.call('GET', mark_prefix .. id_of(key)), digest)
+end
 local out, bytes, claims = {}, 0, {}
 for _, key in ipairs(keys) do
   local value = redis.call('GET', key)
+  local uploaded = 0
+  if value then
+    local digest = redis.sha1hex(value)
+    if marked(key, digest) then
+      uploaded = 1
+    else
+      claims[#claims + 1] = digest .. ':' .. key
+      claims[#claims + 1] = 1
+    end
+  end
   out[#out + 1] = key
   out[#out + 1] = value
-  if value then
-    claims[#claims + 1] = redis.sha1hex(value) .. ':' .. key
-    claims[#claims + 1] = 1
+  out[#out + 1] = uploaded
+  if value and uploaded == 0 then
     bytes = bytes + #value
     if bytes >= budget then break end
   end

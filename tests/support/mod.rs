@@ -418,6 +418,40 @@ pub fn keys(conn: &mut redis::Connection, pattern: &str) -> HashSet<String> {
     }
 }
 
+/// Records of the kind whose keys start with `prefix` (`tx` or `pred`)
+/// that are not marked uploaded: every record key (`tx:*`) and older
+/// version (`tx@*`) whose value's SHA-1 is not among the uploaded marks
+/// beside it (`tx!{id}`, 40-digit SHA-1s one after the other). Empty once everything is uploaded, whether
+/// records are kept (marked) or removed (FLIT_KEEP_UPLOADED=false).
+pub fn unuploaded_records(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
+    let mut waiting = Vec::new();
+    for key in keys(conn, &format!("{prefix}[:@]*")) {
+        let id = match key.strip_prefix(&format!("{prefix}:")) {
+            Some(id) => id.to_owned(),
+            None => key[prefix.len() + 42..].to_owned(),
+        };
+        let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(conn).expect("get");
+        let Some(value) = value else { continue };
+        let digest = sha1_smol::Sha1::from(&value).digest().to_string();
+        if !uploaded_marks(conn, &format!("{prefix}!{id}")).contains(&digest) {
+            waiting.push(key);
+        }
+    }
+    waiting.sort();
+    waiting
+}
+
+/// The SHA-1s an uploaded mark (`tx!{id}`) holds.
+pub fn uploaded_marks(conn: &mut redis::Connection, mark: &str) -> Vec<String> {
+    let marks: Option<String> = redis::cmd("GET").arg(mark).query(conn).expect("get");
+    marks
+        .unwrap_or_default()
+        .as_bytes()
+        .chunks(40)
+        .map(|digest| String::from_utf8_lossy(digest).into_owned())
+        .collect()
+}
+
 pub fn queue(conn: &mut redis::Connection) -> Vec<String> {
     redis::cmd("LRANGE")
         .arg("upload_queue")
