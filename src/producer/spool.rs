@@ -36,11 +36,23 @@ pub enum SpoolError {
     Io { dir: String, source: io::Error },
 }
 
+/// The spool line format this binary writes and replays. Lines written
+/// before the version was added carry none and are read as 1; a line of a
+/// newer format stops the replay with an error, its file kept, rather than
+/// being misread.
+pub const SPOOL_FORMAT: u32 = 2;
+
 #[derive(Serialize, Deserialize)]
 struct SpoolLine<'a> {
+    #[serde(default = "format_one")]
+    v: u32,
     kind: &'a str,
     /// The event exactly as it would have been sent.
     data: std::borrow::Cow<'a, str>,
+}
+
+fn format_one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +85,7 @@ impl Spool {
         let mut buffer = Vec::with_capacity(payloads.iter().map(|p| p.len() + 40).sum());
         for payload in payloads {
             let line = SpoolLine {
+                v: SPOOL_FORMAT,
                 kind: kind.name(),
                 data: payload.as_str().into(),
             };
@@ -211,6 +224,14 @@ impl Spool {
                 continue;
             }
             match serde_json::from_slice::<SpoolLine>(&line) {
+                Ok(parsed) if parsed.v > SPOOL_FORMAT => {
+                    return Err(io::Error::other(format!(
+                        "{} line {number} is spool format {}, this flit-cache reads up to \
+                         {SPOOL_FORMAT}; replay it with the newer flit-cache (the file is kept)",
+                        file.path.display(),
+                        parsed.v
+                    )));
+                }
                 Ok(parsed) => match EventKind::from_name(parsed.kind) {
                     Some(kind) => each(number, kind, parsed.data.into_owned())?,
                     None => unreadable.push(line),
@@ -405,6 +426,41 @@ mod tests {
         assert_eq!(unreadable, 1);
         let kept = fs::read_to_string(dir.path().join(UNREADABLE)).expect("kept");
         assert!(kept.contains("\"da"));
+    }
+
+    #[test]
+    fn lines_carry_their_format_and_a_newer_one_stops_the_replay_with_its_file_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(dir.path(), 1 << 20);
+        spool
+            .append(EventKind::Prediction, &["{\"n\":1}".into()])
+            .expect("append");
+        let written = fs::read_to_string(dir.path().join(ACTIVE)).expect("spool");
+        assert!(written.starts_with("{\"v\":2,"), "{written}");
+        // A line without a version (written before it existed) is format 1.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ACTIVE))
+            .expect("open");
+        file.write_all(b"{\"kind\":\"predictions\",\"data\":\"{}\"}\n")
+            .expect("old line");
+        file.write_all(b"{\"v\":99,\"kind\":\"predictions\",\"data\":\"{}\"}\n")
+            .expect("newer line");
+        let files = spool.take_for_replay().expect("take");
+        let mut seen = Vec::new();
+        let err = spool
+            .read_events(&files[0], |_, _, data| {
+                seen.push(data);
+                Ok(())
+            })
+            .expect_err("a newer format is refused");
+        assert!(err.to_string().contains("spool format 99"), "{err}");
+        assert_eq!(seen, ["{\"n\":1}", "{}"], "the lines before it were read");
+        assert!(
+            files[0].path.exists(),
+            "the file is kept for a newer binary"
+        );
+        assert!(!dir.path().join(UNREADABLE).exists(), "nothing set aside");
     }
 
     #[test]

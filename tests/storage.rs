@@ -1,0 +1,317 @@
+//! The storage layout, against a real redis-server and the real binary:
+//! records stay readable by id after upload (marked uploaded beside them),
+//! a late copy of an uploaded event adds no row, every version of a reused
+//! id is uploaded once, `FLIT_KEEP_UPLOADED=false` removes them instead,
+//! and a Redis holding a newer layout is refused without a change.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn upload(env: &Env) -> (Option<i32>, Value, String) {
+    let out = env.flit(&["batch-upload", "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report, output_text(&out))
+}
+
+fn rows_uploaded(report: &Value, table: &str) -> u64 {
+    report["tables"]
+        .as_array()
+        .and_then(|tables| tables.iter().find(|t| t["table"] == table))
+        .and_then(|t| t["rows_uploaded"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+/// XADDs `events` onto `stream` and runs the workers until the group has
+/// read and acknowledged every one of them (whether or not it queued
+/// anything: a duplicate queues nothing).
+fn ingest_all(redis: &RedisServer, env: &Env, db: i64, stream: &str, events: &[Vec<u8>]) {
+    let mut conn = redis.conn(db);
+    let mut last = String::new();
+    for event in events {
+        last = xadd(&mut conn, stream, &[("data", event)]);
+    }
+    let mut service = env.service("ingest");
+    wait_until(
+        Duration::from_secs(60),
+        "every entry read and acknowledged",
+        || {
+            let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query(&mut conn)
+                .unwrap_or_default();
+            let delivered = groups
+                .first()
+                .and_then(|g| match g.get("last-delivered-id") {
+                    Some(redis::Value::BulkString(id)) => {
+                        Some(String::from_utf8_lossy(id).into_owned())
+                    }
+                    _ => None,
+                });
+            delivered.as_deref() == Some(last.as_str()) && pending(&mut conn, stream) == 0
+        },
+    );
+    assert!(service.terminate().success());
+}
+
+fn transaction(id: &str, amount: &str) -> Value {
+    serde_json::json!({
+        "transaction_id": id,
+        "customer_id": "cust_1",
+        "amount": amount.parse::<f64>().expect("amount"),
+        "_timestamp": "2026-11-30T10:00:00",
+        "customer_credit_score_range": "good",
+        "customer_age_bracket": "25-34",
+        "device_type": "mobile",
+        "product_category": "electronics",
+    })
+}
+
+/// `count` transactions `tx_0`, `tx_1`, ..., as bytes to send.
+fn numbered(count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|n| {
+            transaction(&format!("tx_{n}"), "1.0")
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+fn get(conn: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(conn).expect("get")
+}
+
+fn sha1(text: &str) -> String {
+    sha1_smol::Sha1::from(text).digest().to_string()
+}
+
+/// Amounts of the warehouse's transaction rows, per transaction id.
+fn amounts(env: &Env) -> HashMap<String, Vec<f64>> {
+    let mut found: HashMap<String, Vec<f64>> = HashMap::new();
+    for (_, row) in warehouse_rows(env, TX_TABLE) {
+        let body: Value = match &row["json_body"] {
+            Value::String(text) => serde_json::from_str(text).expect("body"),
+            other => other.clone(),
+        };
+        let id = body["transaction_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        found
+            .entry(id)
+            .or_default()
+            .push(body["amount"].as_f64().unwrap_or(f64::NAN));
+    }
+    for list in found.values_mut() {
+        list.sort_by(f64::total_cmp);
+    }
+    found
+}
+
+#[test]
+fn uploaded_records_stay_readable_and_late_copies_add_no_row() {
+    const N: usize = 40;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let events: Vec<Value> = (0..N)
+        .map(|n| transaction(&format!("tx_{n}"), &format!("{n}.5")))
+        .collect();
+    let compact: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
+    ingest_all(&redis, &env, 0, "stream:transactions", &compact);
+
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), N as u64, "{text}");
+
+    let mut conn = redis.conn(0);
+    for (n, event) in events.iter().enumerate() {
+        let key = format!("tx:tx_{n}");
+        let stored = get(&mut conn, &key).expect("the record stays readable after upload");
+        assert_eq!(
+            stored,
+            event.to_string(),
+            "a plain GET reads the event's JSON"
+        );
+        assert_eq!(
+            uploaded_marks(&mut conn, &format!("tx!tx_{n}")),
+            [sha1(&stored)],
+            "{key} is marked uploaded beside it"
+        );
+        let (record_ttl, mark_ttl): (i64, i64) = redis::pipe()
+            .cmd("PTTL")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(format!("tx!tx_{n}"))
+            .query(&mut conn)
+            .expect("pttl");
+        assert!(record_ttl > 0 && mark_ttl > 0, "{record_ttl} {mark_ttl}");
+        assert!(
+            (mark_ttl - record_ttl).abs() < 5_000,
+            "the mark expires with its record: {mark_ttl} vs {record_ttl}"
+        );
+    }
+    assert_eq!(llen(&mut conn, "upload_queue"), 0);
+
+    // The same events again, as producers resend them: compact, indented
+    // (Python's json.dumps(indent=2)), through a spool replay or a retry.
+    let late: Vec<Vec<u8>> = events
+        .iter()
+        .enumerate()
+        .map(|(n, e)| match n % 2 {
+            0 => e.to_string().into_bytes(),
+            _ => serde_json::to_string_pretty(e).expect("json").into_bytes(),
+        })
+        .collect();
+    ingest_all(&redis, &env, 0, "stream:transactions", &late);
+    assert_eq!(
+        llen(&mut conn, "upload_queue"),
+        0,
+        "a late copy of an uploaded record is not queued again"
+    );
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 0, "{text}");
+    let rows = amounts(&env);
+    assert_eq!(rows.len(), N);
+    assert!(
+        rows.values().all(|a| a.len() == 1),
+        "one row each: {rows:?}"
+    );
+}
+
+#[test]
+fn a_reused_id_after_upload_uploads_each_version_once() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let first = transaction("tx_reused", "10.0").to_string().into_bytes();
+    let second = transaction("tx_reused", "20.0").to_string().into_bytes();
+    let other = transaction("tx_other", "1.0").to_string().into_bytes();
+
+    ingest_all(
+        &redis,
+        &env,
+        0,
+        "stream:transactions",
+        &[first.clone(), other],
+    );
+    let (code, _, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+
+    // The upstream API reuses the id for a new purchase: a new version.
+    ingest_all(
+        &redis,
+        &env,
+        0,
+        "stream:transactions",
+        std::slice::from_ref(&second),
+    );
+    let mut conn = redis.conn(0);
+    assert_eq!(
+        queue(&mut conn),
+        ["tx:tx_reused"],
+        "the new version is queued"
+    );
+    assert!(
+        keys(&mut conn, "tx@*").is_empty(),
+        "the uploaded version is not kept aside: nothing waits for it"
+    );
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 1, "{text}");
+
+    // Both versions come back late: neither is queued again.
+    ingest_all(
+        &redis,
+        &env,
+        0,
+        "stream:transactions",
+        &[first.clone(), second.clone()],
+    );
+    assert_eq!(llen(&mut conn, "upload_queue"), 0, "{:?}", queue(&mut conn));
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 0, "{text}");
+
+    let rows = amounts(&env);
+    assert_eq!(rows["tx_reused"], [10.0, 20.0], "each version once");
+    assert_eq!(rows["tx_other"], [1.0]);
+    assert_eq!(
+        get(&mut conn, "tx:tx_reused").as_deref().map(str::as_bytes),
+        Some(second.as_slice()),
+        "a lookup reads the newest"
+    );
+    assert_eq!(
+        uploaded_marks(&mut conn, "tx!tx_reused"),
+        [
+            sha1(&String::from_utf8_lossy(&first)),
+            sha1(&String::from_utf8_lossy(&second))
+        ],
+        "both versions marked, once each"
+    );
+}
+
+#[test]
+fn with_keep_uploaded_off_records_leave_redis_at_upload() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis).set("FLIT_KEEP_UPLOADED", "false");
+    ingest_all(&redis, &env, 0, "stream:transactions", &numbered(10));
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 10, "{text}");
+    let mut conn = redis.conn(0);
+    assert!(keys(&mut conn, "tx*").is_empty(), "records and marks gone");
+    assert_eq!(llen(&mut conn, "upload_queue"), 0);
+}
+
+#[test]
+fn a_redis_holding_a_newer_layout_is_refused_and_left_as_it_is() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    ingest_all(&redis, &env, 0, "stream:transactions", &numbered(5));
+    let mut tx = redis.conn(0);
+    let mut pred = redis.conn(1);
+    for conn in [&mut tx, &mut pred] {
+        assert_eq!(
+            get(conn, "flit:layout").as_deref(),
+            Some("2"),
+            "the workers claimed today's layout in each kind's database"
+        );
+    }
+
+    // A newer flit-cache took the predictions' database over.
+    let () = redis::cmd("SET")
+        .arg("flit:layout")
+        .arg("99")
+        .query(&mut pred)
+        .expect("set");
+    let out = env.flit(&["batch-upload"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "could not start: {text}");
+    assert!(
+        text.contains("layout 99") && text.contains("flit:layout"),
+        "names what it found: {text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(llen(&mut tx, "upload_queue"), 5, "nothing was taken");
+    assert!(warehouse_rows(&env, TX_TABLE).is_empty());
+    assert_eq!(get(&mut pred, "flit:layout").as_deref(), Some("99"));
+
+    // The workers refuse it too: the predictions stream is left unread.
+    let mut service = env.service("ingest");
+    xadd(
+        &mut pred,
+        "stream:predictions",
+        &[("data", br#"{"prediction_id":"p1"}"#)],
+    );
+    wait_until(Duration::from_secs(30), "the refusal logged", || {
+        service.log_text().contains("NEWER_LAYOUT")
+    });
+    assert!(service.terminate().success());
+    assert!(keys(&mut pred, "pred:*").is_empty(), "nothing committed");
+}
