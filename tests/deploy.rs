@@ -100,6 +100,24 @@ fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
     let out = env.flit(&["batch-upload"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(env.flit(&["monitor"]).status.code(), Some(0));
+
+    // Uploaded, the records stay for their TTL, marked: what a purchase
+    // costs then sizes Redis (README, "Memory per daily volume").
+    let kept = (used_memory(&mut conn) - before) as f64 / 5_000.0;
+    println!(
+        "Redis memory per purchase kept after upload (records + uploaded marks): {kept:.0} bytes"
+    );
+    assert!(kept < 2_000.0, "{kept:.0} bytes per purchase kept");
+    let report: serde_json::Value =
+        serde_json::from_slice(&env.flit(&["monitor", "--json"]).stdout).expect("JSON");
+    let projected = report["projected_memory_bytes"]
+        .as_f64()
+        .expect("projected");
+    let expected = 2.0 * 5_000.0 * (kept / 2.0) * 7.0;
+    assert!(
+        (projected - expected).abs() < expected * 0.5,
+        "monitor projects {projected} bytes for 7 days at this volume, measured {expected}"
+    );
 }
 
 #[test]

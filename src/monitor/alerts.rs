@@ -109,6 +109,18 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
         ));
     }
 
+    if let Some(projected) = report.projected_memory_bytes
+        && server.maxmemory_bytes > 0
+        && projected > server.maxmemory_bytes
+    {
+        alerts.push(alert(
+            "memory_projected",
+            "records kept for their whole TTL will not fit: at the last 24 hours' volume, Redis reaches maxmemory before the oldest expire",
+            format!("{:.1} MiB projected", projected as f64 / MIB as f64),
+            format!("maxmemory {:.1} MiB", server.maxmemory_bytes as f64 / MIB as f64),
+            "raise maxmemory (README: memory per daily volume), shorten REDIS_TTL_SECONDS, or set FLIT_KEEP_UPLOADED=false",
+        ));
+    }
     for kind in &report.kinds {
         kind_alerts(kind, report.generated_at, limits, &mut alerts);
     }
@@ -484,6 +496,7 @@ mod tests {
                 }),
                 stream: None,
                 lookups: None,
+                volume: None,
                 errors: vec![],
             }],
             uploads: Some(UploadState {
@@ -496,6 +509,7 @@ mod tests {
                 unreadable_reports: 0,
             }),
             spool_bytes: 0,
+            projected_memory_bytes: Some(50 * MIB),
             warehouse: None,
             alerts: vec![],
         }
@@ -508,6 +522,19 @@ mod tests {
     #[test]
     fn a_healthy_report_raises_nothing() {
         assert!(codes(&healthy()).is_empty());
+    }
+
+    #[test]
+    fn records_kept_for_their_ttl_that_would_not_fit_raise_an_alert() {
+        let mut report = healthy();
+        let server = report.redis.server.as_mut().expect("server");
+        server.maxmemory_bytes = 60 * MIB;
+        assert!(codes(&report).is_empty(), "50 MiB projected fits");
+        report.projected_memory_bytes = Some(61 * MIB);
+        assert_eq!(codes(&report), ["memory_projected"]);
+        // No maxmemory set, or records removed at upload: nothing to judge.
+        report.projected_memory_bytes = None;
+        assert!(codes(&report).is_empty());
     }
 
     #[test]

@@ -15,10 +15,10 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 pub use alerts::{Alert, evaluate};
-pub use probe::{QueueState, ServerFacts, StreamState, UploadState};
+pub use probe::{QueueState, RecordVolume, ServerFacts, StreamState, UploadState};
 
 use crate::cache::{LookupCounts, lookup_counts};
-use crate::configuration::Settings;
+use crate::configuration::{AfterUpload, Settings};
 use crate::keys::EventKind;
 use crate::producer::Spool;
 use crate::redis_target;
@@ -43,6 +43,7 @@ pub struct KindHealth {
     pub queue: Option<QueueState>,
     pub stream: Option<StreamState>,
     pub lookups: Option<LookupCounts>,
+    pub volume: Option<RecordVolume>,
     pub errors: Vec<String>,
 }
 
@@ -66,6 +67,11 @@ pub struct MonitorReport {
     pub uploads: Option<UploadState>,
     /// Bytes of events spooled on this host while Redis refused them.
     pub spool_bytes: u64,
+    /// The memory records will take once a TTL's worth of them is kept:
+    /// records stored in the last 24 hours × bytes per record × TTL in
+    /// days, both kinds. `None` with FLIT_KEEP_UPLOADED=false (records
+    /// leave at upload) or when nothing could be sampled.
+    pub projected_memory_bytes: Option<u64>,
     /// Only with `--bigquery`.
     pub warehouse: Option<Vec<TableFreshness>>,
     pub alerts: Vec<Alert>,
@@ -110,6 +116,7 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
         kinds: Vec::new(),
         uploads: None,
         spool_bytes,
+        projected_memory_bytes: None,
         warehouse: None,
         alerts: Vec::new(),
     };
@@ -117,12 +124,29 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
         Ok(()) => report.redis.reachable = true,
         Err(err) => report.redis.error = Some(format!("{err:#}")),
     }
+    if settings.upload.uploaded == AfterUpload::Keep {
+        report.projected_memory_bytes = projected_memory(&report.kinds, settings.redis.ttl_seconds);
+    }
     if with_warehouse && report.redis.reachable {
         report.warehouse = Some(read_warehouse(settings, generated_at).await);
     }
     report.alerts = evaluate(&report, &settings.monitor);
     report.healthy = report.alerts.is_empty();
     report
+}
+
+/// Records stored in the last 24 hours × bytes per record × TTL in days.
+fn projected_memory(kinds: &[KindHealth], ttl_seconds: u64) -> Option<u64> {
+    let days = ttl_seconds as f64 / 86_400.0;
+    let per_day: Option<f64> = kinds
+        .iter()
+        .filter_map(|k| k.volume.as_ref())
+        .map(|v| {
+            v.bytes_per_record
+                .map(|bytes| (v.stored_last_24h * bytes) as f64)
+        })
+        .sum();
+    per_day.map(|bytes| (bytes * days) as u64)
 }
 
 async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {
@@ -160,6 +184,7 @@ async fn read_kind(
         queue: None,
         stream: None,
         lookups: None,
+        volume: None,
         errors: Vec::new(),
     };
     let mut records = match open(settings, db).await {
@@ -177,6 +202,10 @@ async fn read_kind(
     match probe::stream_state(&mut records, kind, dead_letter_limit).await {
         Ok(stream) => health.stream = Some(stream),
         Err(err) => health.errors.push(format!("stream: {err}")),
+    }
+    match probe::record_volume(&mut records, kind, Utc::now()).await {
+        Ok(volume) => health.volume = Some(volume),
+        Err(err) => health.errors.push(format!("record volume: {err}")),
     }
     match lookup_counts(state, kind).await {
         Ok(counts) => health.lookups = Some(counts),

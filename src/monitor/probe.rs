@@ -191,6 +191,85 @@ pub async fn queue_state(
     })
 }
 
+/// How many records of a kind Redis took in lately, and what one costs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecordVolume {
+    /// Records (and new versions) stored in the last 24 hours.
+    pub stored_last_24h: u64,
+    /// Bytes one record takes with its uploaded mark (MEMORY USAGE of a
+    /// few sampled records); `None` when there is none to sample.
+    pub bytes_per_record: Option<u64>,
+    pub sampled: usize,
+}
+
+/// Records to sample for their size.
+const SAMPLE_RECORDS: usize = 5;
+
+pub async fn record_volume(
+    records: &mut MultiplexedConnection,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> redis::RedisResult<RecordVolume> {
+    let hour = now.timestamp().div_euclid(3_600);
+    let prefix = crate::keys::stored_per_hour_prefix(kind);
+    let counters: Vec<String> = (0..24)
+        .map(|back| format!("{prefix}{}", hour - back))
+        .collect();
+    let counts: Vec<Option<u64>> = redis::cmd("MGET")
+        .arg(&counters)
+        .query_async(records)
+        .await?;
+    // The newest queued records, or (all uploaded) the first a bounded
+    // SCAN finds.
+    let mut keys: Vec<String> = redis::cmd("LRANGE")
+        .arg(UPLOAD_QUEUE)
+        .arg(-(SAMPLE_RECORDS as i64))
+        .arg(-1)
+        .query_async(records)
+        .await?;
+    if keys.is_empty() {
+        let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{}*", kind.record_prefix()))
+            .arg("COUNT")
+            .arg(200)
+            .query_async(records)
+            .await?;
+        keys = found.into_iter().take(SAMPLE_RECORDS).collect();
+    }
+    let mut total = 0u64;
+    let mut sampled = 0usize;
+    for key in &keys {
+        let Some(id) = kind.id_of_key(key) else {
+            continue;
+        };
+        let (record, mark): (Option<u64>, Option<u64>) = redis::pipe()
+            .cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .cmd("MEMORY")
+            .arg("USAGE")
+            .arg(kind.uploaded_mark_key(id))
+            .query_async(records)
+            .await?;
+        if let Some(record) = record {
+            // A record not uploaded yet will carry a mark like the others.
+            total += record + mark.unwrap_or(MARK_BYTES);
+            sampled += 1;
+        }
+    }
+    Ok(RecordVolume {
+        stored_last_24h: counts.into_iter().flatten().sum(),
+        bytes_per_record: total.checked_div(sampled as u64),
+        sampled,
+    })
+}
+
+/// What an uploaded mark takes when none can be measured (MEMORY USAGE of
+/// a one-version mark on Redis 7.0).
+const MARK_BYTES: u64 = 120;
+
 /// One kind's stream and its consumer group.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamState {

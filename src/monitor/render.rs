@@ -50,6 +50,19 @@ pub fn text(report: &MonitorReport) -> String {
                 s.maxmemory_policy,
                 s.evicted_keys
             );
+            if let Some(projected) = report.projected_memory_bytes {
+                let stored: u64 = report
+                    .kinds
+                    .iter()
+                    .filter_map(|k| k.volume.as_ref())
+                    .map(|v| v.stored_last_24h)
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "  records kept for their TTL: {stored} stored in the last 24 h, {:.1} MiB projected",
+                    projected as f64 / MIB
+                );
+            }
             let _ = writeln!(
                 out,
                 "  persistence: AOF {}, RDB save {}",
