@@ -818,6 +818,7 @@ async fn locked_queue(
             max_len: 100_000,
         },
         flit_cache::configuration::AfterUpload::Remove,
+        604_800,
         lock.fence(),
     );
     (queue, lock)

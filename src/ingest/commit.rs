@@ -6,6 +6,7 @@
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
+use crate::configuration::DeadLetterSettings;
 use crate::dead_letter::KeptBody;
 use crate::event::{AcceptedEvent, Rejection};
 use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
@@ -60,7 +61,7 @@ impl std::ops::AddAssign for CommitOutcome {
 pub struct BatchCommit {
     kind: EventKind,
     ttl_seconds: u64,
-    dead_letter_cap: u64,
+    dead_letters: DeadLetterSettings,
     script: Script,
     past_the_limit: Script,
 }
@@ -73,19 +74,16 @@ pub enum MemoryLimit {
     Exceed,
 }
 
-const COMMIT_BODY: &str = concat!(
-    include_str!("../uploaded_marks.lua"),
-    include_str!("commit_batch.lua")
-);
+const COMMIT_BODY: &str = include_str!("commit_batch.lua");
 
 impl BatchCommit {
-    /// Commits of `kind`: records kept `ttl_seconds`, each dead-letter stream
-    /// capped near `dead_letter_cap` entries.
-    pub fn new(kind: EventKind, ttl_seconds: u64, dead_letter_cap: u64) -> Self {
+    /// Commits of `kind`: records kept `ttl_seconds`, dead letters bounded
+    /// as `dead_letters` says.
+    pub fn new(kind: EventKind, ttl_seconds: u64, dead_letters: DeadLetterSettings) -> Self {
         BatchCommit {
             kind,
             ttl_seconds,
-            dead_letter_cap,
+            dead_letters,
             script: Script::new(&format!("#!lua\n{COMMIT_BODY}")),
             past_the_limit: Script::new(&format!("#!lua flags=allow-oom\n{COMMIT_BODY}")),
         }
@@ -125,12 +123,13 @@ impl BatchCommit {
             .arg(self.ttl_seconds)
             .arg(kind.record_prefix())
             .arg(kind.superseded_prefix())
-            .arg(self.dead_letter_cap)
+            .arg(self.dead_letters.max_len)
             .arg(accepted.len())
             .arg(rejected.len())
             .arg(kind.timestamp_field())
             .arg(kind.uploaded_mark_prefix())
-            .arg(crate::keys::stored_per_hour_prefix(kind));
+            .arg(crate::keys::stored_per_hour_prefix(kind))
+            .arg(self.dead_letters.keep_bytes);
         for entry in accepted {
             let event = &entry.event;
             let stamp = event.stamped_at_arrival;

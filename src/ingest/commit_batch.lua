@@ -17,7 +17,7 @@
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
 --       8 the event time field, 9 the uploaded-mark prefix, 10 the prefix
---       of the per-hour counter of records stored,
+--       of the per-hour counter of records stored, 11 dead-letter bytes kept,
 --       then per accepted event: entry id, record id, payload, original,
 --         stamp offset, stamp length (original is empty unless the
 --         timestamp was stamped at arrival: the payload is then the original
@@ -34,6 +34,7 @@ local accepted, rejected = tonumber(ARGV[6]), tonumber(ARGV[7])
 local time_field = ARGV[8]
 local mark_prefix = ARGV[9]
 local stored_counter_prefix = ARGV[10]
+local keep_bytes = tonumber(ARGV[11])
 
 -- A copy of an event that carried no time of its own differs from the stored
 -- record only in the arrival time stamped into it: compare around the stamp,
@@ -62,23 +63,31 @@ local function claimed(field)
   return any_claims and redis.call('HEXISTS', claims, field) == 1
 end
 -- Whether the version of record `id` hashing to `digest` was uploaded
--- already: settling appends its SHA-1 to the mark beside the record (see
--- finalize_batch.lua).
+-- already: settling adds its SHA-1 to the mark beside the record, a hash
+-- (see finalize_batch.lua).
 local function uploaded(id, digest)
-  return is_marked(redis.call('GET', mark_prefix .. id), digest)
+  return redis.call('HEXISTS', mark_prefix .. id, digest) == 1
 end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
 local acks, queued = {}, {}
-local i = 11
+local i = 12
 
 for _ = 1, accepted do
   local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local at, replaced = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   i = i + 6
   local key = record_prefix .. id
-  local current = redis.call('SET', key, payload, 'NX', 'GET', 'EX', ttl)
-  if not current then
+  -- pcall: a key of another type (set by hand) must not abort the call
+  -- half way, leaving earlier events stored but neither queued nor acked.
+  local current = redis.pcall('SET', key, payload, 'NX', 'GET', 'EX', ttl)
+  if type(current) == 'table' and current.err then
+    redis.call('XADD', dead, '*', 'reason_code', 'record_key_unusable',
+               'reason', 'Redis refused to store the record at ' .. key .. ': ' .. current.err,
+               'source_id', entry, 'data', payload:sub(1, keep_bytes), 'size', #payload,
+               'sha1', redis.sha1hex(payload), 'truncated', #payload > keep_bytes and '1' or '0')
+    dead_lettered = dead_lettered + 1
+  elseif not current then
     queued[#queued + 1] = key
     stored = stored + 1
   elseif current == payload or same_apart_from_stamp(current, original, at, replaced) then

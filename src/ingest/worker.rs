@@ -94,7 +94,7 @@ impl StreamWorker {
             settings,
             door,
             dead_letters,
-            commit: BatchCommit::new(kind, ttl_seconds, dead_letters.max_len),
+            commit: BatchCommit::new(kind, ttl_seconds, dead_letters),
             trim: Script::new(include_str!("trim_stream.lua")),
         }
     }

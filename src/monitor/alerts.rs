@@ -111,13 +111,16 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
 
     if let Some(projected) = report.projected_memory_bytes
         && server.maxmemory_bytes > 0
-        && projected > server.maxmemory_bytes
+        && projected * 10 > server.maxmemory_bytes * 9
     {
         alerts.push(alert(
             "memory_projected",
             "records kept for their whole TTL will not fit: at the last 24 hours' volume, Redis reaches maxmemory before the oldest expire",
             format!("{:.1} MiB projected", projected as f64 / MIB as f64),
-            format!("maxmemory {:.1} MiB", server.maxmemory_bytes as f64 / MIB as f64),
+            format!(
+                "90% of maxmemory {:.1} MiB, where uploads stop keeping",
+                server.maxmemory_bytes as f64 / MIB as f64
+            ),
             "raise maxmemory (README: memory per daily volume), shorten REDIS_TTL_SECONDS, or set FLIT_KEEP_UPLOADED=false",
         ));
     }
@@ -529,8 +532,8 @@ mod tests {
         let mut report = healthy();
         let server = report.redis.server.as_mut().expect("server");
         server.maxmemory_bytes = 60 * MIB;
-        assert!(codes(&report).is_empty(), "50 MiB projected fits");
-        report.projected_memory_bytes = Some(61 * MIB);
+        assert!(codes(&report).is_empty(), "50 MiB projected fits in 54");
+        report.projected_memory_bytes = Some(55 * MIB);
         assert_eq!(codes(&report), ["memory_projected"]);
         // No maxmemory set, or records removed at upload: nothing to judge.
         report.projected_memory_bytes = None;

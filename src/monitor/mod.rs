@@ -137,16 +137,18 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
 
 /// Records stored in the last 24 hours × bytes per record × TTL in days.
 fn projected_memory(kinds: &[KindHealth], ttl_seconds: u64) -> Option<u64> {
+    // A kind with nothing to sample holds no records: it adds nothing.
     let days = ttl_seconds as f64 / 86_400.0;
-    let per_day: Option<f64> = kinds
+    let sampled: Vec<(u64, u64)> = kinds
         .iter()
         .filter_map(|k| k.volume.as_ref())
-        .map(|v| {
-            v.bytes_per_record
-                .map(|bytes| (v.stored_last_24h * bytes) as f64)
-        })
-        .sum();
-    per_day.map(|bytes| (bytes * days) as u64)
+        .filter_map(|v| Some((v.stored_last_24h, v.bytes_per_record?)))
+        .collect();
+    if sampled.is_empty() {
+        return None;
+    }
+    let per_day: f64 = sampled.iter().map(|(n, bytes)| (n * bytes) as f64).sum();
+    Some((per_day * days) as u64)
 }
 
 async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {

@@ -172,6 +172,7 @@ async fn upload_table<W: Warehouse>(
                 state.clone(),
                 settings.dead_letters,
                 settings.upload.uploaded,
+                settings.redis.ttl_seconds,
                 lock.map_or_else(|| Fence::closed(kind), UploadLock::fence),
             ),
             jobs: LoadJobBudget::new(records, kind, settings.upload.load_jobs_per_day),

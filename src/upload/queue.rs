@@ -46,8 +46,7 @@ const MAX_PAGE: usize = 4_000;
 
 /// The one place the fence check is written: every script that writes for
 /// an upload starts with it (see `Fence`), after the flags line, which it
-/// gives them too, followed by the uploaded-mark helper. Included `.lua`
-/// files therefore carry none of these.
+/// gives them too. Included `.lua` files therefore carry neither.
 macro_rules! fenced {
     ($body:expr) => {
         concat!(
@@ -55,7 +54,6 @@ macro_rules! fenced {
             "if redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then\n",
             "  return redis.error_reply('FENCED this run no longer holds ' .. KEYS[#KEYS] .. '; nothing was changed')\n",
             "end\n",
-            include_str!("../uploaded_marks.lua"),
             $body
         )
     };
@@ -127,6 +125,8 @@ pub struct UploadQueue {
     dead_letters: DeadLetterSettings,
     /// Whether settling keeps uploaded records (marked) or removes them.
     after_upload: AfterUpload,
+    /// The records' TTL: how long an uploaded mark can matter.
+    ttl_seconds: u64,
     /// The run's hold on the kind's upload lock, checked by every script
     /// that writes.
     fence: Fence,
@@ -140,6 +140,7 @@ impl UploadQueue {
         state: MultiplexedConnection,
         dead_letters: DeadLetterSettings,
         after_upload: AfterUpload,
+        ttl_seconds: u64,
         fence: Fence,
     ) -> Self {
         UploadQueue {
@@ -148,6 +149,7 @@ impl UploadQueue {
             state,
             dead_letters,
             after_upload,
+            ttl_seconds,
             fence,
             finalize: Script::new(fenced!(include_str!("finalize_batch.lua"))),
         }
@@ -510,21 +512,42 @@ impl UploadQueue {
     /// `memory_near_limit`): uploaded records are then removed instead of
     /// kept, since they are what an upload can free, and a full Redis must
     /// drain through uploads (they are in the warehouse already).
-    async fn memory_pressed(&mut self) -> redis::RedisResult<bool> {
-        let info: redis::InfoDict = redis::cmd("INFO")
+    /// A Redis that refuses INFO (a managed one, an ACL) counts as not
+    /// pressed: settling must not fail for it.
+    async fn memory_pressed(&mut self) -> bool {
+        let info: redis::RedisResult<redis::InfoDict> = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut self.records)
-            .await?;
+            .await;
+        let info = match info {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(kind = %self.kind, error = %err,
+                    "cannot read Redis's memory use; settling as configured");
+                return false;
+            }
+        };
         let used: u64 = info.get("used_memory").unwrap_or(0);
         let max: u64 = info.get("maxmemory").unwrap_or(0);
-        Ok(max > 0 && used * 10 >= max * 9)
+        max > 0 && used * 10 >= max * 9
     }
 
     /// Removes a written batch from Redis: its records, its queue entries
     /// (if it is still queued), its dead letters' records, and its manifest,
     /// in one step.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
-        let keep = self.after_upload == AfterUpload::Keep && !self.memory_pressed().await?;
+        // Near maxmemory, kept records give way (their marks stay: a late
+        // copy is still recognised at upload).
+        let after_upload = self.after_upload;
+        let mode = match after_upload {
+            AfterUpload::Remove => "remove",
+            AfterUpload::Keep if self.memory_pressed().await => {
+                tracing::warn!(kind = %self.kind, batch = %manifest.batch_id,
+                    "Redis is at 90% of maxmemory: the uploaded records leave Redis instead of staying (their marks stay)");
+                "mark"
+            }
+            AfterUpload::Keep => "keep",
+        };
         let mut invocation = self.finalize.prepare_invoke();
         let manifest_key = match manifest.queued {
             true => upload_manifest_key(self.kind),
@@ -545,8 +568,9 @@ impl UploadQueue {
             .arg(self.dead_letters.max_len)
             .arg(if manifest.queued { "queued" } else { "parked" })
             .arg(&manifest.batch_id)
-            .arg(if keep { "keep" } else { "remove" })
-            .arg(self.kind.uploaded_mark_prefix());
+            .arg(mode)
+            .arg(self.kind.uploaded_mark_prefix())
+            .arg(self.ttl_seconds);
         for record in &manifest.records {
             invocation
                 .arg(&record.key)

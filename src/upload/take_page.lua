@@ -8,9 +8,9 @@
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- A version already marked uploaded (finalize_batch.lua) is answered as
--- such and not claimed: its entry is a stale one, and it is never
--- uploaded twice.
+-- A version already marked uploaded (finalize_batch.lua), or claimed by
+-- another batch, is answered as such and not claimed: its entry is a stale
+-- one, and the version is never uploaded twice.
 --
 -- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
 -- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
@@ -29,9 +29,12 @@ local function id_of(key)
   if key:sub(1, #record_prefix) == record_prefix then return key:sub(#record_prefix + 1) end
   return key:sub(#superseded_prefix + 42)
 end
--- Whether `digest` is among the uploaded versions marked beside the record.
-local function marked(key, digest)
-  return is_marked(redis.call('GET', mark_prefix .. id_of(key)), digest)
+-- Whether this version is uploaded already (marked beside the record), or
+-- belongs to another batch (claimed; a parked one): either way this entry
+-- is a stale one, and the version is not this batch's to upload.
+local function taken(key, digest)
+  return redis.call('HEXISTS', mark_prefix .. id_of(key), digest) == 1
+    or redis.call('HEXISTS', KEYS[2], digest .. ':' .. key) == 1
 end
 local out, bytes, claims = {}, 0, {}
 for _, key in ipairs(keys) do
@@ -39,7 +42,7 @@ for _, key in ipairs(keys) do
   local uploaded = 0
   if value then
     local digest = redis.sha1hex(value)
-    if marked(key, digest) then
+    if taken(key, digest) then
       uploaded = 1
     else
       claims[#claims + 1] = digest .. ':' .. key

@@ -421,7 +421,7 @@ pub fn keys(conn: &mut redis::Connection, pattern: &str) -> HashSet<String> {
 /// Records of the kind whose keys start with `prefix` (`tx` or `pred`)
 /// that are not marked uploaded: every record key (`tx:*`) and older
 /// version (`tx@*`) whose value's SHA-1 is not among the uploaded marks
-/// beside it (`tx!{id}`, 40-digit SHA-1s one after the other). Empty once everything is uploaded, whether
+/// beside it (`tx!{id}`, a hash whose fields are SHA-1s). Empty once everything is uploaded, whether
 /// records are kept (marked) or removed (FLIT_KEEP_UPLOADED=false).
 pub fn unuploaded_records(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
     let mut waiting = Vec::new();
@@ -441,15 +441,11 @@ pub fn unuploaded_records(conn: &mut redis::Connection, prefix: &str) -> Vec<Str
     waiting
 }
 
-/// The SHA-1s an uploaded mark (`tx!{id}`) holds.
+/// The SHA-1s an uploaded mark (`tx!{id}`, a hash) holds, sorted.
 pub fn uploaded_marks(conn: &mut redis::Connection, mark: &str) -> Vec<String> {
-    let marks: Option<String> = redis::cmd("GET").arg(mark).query(conn).expect("get");
+    let mut marks: Vec<String> = redis::cmd("HKEYS").arg(mark).query(conn).expect("hkeys");
+    marks.sort();
     marks
-        .unwrap_or_default()
-        .as_bytes()
-        .chunks(40)
-        .map(|digest| String::from_utf8_lossy(digest).into_owned())
-        .collect()
 }
 
 pub fn queue(conn: &mut redis::Connection) -> Vec<String> {
