@@ -149,7 +149,8 @@ impl EventKind {
 
     /// Prefix of the uploaded marks: `tx!{id}` is a hash whose fields are
     /// the SHA-1s of the versions of record `id` already uploaded (value:
-    /// the upload time, Unix seconds), expiring with the record. A mark
+    /// the upload time, Unix seconds), expiring a TTL after the last upload,
+    /// never before the record. A mark
     /// lives beside the record, never inside it, so the record stays the
     /// event's JSON for a plain GET. The `!` can never follow `tx` in a
     /// record key or a superseded-version key.

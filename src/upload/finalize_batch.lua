@@ -1,7 +1,6 @@
 -- Settles a batch the warehouse has confirmed, in the records' database:
--- uploaded records leave the queue and are marked uploaded beside the
--- record (`tx!{id}`, a hash of the uploaded versions' SHA-1s, expiring
--- with the record), or, with FLIT_KEEP_UPLOADED=false, leave Redis; dead-lettered
+-- uploaded records leave the queue and stay at their keys (marked uploaded
+-- beside them by mark_uploaded.lua, run before this), or, with FLIT_KEEP_UPLOADED=false, leave Redis; dead-lettered
 -- records leave Redis; queue entries whose record was gone are dropped,
 -- and the batch's claims on the versions it read are released. A record
 -- is touched only while it still holds the exact uploaded content.
@@ -18,8 +17,8 @@
 --       kind's upload lock
 -- ARGV: 1 superseded prefix, 2 uploaded count, 3 dead count, 4 expired
 --       count, 5 repeated count, 6 dead-letter cap, 7 'queued' or 'parked',
---       8 batch id, 9 'keep', 'mark' or 'remove' (what becomes of an
---       uploaded record), 10 uploaded-mark prefix, 11 record TTL seconds,
+--       8 batch id, 9 'keep' or 'remove' (what becomes of an uploaded
+--       record),
 --       per uploaded: queue key, id, sha1 of payload
 --       per dead:     queue key, id, sha1 of payload, reason code, reason,
 --                     payload kept (a prefix when long), whole size,
@@ -44,13 +43,9 @@ local uploaded, dead_count = tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired, repeated = tonumber(ARGV[4]), tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
 local queued = ARGV[7] == 'queued'
--- keep: marked, the record stays; mark: marked, the record goes (Redis
--- near maxmemory); remove: the record goes, unmarked (FLIT_KEEP_UPLOADED
--- off).
-local keep, mark = ARGV[9] == 'keep', ARGV[9] ~= 'remove'
-local mark_prefix = ARGV[10]
-local ttl = tonumber(ARGV[11])
-local now = tonumber(redis.call('TIME')[1])
+-- keep: an uploaded record stays at its key (its mark was written before,
+-- mark_uploaded.lua); remove: it goes.
+local keep = ARGV[9] == 'keep'
 local settled, moved_on, dead_lettered, expired_removed = 0, 0, 0, 0
 
 -- Queue entries to remove (key -> how many) and record keys to delete.
@@ -65,31 +60,6 @@ end
 -- Whether a version is still claimed matters only when it left its key.
 local release = {}
 
--- Marks version `digest` of record `id` uploaded, for as long as `holder`
--- (the key holding that version) lives: ingest then takes a late copy of
--- it for what it is, a duplicate, and no queue entry uploads it again.
--- The mark is a hash of SHA-1 -> upload time (s), checked with HEXISTS. An
--- id reused on every event would make it grow: every 64th version added,
--- versions uploaded more than a TTL ago (their holders have expired) go.
-local function mark_uploaded(id, digest, holder)
-  local mark = mark_prefix .. id
-  if redis.call('HSET', mark, digest, now) == 1 then
-    local versions = redis.call('HLEN', mark)
-    if versions % 64 == 0 then
-      local fields = redis.call('HGETALL', mark)
-      local stale = {}
-      for at = 1, #fields, 2 do
-        if tonumber(fields[at + 1]) < now - ttl then stale[#stale + 1] = fields[at] end
-      end
-      for first = 1, #stale, 500 do
-        redis.call('HDEL', mark, unpack(stale, first, math.min(first + 499, #stale)))
-      end
-    end
-  end
-  local left = redis.call('PTTL', holder)
-  if left > 0 and left > redis.call('PTTL', mark) then redis.call('PEXPIRE', mark, left) end
-end
-
 -- Settles the version of record `id` whose content hashes to `digest`:
 -- `uploaded` when the warehouse took it (kept and marked, or removed), else
 -- it was dead-lettered (removed). Returns true if it was still there.
@@ -98,7 +68,6 @@ local function settle(key, id, digest, uploaded)
   release[#release + 1] = field
   local current = redis.call('GET', key)
   if current and redis.sha1hex(current) == digest then
-    if uploaded and mark then mark_uploaded(id, digest, key) end
     -- Kept only at the record key: an older version's own key goes, as
     -- lookups read the newest and the mark recognises a late copy.
     if not (uploaded and keep) or key:sub(1, #superseded) == superseded then
@@ -115,7 +84,6 @@ local function settle(key, id, digest, uploaded)
   local copy = redis.call('GET', moved)
   local found = copy and redis.sha1hex(copy) == digest
   if found then
-    if uploaded and mark then mark_uploaded(id, digest, moved) end
     delete[#delete + 1] = moved
     moved_on = moved_on + 1
   end
@@ -132,7 +100,7 @@ local function settle(key, id, digest, uploaded)
   return found
 end
 
-local i = 12
+local i = 10
 for _ = 1, uploaded do
   if settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], true) then settled = settled + 1 end
   i = i + 3

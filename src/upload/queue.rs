@@ -43,6 +43,8 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Entries in the first page, before any size is known, and the most per page.
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
+/// Records marked uploaded per call (about a millisecond of Redis time).
+const MARK_SLICE: usize = 200;
 
 /// The one place the fence check is written: every script that writes for
 /// an upload starts with it (see `Fence`), after the flags line, which it
@@ -512,6 +514,27 @@ impl UploadQueue {
     /// `memory_near_limit`): uploaded records are then removed instead of
     /// kept, since they are what an upload can free, and a full Redis must
     /// drain through uploads (they are in the warehouse already).
+    /// Marks a confirmed batch's records uploaded (mark_uploaded.lua), in
+    /// slices that each run about a millisecond in Redis.
+    async fn mark_uploaded(&mut self, manifest: &BatchManifest) -> anyhow::Result<()> {
+        let script = Script::new(fenced!(include_str!("mark_uploaded.lua")));
+        for slice in manifest.records.chunks(MARK_SLICE) {
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(&self.fence.key)
+                .arg(self.kind.uploaded_mark_prefix())
+                .arg(self.ttl_seconds);
+            for record in slice {
+                invocation.arg(&record.id).arg(record.digest());
+            }
+            let _: u64 = invocation
+                .arg(&self.fence.token)
+                .invoke_async(&mut self.records)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A Redis that refuses INFO (a managed one, an ACL) counts as not
     /// pressed: settling must not fail for it.
     async fn memory_pressed(&mut self) -> bool {
@@ -536,17 +559,22 @@ impl UploadQueue {
     /// (if it is still queued), its dead letters' records, and its manifest,
     /// in one step.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
-        // Near maxmemory, kept records give way (their marks stay: a late
-        // copy is still recognised at upload).
+        // Marks first, in short slices; near maxmemory the records
+        // themselves give way (their marks stay: a late copy is still
+        // recognised at the take).
         let after_upload = self.after_upload;
-        let mode = match after_upload {
+        let stays = match after_upload {
             AfterUpload::Remove => "remove",
-            AfterUpload::Keep if self.memory_pressed().await => {
-                tracing::warn!(kind = %self.kind, batch = %manifest.batch_id,
-                    "Redis is at 90% of maxmemory: the uploaded records leave Redis instead of staying (their marks stay)");
-                "mark"
+            AfterUpload::Keep => {
+                self.mark_uploaded(manifest).await?;
+                if self.memory_pressed().await {
+                    tracing::warn!(kind = %self.kind, batch = %manifest.batch_id,
+                        "Redis is at 90% of maxmemory: the uploaded records leave Redis instead of staying (their marks stay)");
+                    "remove"
+                } else {
+                    "keep"
+                }
             }
-            AfterUpload::Keep => "keep",
         };
         let mut invocation = self.finalize.prepare_invoke();
         let manifest_key = match manifest.queued {
@@ -568,9 +596,7 @@ impl UploadQueue {
             .arg(self.dead_letters.max_len)
             .arg(if manifest.queued { "queued" } else { "parked" })
             .arg(&manifest.batch_id)
-            .arg(mode)
-            .arg(self.kind.uploaded_mark_prefix())
-            .arg(self.ttl_seconds);
+            .arg(stays);
         for record in &manifest.records {
             invocation
                 .arg(&record.key)
