@@ -10,7 +10,11 @@
 //! 5. what the door's checks cost on one core, per event, for the compact
 //!    events `generate` sends and for the same events indented.
 //!
-//! Run: `cargo bench --bench ingest` (optionally `BENCH_EVENTS=200000`).
+//! Step 2 also measures a producer's single XADD while the drain runs, and
+//! what Redis's slowlog kept (commands of 5 ms or more).
+//!
+//! Run: `cargo bench --bench ingest` (optionally `BENCH_EVENTS=200000`;
+//! `BENCH_ONLY=drain` runs step 2 alone).
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,9 @@ use flit_cache::producer::{PIPELINE_CHUNK, Producer};
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::PrivateRedis;
+use support::{
+    PrivateRedis, latency_summary, probe_latency, script_micros, slowlog_report, slowlog_reset,
+};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -153,17 +159,21 @@ async fn main() -> anyhow::Result<()> {
         support::appendfsync()
     );
 
+    let only_drain = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain");
     // 1. Producer latency, one event per call.
     let (transactions, predictions) = prepared_events(&producer, per_kind)?;
     let mut latencies = Vec::with_capacity(20_000);
-    for payload in predictions.iter().take(20_000) {
+    let probes = if only_drain { 0 } else { 20_000 };
+    for payload in predictions.iter().take(probes) {
         let started = Instant::now();
         producer
             .send_prepared(EventKind::Prediction, std::slice::from_ref(payload))
             .await?;
         latencies.push(started.elapsed());
     }
-    print_latencies("producer XADD latency", &mut latencies, "");
+    if !only_drain {
+        print_latencies("producer XADD latency", &mut latencies, "");
+    }
     flush(&all).await?;
 
     // 2. Backlog drain: events already on the streams.
@@ -176,12 +186,34 @@ async fn main() -> anyhow::Result<()> {
         events / pushed.as_secs_f64(),
         pushed.as_secs_f64()
     );
+    slowlog_reset(&url)?;
+    let stop_probe = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let (url, stop) = (url.clone(), stop_probe.clone());
+        std::thread::spawn(move || probe_latency(&url, "tx:none", &stop))
+    };
     let drained = drain(&settings, per_kind as u64, Instant::now()).await?;
+    stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut probed, _) = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the latency probe panicked"))??;
     println!(
         "backlog drain by the workers: {:.0} events/s ({:.2} s)",
         events / drained.as_secs_f64(),
         drained.as_secs_f64()
     );
+    println!(
+        "producer XADD during the drain: {}",
+        latency_summary(&mut probed)
+    );
+    println!("slowlog during the drain: {}", slowlog_report(&url)?);
+    println!(
+        "Redis time in scripts during the drain: {:.2} us per event",
+        script_micros(&url)? as f64 / events
+    );
+    if only_drain {
+        return Ok(());
+    }
     flush(&all).await?;
 
     // 3. End to end: pushing and ingesting at the same time.

@@ -7,7 +7,11 @@
 //! `.venv/bin/bqemulator`). Prints rows/s and the uploader's peak resident
 //! memory (VmHWM, sampled from /proc while it runs).
 //!
-//! Run: `cargo bench --bench upload`
+//! While the local upload runs, a producer's single XADD and a lookup GET
+//! are timed, and Redis's slowlog (5 ms and more) is read afterwards.
+//!
+//! Run: `cargo bench --bench upload` (`BENCH_ONLY=local` stops after the
+//! local warehouse).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +23,10 @@ use flit_cache::generate::Generator;
 use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
 
 mod support;
-use support::{Killed, PrivateRedis, free_port, wait_for};
+use support::{
+    Killed, PrivateRedis, free_port, latency_summary, probe_latency, script_micros, slowlog_report,
+    slowlog_reset, wait_for,
+};
 
 fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
     let mut generator = Generator::new(3, Utc::now(), 7);
@@ -55,7 +62,10 @@ fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
 /// Runs batch-upload, sampling its peak memory; returns (seconds, peak KiB, stdout).
 fn timed_upload(envs: &[(&str, String)], dir: &Path) -> anyhow::Result<(f64, u64, String)> {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flit-cache"))
+    // BENCH_FLIT_BIN: another build's binary, to compare side by side.
+    let binary =
+        std::env::var("BENCH_FLIT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flit-cache").into());
+    let mut child = Command::new(binary)
         .arg("batch-upload")
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir)
@@ -112,12 +122,44 @@ fn main() -> anyhow::Result<()> {
             dir.path().join("warehouse").display().to_string(),
         ),
     ];
-    let (seconds, peak, _) = timed_upload(&local, dir.path())?;
+    // A producer and a lookup (of a record being uploaded) while it runs.
+    let lookup_key: String = redis::cmd("LINDEX")
+        .arg(UPLOAD_QUEUE)
+        .arg(per_kind / 2)
+        .query(&mut redis::Client::open(url.as_str())?.get_connection()?)?;
+    slowlog_reset(&url)?;
+    let stop_probe = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let (url, stop) = (url.clone(), stop_probe.clone());
+        std::thread::spawn(move || probe_latency(&url, &lookup_key, &stop))
+    };
+    let uploaded = timed_upload(&local, dir.path());
+    stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut xadds, mut gets) = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the latency probe panicked"))??;
+    let (seconds, peak, _) = uploaded?;
     println!(
         "local warehouse: {:.0} rows/s ({rows} rows in {seconds:.2} s), uploader peak memory {:.1} MiB",
         rows as f64 / seconds,
         peak as f64 / 1024.0
     );
+    println!(
+        "producer XADD during the upload: {}",
+        latency_summary(&mut xadds)
+    );
+    println!(
+        "record GET during the upload: {}",
+        latency_summary(&mut gets)
+    );
+    println!("slowlog during the upload: {}", slowlog_report(&url)?);
+    println!(
+        "Redis time in scripts during the upload: {:.2} us per row",
+        script_micros(&url)? as f64 / rows as f64
+    );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "local") {
+        return Ok(());
+    }
 
     let emulator = std::env::var("BQEMULATOR_BIN")
         .unwrap_or_else(|_| format!("{}/.venv/bin/bqemulator", env!("CARGO_MANIFEST_DIR")));
@@ -145,6 +187,8 @@ fn main() -> anyhow::Result<()> {
     wait_for("the emulator", || {
         std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok()
     })?;
+    // Uploaded records stay (marked uploaded): start again from an empty Redis.
+    redis::cmd("FLUSHALL").exec(&mut redis::Client::open(url.as_str())?.get_connection()?)?;
     fill(&url, per_kind)?;
     let bigquery = [
         ("REDIS_URL", url.clone()),
