@@ -63,8 +63,8 @@ local function claimed(field)
   return any_claims and redis.call('HEXISTS', claims, field) == 1
 end
 -- Whether the version of record `id` hashing to `digest` was uploaded
--- already: settling adds its SHA-1 to the mark beside the record, a hash
--- (see finalize_batch.lua).
+-- already: the uploader adds its SHA-1 to the mark beside the record, a
+-- hash (see mark_uploaded.lua).
 local function uploaded(id, digest)
   return redis.call('HEXISTS', mark_prefix .. id, digest) == 1
 end

@@ -9,8 +9,11 @@
 //!    dead-lettered or dropped.
 //! 2. The warehouse writes the batch; sinks are idempotent per batch id.
 //!    When it refuses rows, the manifest records the split first (`save`).
-//! 3. `settle` removes the batch's records, its queue entries and its
-//!    manifest (`finalize_batch.lua`), in one step.
+//! 3. `settle` marks the batch's records uploaded (`mark_uploaded.lua`, in
+//!    slices), then, in one step, takes its entries off the queue, removes
+//!    its manifest and its claims, and keeps its records (or removes them:
+//!    `FLIT_KEEP_UPLOADED=false`, or Redis near maxmemory)
+//!    (`finalize_batch.lua`).
 //!
 //! A batch the warehouse does not take is `park`ed: its entries leave the
 //! queue and its manifest moves to the parked ones, in one step, so the
@@ -510,10 +513,6 @@ impl UploadQueue {
         Ok((manifest, rows))
     }
 
-    /// Whether Redis is near its maxmemory (90%, where `monitor` raises
-    /// `memory_near_limit`): uploaded records are then removed instead of
-    /// kept, since they are what an upload can free, and a full Redis must
-    /// drain through uploads (they are in the warehouse already).
     /// Marks a confirmed batch's records uploaded (mark_uploaded.lua), in
     /// slices that each run about a millisecond in Redis.
     async fn mark_uploaded(&mut self, manifest: &BatchManifest) -> anyhow::Result<()> {
@@ -535,8 +534,12 @@ impl UploadQueue {
         Ok(())
     }
 
-    /// A Redis that refuses INFO (a managed one, an ACL) counts as not
-    /// pressed: settling must not fail for it.
+    /// Whether Redis is near its maxmemory (90%, where `monitor` raises
+    /// `memory_near_limit`): uploaded records are then removed instead of
+    /// kept, since they are what an upload can free, and a full Redis must
+    /// drain through uploads (they are in the warehouse already). A Redis
+    /// that refuses INFO (a managed one, an ACL) counts as not pressed:
+    /// settling must not fail for it.
     async fn memory_pressed(&mut self) -> bool {
         let info: redis::RedisResult<redis::InfoDict> = redis::cmd("INFO")
             .arg("memory")
@@ -555,9 +558,9 @@ impl UploadQueue {
         max > 0 && used * 10 >= max * 9
     }
 
-    /// Removes a written batch from Redis: its records, its queue entries
-    /// (if it is still queued), its dead letters' records, and its manifest,
-    /// in one step.
+    /// Settles a written batch: marks its records uploaded, then in one step
+    /// removes its queue entries (if it is still queued), its dead letters'
+    /// records and its manifest, and keeps its records (or removes them).
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
         // Marks first, in short slices; near maxmemory the records
         // themselves give way (their marks stay: a late copy is still
@@ -631,23 +634,49 @@ impl UploadQueue {
     }
 
     /// Gives a batch that could not be uploaded a full TTL again, so its
-    /// records cannot expire while they wait for the next run.
+    /// records cannot expire while they wait for the next run. Each
+    /// version is renewed where it is (its record key, or the key ingest
+    /// moved it to when a newer version came), never a newer version in its
+    /// place: that one may be uploaded and marked already, and must not
+    /// outlive its mark.
     pub async fn extend_ttl(
         &mut self,
         manifest: &BatchManifest,
         ttl_seconds: u64,
     ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        for record in &manifest.records {
-            pipe.cmd("EXPIRE")
-                .arg(&record.key)
+        for slice in manifest.records.chunks(MARK_SLICE) {
+            let mut invocation = RENEW.prepare_invoke();
+            invocation
                 .arg(ttl_seconds)
-                .arg("GT")
-                .ignore();
+                .arg(self.kind.superseded_prefix());
+            for record in slice {
+                invocation
+                    .arg(&record.key)
+                    .arg(&record.id)
+                    .arg(record.digest());
+            }
+            let () = invocation.invoke_async(&mut self.records).await?;
         }
-        pipe.exec_async(&mut self.records).await
+        Ok(())
     }
 }
+
+/// Renews the TTL of versions where they are (see `extend_ttl`). ARGV: 1
+/// ttl seconds, 2 superseded prefix, then per version: key, id, sha1.
+/// allow-oom: the uploader must work when Redis is full.
+static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        "#!lua flags=allow-oom
+for i = 3, #ARGV, 3 do
+  local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local value = redis.call('GET', key)
+  if not (value and redis.sha1hex(value) == digest) then
+    key = ARGV[2] .. digest .. ':' .. id
+  end
+  redis.call('EXPIRE', key, ARGV[1], 'GT')
+end",
+    )
+});
 
 fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
     let manifest: BatchManifest = serde_json::from_str(text)

@@ -8,7 +8,7 @@
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- A version already marked uploaded (finalize_batch.lua), or claimed by
+-- A version already marked uploaded (mark_uploaded.lua), or claimed by
 -- another batch, is answered as such and not claimed: its entry is a stale
 -- one, and the version is never uploaded twice.
 --
