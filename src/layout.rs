@@ -14,9 +14,6 @@ use crate::keys::LAYOUT;
 /// 2: uploaded records kept and marked (`tx!{id}`), one command per event.
 pub const LAYOUT_VERSION: u32 = 2;
 
-/// The error code a newer layout is refused with.
-pub const NEWER_LAYOUT: &str = "NEWER_LAYOUT";
-
 /// allow-oom: a full Redis must still let the workers and the uploader,
 /// which free memory, start.
 const CLAIM: &str = "#!lua flags=allow-oom
@@ -38,9 +35,4 @@ pub async fn claim(conn: &mut MultiplexedConnection) -> redis::RedisResult<u32> 
         .arg(LAYOUT_VERSION)
         .invoke_async(conn)
         .await
-}
-
-/// Whether an error is the refusal of a newer layout.
-pub fn is_newer_layout(err: &redis::RedisError) -> bool {
-    err.code() == Some(NEWER_LAYOUT)
 }

@@ -1,7 +1,8 @@
 -- Settles a batch the warehouse has confirmed, in the records' database:
 -- uploaded records leave the queue and stay at their keys (marked uploaded
--- beside them by mark_uploaded.lua, run before this), or, with FLIT_KEEP_UPLOADED=false, leave Redis; dead-lettered
--- records leave Redis; queue entries whose record was gone are dropped,
+-- beside them by mark_uploaded.lua, run before this), or leave Redis
+-- ('remove': FLIT_KEEP_UPLOADED=false, or Redis near maxmemory);
+-- dead-lettered records leave Redis; queue entries whose record was gone are dropped,
 -- and the batch's claims on the versions it read are released. A record
 -- is touched only while it still holds the exact uploaded content.
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.

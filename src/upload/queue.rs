@@ -46,8 +46,10 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Entries in the first page, before any size is known, and the most per page.
 const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 4_000;
-/// Records marked uploaded per call (about a millisecond of Redis time).
-const MARK_SLICE: usize = 200;
+/// Records per call of the scripts that go through a batch in slices
+/// (marking it uploaded, renewing its TTLs): about a millisecond of Redis
+/// time each.
+const RECORDS_PER_CALL: usize = 200;
 
 /// The one place the fence check is written: every script that writes for
 /// an upload starts with it (see `Fence`), after the flags line, which it
@@ -517,7 +519,7 @@ impl UploadQueue {
     /// slices that each run about a millisecond in Redis.
     async fn mark_uploaded(&mut self, manifest: &BatchManifest) -> anyhow::Result<()> {
         let script = Script::new(fenced!(include_str!("mark_uploaded.lua")));
-        for slice in manifest.records.chunks(MARK_SLICE) {
+        for slice in manifest.records.chunks(RECORDS_PER_CALL) {
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(&self.fence.key)
@@ -565,8 +567,7 @@ impl UploadQueue {
         // Marks first, in short slices; near maxmemory the records
         // themselves give way (their marks stay: a late copy is still
         // recognised at the take).
-        let after_upload = self.after_upload;
-        let stays = match after_upload {
+        let stays = match self.after_upload {
             AfterUpload::Remove => "remove",
             AfterUpload::Keep => {
                 self.mark_uploaded(manifest).await?;
@@ -644,7 +645,7 @@ impl UploadQueue {
         manifest: &BatchManifest,
         ttl_seconds: u64,
     ) -> redis::RedisResult<()> {
-        for slice in manifest.records.chunks(MARK_SLICE) {
+        for slice in manifest.records.chunks(RECORDS_PER_CALL) {
             let mut invocation = RENEW.prepare_invoke();
             invocation
                 .arg(ttl_seconds)
