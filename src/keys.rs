@@ -40,6 +40,30 @@ pub fn upload_manifest_key(kind: EventKind) -> String {
     format!("flit:upload:inflight:{}", kind.name())
 }
 
+/// The entries a batch of `kind` took from the queue, in take order: a list
+/// of record key, value, record key, value... (the value exactly as it
+/// was read), for the batch's whole life in flight and parked. The manifest
+/// holds positions into it, so the manifest stays small however large the
+/// records, and a recovered batch writes exactly what was first read.
+pub fn batch_entries_key(kind: EventKind, batch_id: &str) -> String {
+    format!("flit:upload:entries:{}:{batch_id}", kind.name())
+}
+
+/// Where the take collects a batch's entries, page by page, until the
+/// batch's manifest is saved and this list becomes its `batch_entries_key`.
+/// One take runs at a time per kind (under the lock); a take that died
+/// leaves it behind, and the next take starts it afresh.
+pub fn taking_key(kind: EventKind) -> String {
+    format!("flit:upload:taking:{}", kind.name())
+}
+
+/// How many of a batch's settle items (uploaded, dead-lettered and expired
+/// records, in manifest order) are settled: settling runs in short slices,
+/// and a slice run again after a crash skips what is done.
+pub fn settle_cursor_key(kind: EventKind, batch_id: &str) -> String {
+    format!("flit:upload:settled:{}:{batch_id}", kind.name())
+}
+
 /// Batches of `kind` the warehouse did not take, kept for a later run: a
 /// hash of batch id to a short summary (in the kind's database)...
 pub fn parked_index_key(kind: EventKind) -> String {

@@ -11,8 +11,10 @@ use redis::aio::MultiplexedConnection;
 use crate::keys::LAYOUT;
 
 /// This binary's layout. 1: records removed at upload (no key written);
-/// 2: uploaded records kept and marked (`tx!{id}`), one command per event.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 2: uploaded records kept and marked (`tx!{id}`), one command per event;
+/// 3: a batch's entries leave the queue when it is taken (its entries list,
+/// manifests of positions), settling in slices.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// allow-oom: a full Redis must still let the workers and the uploader,
 /// which free memory, start.

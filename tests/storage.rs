@@ -281,7 +281,7 @@ fn a_redis_holding_a_newer_layout_is_refused_and_left_as_it_is() {
     for conn in [&mut tx, &mut pred] {
         assert_eq!(
             get(conn, "flit:layout").as_deref(),
-            Some("2"),
+            Some("3"),
             "the workers claimed today's layout in each kind's database"
         );
     }

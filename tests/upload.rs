@@ -63,10 +63,21 @@ fn assert_redis_drained(redis: &RedisServer) {
         keys(&mut pred, "pred@*").is_empty(),
         "no older version left"
     );
-    assert!(
-        keys(&mut tx, "flit:upload:inflight:*").is_empty(),
-        "no batch left in flight"
-    );
+    for conn in [&mut tx, &mut pred] {
+        for (pattern, what) in [
+            ("flit:upload:inflight:*", "no batch left in flight"),
+            ("flit:upload:entries:*", "no batch's entries list left"),
+            ("flit:upload:taking:*", "no taking list left"),
+            ("flit:upload:settled:*", "no settle cursor left"),
+            ("flit:upload:claims:*", "no claim left"),
+        ] {
+            assert_eq!(
+                keys(conn, pattern),
+                std::collections::HashSet::<String>::new(),
+                "{what}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -444,8 +455,9 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
         .expect("batch");
     assert_eq!(manifest.records.len(), 1);
 
-    // While the batch is "in the warehouse's hands", the id comes back with new content.
-    ingest_transactions(&redis, &env, &[v2], 2);
+    // While the batch is "in the warehouse's hands", the id comes back with
+    // new content: queued on its own (the batch's entry left the queue).
+    ingest_transactions(&redis, &env, &[v2], 1);
 
     let warehouse = LocalWarehouse::new(env.dir.path().join("warehouse"));
     let ids: Vec<String> = manifest.records.iter().map(|r| r.id.clone()).collect();
@@ -491,14 +503,33 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
 }
 
 #[test]
-fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once() {
+fn an_in_flight_batch_left_by_the_first_version_is_taken_over_and_loaded_once() {
+    old_in_flight_batch_is_taken_over(OldBatch::FirstVersion);
+}
+
+#[test]
+fn an_in_flight_batch_of_manifest_format_2_heading_the_queue_is_taken_over_and_loaded_once() {
+    old_in_flight_batch_is_taken_over(OldBatch::Format2);
+}
+
+/// Which binary left an in-flight batch behind.
+#[derive(Clone, Copy, PartialEq)]
+enum OldBatch {
+    /// Layout 1: the manifest in database 0, no format, no claims.
+    FirstVersion,
+    /// Layout 2: in the kind's database, `format` 2, every version claimed,
+    /// its entries still at the head of the queue.
+    Format2,
+}
+
+fn old_in_flight_batch_is_taken_over(old: OldBatch) {
     const N: usize = 300;
     let redis = RedisServer::start();
     let env = Env::new(&redis);
     env.generate(&["--count", &N.to_string(), "--kind", "predictions"]);
     ingest_until_queued(&redis, &env, 0, N as u64);
-    // Today's binary died after cutting a batch of the first 100 queued
-    // predictions: its manifest, in its format, sits in database 0.
+    // The earlier binary died after cutting a batch of the first 100
+    // queued predictions: its manifest, in its format, sits where it kept it.
     let mut pred = redis.conn(1);
     let head: Vec<String> = queue(&mut pred).into_iter().take(100).collect();
     let payloads: Vec<String> = redis::cmd("MGET")
@@ -512,7 +543,7 @@ fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once
             serde_json::json!({"key": key, "id": key.trim_start_matches("pred:"), "payload": payload})
         })
         .collect();
-    let manifest = serde_json::json!({
+    let mut manifest = serde_json::json!({
         "batch_id": "predictions_20261123T010203000000Z_00000000000000ab",
         "kind": "predictions",
         "ingested_at": "2026-11-23T01:02:03Z",
@@ -521,10 +552,30 @@ fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once
         "expired": [],
         "repeated": [],
     });
+    let db = match old {
+        OldBatch::FirstVersion => 0,
+        OldBatch::Format2 => {
+            manifest["format"] = 2.into();
+            manifest["queued"] = true.into();
+            let mut claims = redis::cmd("HSET");
+            claims.arg("flit:upload:claims:predictions");
+            for (key, payload) in head.iter().zip(&payloads) {
+                let digest = sha1_smol::Sha1::from(payload).digest().to_string();
+                claims.arg(format!("{digest}:{key}")).arg(1);
+            }
+            let () = claims.query(&mut pred).expect("claims");
+            let () = redis::cmd("SET")
+                .arg("flit:layout")
+                .arg(2)
+                .query(&mut pred)
+                .expect("layout");
+            1
+        }
+    };
     let _: () = redis::cmd("SET")
         .arg("flit:upload:inflight:predictions")
         .arg(manifest.to_string())
-        .query(&mut redis.conn(0))
+        .query(&mut redis.conn(db))
         .expect("old manifest");
     let (code, report, text) = upload(&env, &["--only", "predictions"]);
     assert_eq!(code, Some(0), "{text}");
@@ -547,13 +598,17 @@ fn an_in_flight_batch_left_by_the_previous_version_is_taken_over_and_loaded_once
         ingested.contains("2026-11-23T01:02:03.000000Z"),
         "the old batch was written as it was recorded: {ingested:?}"
     );
-    for db in [0, 1] {
-        assert!(
-            keys(&mut redis.conn(db), "flit:upload:inflight:*").is_empty(),
-            "no manifest left in database {db}"
-        );
-    }
-    assert_eq!(llen(&mut pred, "upload_queue"), 0);
+    assert_redis_drained(&redis);
+    assert!(
+        keys(&mut redis.conn(0), "flit:upload:parked*").is_empty()
+            && keys(&mut pred, "flit:upload:parked*").is_empty(),
+        "the old batch, parked to take its entries off the queue, was settled"
+    );
+    let layout: Option<String> = redis::cmd("GET")
+        .arg("flit:layout")
+        .query(&mut pred)
+        .expect("get");
+    assert_eq!(layout.as_deref(), Some("3"), "the layout was raised");
 }
 
 #[test]
@@ -704,6 +759,19 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
         .take_batch(Take::Upload, 100, 1 << 20)
         .await
         .expect("batch");
+    // The first batch's entries left the queue; one more record arrives.
+    let v3 = br#"{"_timestamp":"2025-09-24T10:00:00Z","transaction_id":"tx_c","amount":40}"#;
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg("tx:tx_c")
+        .arg(&v3[..])
+        .ignore()
+        .cmd("RPUSH")
+        .arg("upload_queue")
+        .arg("tx:tx_c")
+        .ignore()
+        .query(&mut conn)
+        .expect("seed");
     let second = live.take_batch(Take::Upload, 100, 1 << 20).await;
     assert!(
         second.is_err_and(|e| e.to_string().contains("another run")),
@@ -729,7 +797,7 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
         .filter_map(|(_, row)| row["json_body"]["amount"].as_i64())
         .collect();
     amounts.sort();
-    assert_eq!(amounts, vec![10, 20, 30]);
+    assert_eq!(amounts, vec![10, 20, 30, 40]);
     assert_redis_drained(&redis);
 }
 
@@ -785,6 +853,152 @@ async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
         "{dead:?}"
     );
     assert_eq!(llen(&mut conn, "upload_queue"), 0);
+}
+
+/// Settling costs what the batch costs, never what the queue behind it
+/// holds: the batch's entries left the queue when it was taken, so no
+/// settle step reads or changes the queue (counted with Redis's own
+/// commandstats, which include the commands scripts call), including when
+/// its records are already gone and when it is settled a second time after
+/// a crash before its last step.
+#[tokio::test(flavor = "multi_thread")]
+async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_queue() {
+    use flit_cache::keys::EventKind;
+    use flit_cache::upload::Take;
+
+    const QUEUED: usize = 50_000;
+    const BATCH: usize = 1_000;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn(1);
+    let mut seed = redis::pipe();
+    for i in 0..QUEUED {
+        let key = format!("pred:p{i}");
+        let body = format!(
+            r#"{{"prediction_id":"p{i}","prediction_timestamp":"2025-09-27T10:00:00Z","selected_prediction":0.5}}"#
+        );
+        seed.cmd("SET").arg(&key).arg(body).ignore();
+        seed.cmd("RPUSH").arg("upload_queue").arg(&key).ignore();
+    }
+    let () = seed.query(&mut conn).expect("seed");
+
+    let (mut uploads, _lock) = locked_queue(&redis, EventKind::Prediction).await;
+    let (manifest, rows) = uploads
+        .take_batch(Take::Upload, BATCH, 1 << 30)
+        .await
+        .expect("batch");
+    assert_eq!((manifest.records.len(), rows.len()), (BATCH, BATCH));
+    assert_eq!(
+        llen(&mut conn, "upload_queue"),
+        (QUEUED - BATCH) as u64,
+        "the batch's entries left the queue when its manifest was saved"
+    );
+    let stored: String = redis::cmd("GET")
+        .arg("flit:upload:inflight:predictions")
+        .query(&mut conn)
+        .expect("manifest");
+    assert!(
+        stored.len() < 40 * BATCH,
+        "the manifest holds positions, not payloads: {} bytes",
+        stored.len()
+    );
+    // The records are gone (expired, or removed by a settle that died).
+    let mut gone = redis::cmd("DEL");
+    for record in &manifest.records {
+        gone.arg(&record.key);
+    }
+    let () = gone.query(&mut conn).expect("del");
+
+    let counted = |conn: &mut redis::Connection| -> (u64, u64) {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(conn)
+            .expect("info");
+        let mut queue_calls = 0;
+        let mut all_calls = 0;
+        for line in info.lines() {
+            let Some((name, stats)) = line.split_once(':') else {
+                continue;
+            };
+            let calls: u64 = stats
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if name.starts_with("cmdstat_") && !name.ends_with("_info") {
+                all_calls += calls;
+            }
+            if [
+                "cmdstat_lrange",
+                "cmdstat_lrem",
+                "cmdstat_ltrim",
+                "cmdstat_lpos",
+                "cmdstat_lindex",
+            ]
+            .contains(&name)
+            {
+                queue_calls += calls;
+            }
+        }
+        (queue_calls, all_calls)
+    };
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .expect("resetstat");
+    let settled = uploads.settle(&manifest).await.expect("settle");
+    assert_eq!(settled.removed, 0, "nothing was there to settle");
+    let (queue_calls, all_calls) = counted(&mut conn);
+    assert_eq!(queue_calls, 0, "settling read or changed no list");
+    assert!(
+        all_calls < 10 * BATCH as u64,
+        "{all_calls} commands for a batch of {BATCH}: O(batch)"
+    );
+
+    // A settle that died after its last slice, before its last step: the
+    // manifest and a full cursor are there. Settling again does nothing
+    // twice and costs about one command per slice.
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg("flit:upload:inflight:predictions")
+        .arg(&stored)
+        .ignore()
+        .cmd("SET")
+        .arg(format!(
+            "flit:upload:settled:predictions:{}",
+            manifest.batch_id
+        ))
+        .arg(BATCH)
+        .ignore()
+        .cmd("CONFIG")
+        .arg("RESETSTAT")
+        .ignore()
+        .query(&mut conn)
+        .expect("crash before the last step");
+    let again = uploads.settle(&manifest).await.expect("settle again");
+    assert_eq!(
+        (again.removed, again.dead_lettered, again.expired),
+        (0, 0, 0)
+    );
+    let (queue_calls, all_calls) = counted(&mut conn);
+    assert_eq!(queue_calls, 0);
+    assert!(
+        all_calls < 100,
+        "{all_calls} commands to settle a settled batch again"
+    );
+    assert_eq!(
+        keys(&mut conn, "flit:upload:inflight:*"),
+        std::collections::HashSet::<String>::new()
+    );
+    assert_eq!(
+        keys(&mut conn, "flit:upload:settled:*"),
+        std::collections::HashSet::<String>::new(),
+        "the cursor went with the manifest"
+    );
+    assert_eq!(
+        keys(&mut conn, "flit:upload:entries:*"),
+        std::collections::HashSet::<String>::new()
+    );
+    assert_eq!(llen(&mut conn, "upload_queue"), (QUEUED - BATCH) as u64);
 }
 
 /// An `UploadQueue` for `kind` holding the kind's upload lock, as a run does.

@@ -14,7 +14,7 @@ use crate::keys::{
     CONSUMER_GROUP, EventKind, UPLOAD_HISTORY, UPLOAD_LAST_SUCCESS, UPLOAD_QUEUE,
     upload_manifest_key,
 };
-use crate::upload::{ParkedSummary, RunReport, RunStatus};
+use crate::upload::{ManifestHead, ParkedSummary, RunReport, RunStatus};
 
 /// Facts about the Redis server.
 #[derive(Debug, Clone, Serialize)]
@@ -130,17 +130,6 @@ pub struct QueueState {
     pub parked_expires_at: Option<DateTime<Utc>>,
 }
 
-/// The few fields of an in-flight manifest the monitor needs; the records
-/// are counted, not read into memory.
-#[derive(serde::Deserialize)]
-struct ManifestHead {
-    ingested_at: DateTime<Utc>,
-    records: Vec<serde::de::IgnoredAny>,
-    invalid: Vec<serde::de::IgnoredAny>,
-    expired: Vec<serde::de::IgnoredAny>,
-    repeated: Vec<serde::de::IgnoredAny>,
-}
-
 pub async fn queue_state(
     records: &mut MultiplexedConnection,
     kind: EventKind,
@@ -154,15 +143,18 @@ pub async fn queue_state(
         .query_async(records)
         .await?;
     let head = manifest.and_then(|text| serde_json::from_str::<ManifestHead>(&text).ok());
-    let in_flight = head.as_ref().map_or(0, |m| {
-        (m.records.len() + m.invalid.len() + m.expired.len() + m.repeated.len()) as u64
-    });
+    let in_flight = head.as_ref().map_or(0, |m| m.entries() as u64);
     let parked = crate::upload::parked_summaries(records, kind).await?;
-    // The in-flight batch heads the queue, and its TTLs are renewed when it
-    // fails: the record to watch is the first one behind it.
+    // The in-flight batch has left the queue (or, cut by an earlier
+    // version, heads it), and its TTLs are renewed when it fails: the
+    // record to watch is the first one behind it.
+    let behind = match &head {
+        Some(head) if head.entries_in_queue() => in_flight,
+        _ => 0,
+    };
     let oldest: Option<String> = redis::cmd("LINDEX")
         .arg(UPLOAD_QUEUE)
-        .arg(in_flight)
+        .arg(behind)
         .query_async(records)
         .await?;
     let mut expires_in = None;

@@ -15,15 +15,49 @@ use crate::keys::EventKind;
 use crate::warehouse::rows::{self, Row};
 
 /// A record in a batch: the queue key that named it and the content read.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// Stored (format 3) as its position in the batch's entries list (`at`),
+/// where the take saved the key and the value as read: the manifest stays
+/// small, and the batch is re-read from that list, never from the record
+/// key, so what a recovered batch writes is what was first decided.
+/// Manifests of format 2 and before carry key, id and payload inline, and
+/// are still read so.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 pub struct BatchRecord {
+    #[serde(default)]
     pub key: String,
+    #[serde(default)]
     pub id: String,
+    #[serde(default)]
     pub payload: String,
     /// SHA-1 of the value as stored, when `payload` is not that value
     /// byte for byte (it was not UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_sha1: Option<String>,
+    /// The record's pair in the batch's entries list (key at `2 * at`,
+    /// value at `2 * at + 1`); none for a record carried inline.
+    #[serde(default)]
+    pub at: Option<usize>,
+}
+
+impl Serialize for BatchRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if let Some(at) = self.at {
+            let mut state = serializer.serialize_struct("BatchRecord", 1)?;
+            state.serialize_field("at", &at)?;
+            return state.end();
+        }
+        let fields = 3 + usize::from(self.stored_sha1.is_some());
+        let mut state = serializer.serialize_struct("BatchRecord", fields)?;
+        state.serialize_field("key", &self.key)?;
+        state.serialize_field("id", &self.id)?;
+        state.serialize_field("payload", &self.payload)?;
+        if let Some(sha1) = &self.stored_sha1 {
+            state.serialize_field("stored_sha1", sha1)?;
+        }
+        state.end()
+    }
 }
 
 impl BatchRecord {
@@ -75,8 +109,10 @@ pub struct Split {
 }
 
 /// The manifest format this binary writes and reads. 1: the format before
-/// it carried a version (read as 1). A newer one is refused, never misread.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// it carried a version (read as 1); 2: with it; 3: records as positions in
+/// the batch's entries list, which have left the queue when the manifest is
+/// saved. A newer one is refused, never misread.
+pub const MANIFEST_FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchManifest {
@@ -93,8 +129,9 @@ pub struct BatchManifest {
     pub expired: Vec<String>,
     /// A second queue entry for a key already in this batch.
     pub repeated: Vec<String>,
-    /// Whether the batch's entries are still in the upload queue (it is in
-    /// flight); false once it is parked.
+    /// Whether the batch is in flight (true) or parked. In flight, a
+    /// manifest of format 2 or before still has its entries at the head of
+    /// the queue (see `entries_in_queue`).
     #[serde(default = "in_the_queue")]
     pub queued: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +175,13 @@ impl BatchManifest {
             && self.invalid.is_empty()
             && self.expired.is_empty()
             && self.repeated.is_empty()
+    }
+
+    /// Whether the batch's entries are still in the upload queue: only an
+    /// in-flight batch cut by a binary of manifest format 2 or before. From
+    /// format 3 on, entries leave the queue when the manifest is saved.
+    pub fn entries_in_queue(&self) -> bool {
+        self.queued && self.format < 3
     }
 
     pub fn entries(&self) -> usize {
@@ -295,6 +339,33 @@ impl BatchManifest {
     }
 }
 
+/// The few fields of a stored manifest that tell how far a batch is,
+/// without reading its records into memory (`monitor`, `/metrics`, and a
+/// run's count of what it keeps).
+#[derive(Debug, Deserialize)]
+pub struct ManifestHead {
+    #[serde(default = "format_one")]
+    pub format: u32,
+    pub ingested_at: DateTime<Utc>,
+    records: Vec<serde::de::IgnoredAny>,
+    invalid: Vec<serde::de::IgnoredAny>,
+    expired: Vec<serde::de::IgnoredAny>,
+    repeated: Vec<serde::de::IgnoredAny>,
+}
+
+impl ManifestHead {
+    /// Queue entries the batch took.
+    pub fn entries(&self) -> usize {
+        self.records.len() + self.invalid.len() + self.expired.len() + self.repeated.len()
+    }
+
+    /// Whether those entries still head the queue (an in-flight manifest of
+    /// format 2 or before) or left it when the batch was taken.
+    pub fn entries_in_queue(&self) -> bool {
+        self.format < 3
+    }
+}
+
 /// A short account of a parked batch, kept beside it for `monitor`, which
 /// never reads the manifests themselves (they carry every payload).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -367,6 +438,7 @@ mod tests {
                     r#"{{"prediction_id":"p{i}","prediction_timestamp":"2026-11-20T00:00:00Z"}}"#
                 ),
                 stored_sha1: None,
+                at: None,
             })
             .collect();
         m

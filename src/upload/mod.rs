@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use budget::LoadJobBudget;
 pub use lock::{Busy, Fence, UploadLock};
-pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ParkedSummary, Part};
+pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part};
 pub use queue::{Settled, Take, Ttl, UploadQueue, parked_expiry, parked_summaries};
 pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 
@@ -252,6 +252,9 @@ impl<W: Warehouse> KindRun<'_, W> {
         self.may_go_on()?;
         self.queue.take_over_old_manifest(same_database).await?;
         self.queue.release_orphan_claims().await?;
+        // A batch an earlier version left in flight still heads the queue:
+        // parked, it is retried first below, and settles without the queue.
+        self.queue.adopt_old_in_flight().await?;
         // Counted after the release, which may queue versions again.
         let queued_at_start = self.queue.len().await? as usize;
 
@@ -280,7 +283,6 @@ impl<W: Warehouse> KindRun<'_, W> {
         self.may_go_on()?;
         if let Some(manifest) = self.queue.in_flight().await? {
             tracing::info!(batch = %manifest.batch_id, "finishing a batch an earlier run left in flight");
-            handled += manifest.entries();
             if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {
                 return Ok(Next::Stop);
             }
@@ -547,7 +549,7 @@ impl<W: Warehouse> KindRun<'_, W> {
         self.report.parked_waiting = parked.len() as u64;
         let mut kept: u64 = parked.iter().map(|p| p.records as u64).sum();
         if !finished {
-            kept += self.queue.len().await?;
+            kept += self.queue.len().await? + self.queue.in_flight_entries().await?;
         }
         self.report.kept_for_retry = kept;
         Ok(())

@@ -1,25 +1,31 @@
 //! `UploadQueue`: one kind's queue of records waiting for the warehouse, and
 //! the protocol that drains it without losing or doubling a record. Every
 //! key it touches lives in the kind's own database, so each step is one
-//! atomic script there.
+//! atomic script there, and each script call is short (about a millisecond
+//! of Redis time: pages and slices of a few hundred records).
 //!
-//! 1. `take_batch` reads the head of the queue (without removing anything),
-//!    bounded in rows, bytes and partitions, and records the batch as the
-//!    in-flight manifest: its id, the exact payloads, what will be
-//!    dead-lettered or dropped.
+//! 1. `take_batch` reads the head of the queue in short pages, bounded in
+//!    rows, bytes and partitions, claiming each version it reads and
+//!    appending it (key and value) to the taking list (take_page.lua). Then
+//!    one step saves the in-flight manifest (positions into that list, not
+//!    payloads), takes the entries read off the queue and makes the taking
+//!    list the batch's entries list.
 //! 2. The warehouse writes the batch; sinks are idempotent per batch id.
 //!    When it refuses rows, the manifest records the split first (`save`).
-//! 3. `settle` marks the batch's records uploaded (`mark_uploaded.lua`, in
-//!    slices), then, in one step, takes its entries off the queue, removes
-//!    its manifest and its claims, and keeps its records (or removes them:
-//!    `FLIT_KEEP_UPLOADED=false`, or Redis near maxmemory)
-//!    (`finalize_batch.lua`).
+//! 3. `settle` marks the batch's records uploaded (`mark_uploaded.lua`),
+//!    then settles them in slices (`settle_slice.lua`: claims released,
+//!    records kept or removed, dead letters written; a cursor makes a slice
+//!    run twice harmless), then removes the manifest, the cursor and the
+//!    entries list in a last step. None of it touches the queue.
 //!
-//! A batch the warehouse does not take is `park`ed: its entries leave the
-//! queue and its manifest moves to the parked ones, in one step, so the
-//! queue behind it goes on; later runs retry it first. A crash anywhere
-//! leaves a manifest behind (in flight or parked); the next run writes that
-//! same batch again (a no-op where it had landed) and settles it.
+//! A batch the warehouse does not take is `park`ed: its manifest moves to
+//! the parked ones, so the queue behind it goes on; later runs retry it
+//! first. A crash anywhere leaves a manifest behind (in flight or parked)
+//! or a taking list whose entries never left the queue; the next run writes
+//! that same batch again from its entries list (a no-op where it had
+//! landed) and settles it. An in-flight batch of manifest format 2 or
+//! before, whose entries still head the queue, is parked first
+//! (`adopt_old_in_flight`), which takes them off.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,23 +35,28 @@ use redis::aio::MultiplexedConnection;
 
 use super::lock::Fence;
 pub use super::manifest::{
-    BatchManifest, BatchRecord, InvalidRecord, MANIFEST_FORMAT, ParkedSummary,
+    BatchManifest, BatchRecord, InvalidRecord, MANIFEST_FORMAT, ManifestHead, ParkedSummary,
 };
 use crate::configuration::{AfterUpload, DeadLetterSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::Rejection;
 use crate::keys::{
-    EventKind, UPLOAD_QUEUE, claims_key, parked_index_key, parked_manifest_key, upload_manifest_key,
+    EventKind, UPLOAD_QUEUE, batch_entries_key, claims_key, parked_index_key, parked_manifest_key,
+    settle_cursor_key, taking_key, upload_manifest_key,
 };
 use crate::warehouse::rows::{self, Row};
 
-/// Payload bytes aimed at per round trip while filling a batch; the number
-/// of entries per page follows from the sizes seen so far, so a page stays
-/// near this size whether events are 300 bytes or a megabyte.
-const PAGE_BYTES: usize = 1 << 20;
-/// Entries in the first page, before any size is known, and the most per page.
+/// Payload bytes aimed at per take page; the number of entries per page
+/// follows from the sizes seen so far, so a page stays near this size (and
+/// its call near a millisecond) whether events are 300 bytes or 100 KiB.
+const PAGE_BYTES: usize = 64 << 10;
+/// Entries in the first page, before any size is known, and the most per
+/// page (about a millisecond of Redis time for small records).
 const FIRST_PAGE: usize = 32;
-const MAX_PAGE: usize = 4_000;
+const MAX_PAGE: usize = 200;
+/// Elements of an entries list read per round trip when a recovered batch
+/// is read back.
+const ENTRIES_PER_READ: usize = 512;
 /// Records per call of the scripts that go through a batch in slices
 /// (marking it uploaded, renewing its TTLs): about a millisecond of Redis
 /// time each.
@@ -66,11 +77,36 @@ macro_rules! fenced {
     };
 }
 
-/// Records a new in-flight manifest only where none is: a run that lost
-/// the lock cannot overwrite the batch another run has in flight. Runs even
+/// Records a new in-flight manifest only where none is (a run that lost
+/// the lock cannot overwrite the batch another run has in flight), and in
+/// the same step takes the entries the batch read off the head of the
+/// queue and makes the taking list the batch's entries list. Nothing but
+/// this run (under the lock) removes from the queue's head, and ingest only
+/// appends, so the first ARGV[2] entries are the ones the pages read.
+/// O(batch) in list nodes freed, with no per-entry script work. Runs even
 /// at maxmemory: the uploader is what frees memory.
-const START_IN_FLIGHT: &str =
-    fenced!("return redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0");
+/// KEYS: manifest, queue, taking list, entries list, lock. ARGV: manifest,
+/// entries read, token.
+const START_IN_FLIGHT: &str = fenced!(
+    "if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+local read = tonumber(ARGV[2])
+if read > 0 then redis.call('LTRIM', KEYS[2], read, -1) end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[4]) end
+return 1"
+);
+/// The last step of settling a batch: its manifest, settle cursor and
+/// entries list go (UNLINK: a large list is freed off the main thread),
+/// and a parked one leaves the parked index. KEYS: manifest, cursor,
+/// entries list, parked index, lock. ARGV: batch id, 'parked' or
+/// 'queued', token.
+const SETTLE_DONE: &str = fenced!(
+    "local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
+if redis.call('GETRANGE', KEYS[1], 0, #prefix - 1) ~= prefix then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('UNLINK', KEYS[3])
+if ARGV[2] == 'parked' then redis.call('HDEL', KEYS[4], ARGV[1]) end
+return 1"
+);
 /// Saves progress only into the same batch's manifest (its text begins
 /// with its `batch_id`, which the script checks without reading on): a run
 /// cannot bring back a batch another run settled, nor overwrite another
@@ -103,8 +139,11 @@ fn taken_over(batch_id: &str) -> anyhow::Error {
 /// What settling a batch changed in Redis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
+    /// Uploaded records settled (kept and marked, or removed).
     pub removed: u64,
     pub dead_lettered: u64,
+    /// Entries whose record was gone, now dead-lettered `expired`.
+    pub expired: u64,
 }
 
 /// Whether the records of a batch being saved just had their TTLs renewed.
@@ -137,7 +176,7 @@ pub struct UploadQueue {
     /// The run's hold on the kind's upload lock, checked by every script
     /// that writes.
     fence: Fence,
-    finalize: Script,
+    settle_slice: Script,
 }
 
 impl UploadQueue {
@@ -158,7 +197,7 @@ impl UploadQueue {
             after_upload,
             ttl_seconds,
             fence,
-            finalize: Script::new(fenced!(include_str!("finalize_batch.lua"))),
+            settle_slice: Script::new(fenced!(include_str!("settle_slice.lua"))),
         }
     }
 
@@ -258,14 +297,25 @@ impl UploadQueue {
         Ok(orphans.len() as u64)
     }
 
-    /// The batch a previous run left in flight, if any.
+    /// The batch a previous run left in flight, if any, read back whole.
     pub async fn in_flight(&mut self) -> anyhow::Result<Option<BatchManifest>> {
         let key = upload_manifest_key(self.kind);
+        self.manifest_at(&key).await
+    }
+
+    /// Entries the in-flight batch took off the queue: with the queue's
+    /// length, what waits for upload. Counted from the manifest without
+    /// reading its records back.
+    pub async fn in_flight_entries(&mut self) -> anyhow::Result<u64> {
         let text: Option<String> = redis::cmd("GET")
-            .arg(&key)
+            .arg(upload_manifest_key(self.kind))
             .query_async(&mut self.records)
             .await?;
-        text.map(|text| read_manifest(&key, &text)).transpose()
+        let head = text.and_then(|text| serde_json::from_str::<ManifestHead>(&text).ok());
+        Ok(match head {
+            Some(head) if !head.entries_in_queue() => head.entries() as u64,
+            _ => 0,
+        })
     }
 
     /// Summaries of the parked batches, oldest first.
@@ -273,14 +323,87 @@ impl UploadQueue {
         Ok(parked_summaries(&mut self.records, self.kind).await?)
     }
 
-    /// A parked batch's manifest.
+    /// A parked batch's manifest, read back whole.
     pub async fn parked(&mut self, batch_id: &str) -> anyhow::Result<Option<BatchManifest>> {
         let key = parked_manifest_key(self.kind, batch_id);
+        self.manifest_at(&key).await
+    }
+
+    /// Parks an in-flight batch of manifest format 2 or before, whose
+    /// entries still head the queue (an earlier version cut it): parking
+    /// takes them off, so from then on nothing settles through the queue.
+    /// Returns whether there was one. The run retries it with the parked.
+    pub async fn adopt_old_in_flight(&mut self) -> anyhow::Result<bool> {
+        let Some(mut manifest) = self.in_flight().await? else {
+            return Ok(false);
+        };
+        if !manifest.entries_in_queue() {
+            return Ok(false);
+        }
+        tracing::info!(kind = %self.kind, batch = %manifest.batch_id,
+            "an earlier version left this batch in flight at the head of the queue; parking it to retry it first");
+        self.park(&mut manifest).await?;
+        Ok(true)
+    }
+
+    /// Reads the manifest at `key` and, for records stored as positions
+    /// (format 3), their keys and values from the batch's entries list, in
+    /// pages: exactly what the take read, whatever happened to the record
+    /// keys since.
+    async fn manifest_at(&mut self, key: &str) -> anyhow::Result<Option<BatchManifest>> {
         let text: Option<String> = redis::cmd("GET")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut self.records)
             .await?;
-        text.map(|text| read_manifest(&key, &text)).transpose()
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let mut manifest = read_manifest(key, &text)?;
+        let mut wanted: Vec<&mut BatchRecord> = manifest
+            .records
+            .iter_mut()
+            .chain(manifest.invalid.iter_mut().map(|i| &mut i.record))
+            .filter(|r| r.at.is_some())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Some(manifest));
+        }
+        let list = batch_entries_key(self.kind, &manifest.batch_id);
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let page: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(&list)
+                .arg(entries.len())
+                .arg(entries.len() + ENTRIES_PER_READ - 1)
+                .query_async(&mut self.records)
+                .await?;
+            let last = page.len() < ENTRIES_PER_READ;
+            entries.extend(page);
+            if last {
+                break;
+            }
+        }
+        for record in wanted.iter_mut() {
+            let at = record.at.unwrap_or_default();
+            let (Some(entry_key), Some(value)) = (entries.get(2 * at), entries.get(2 * at + 1))
+            else {
+                anyhow::bail!(
+                    "{key}: batch {} names entry {at} of {list}, which holds {} entries;                      the entries list was changed by hand (nothing was changed)",
+                    manifest.batch_id,
+                    entries.len() / 2
+                );
+            };
+            record.key = String::from_utf8_lossy(entry_key).into_owned();
+            record.id = self
+                .kind
+                .id_of_key(&record.key)
+                .unwrap_or_default()
+                .to_owned();
+            let stored = StoredText::of(value.clone());
+            record.payload = stored.text;
+            record.stored_sha1 = stored.stored_sha1;
+        }
+        Ok(Some(manifest))
     }
 
     /// Keeps the manifest's progress (a split, a failure) where it lives;
@@ -335,12 +458,17 @@ impl UploadQueue {
         Ok(summary)
     }
 
-    /// Parks an in-flight batch the warehouse did not take: its entries
-    /// leave the queue, its manifest joins the parked ones, in one step.
+    /// Parks an in-flight batch the warehouse did not take: its manifest
+    /// joins the parked ones (and, cut by an earlier version, its entries
+    /// leave the queue), in one step.
     pub async fn park(&mut self, manifest: &mut BatchManifest) -> anyhow::Result<()> {
+        let in_queue = manifest.entries_in_queue();
         manifest.queued = false;
         let summary = ParkedSummary::of(manifest, Utc::now());
-        let queue_keys: Vec<&str> = manifest.queue_keys().collect();
+        let queue_keys: Vec<&str> = match in_queue {
+            true => manifest.queue_keys().collect(),
+            false => Vec::new(),
+        };
         let script = Script::new(fenced!(include_str!("park.lua")));
         let mut invocation = script.prepare_invoke();
         invocation
@@ -383,6 +511,8 @@ impl UploadQueue {
             Take::Look { skip } => skip,
         };
         let page_script = Script::new(fenced!(include_str!("take_page.lua")));
+        // Versions appended to the taking list so far.
+        let mut pushed = 0usize;
         while manifest.records.len() + manifest.invalid.len() < max_rows && bytes < max_bytes {
             let read = manifest.records.len() + manifest.invalid.len();
             let page = match bytes.checked_div(read) {
@@ -399,10 +529,13 @@ impl UploadQueue {
                     page_script
                         .key(UPLOAD_QUEUE)
                         .key(claims_key(self.kind))
+                        .key(taking_key(self.kind))
                         .key(&self.fence.key)
                         .arg(start)
                         .arg(page)
-                        .arg(max_bytes - bytes)
+                        // A page stops at its own byte budget too, so a
+                        // page of large records is still a short call.
+                        .arg((max_bytes - bytes).min(PAGE_BYTES))
                         .arg(self.kind.record_prefix())
                         .arg(self.kind.superseded_prefix())
                         .arg(self.kind.uploaded_mark_prefix())
@@ -435,11 +568,20 @@ impl UploadQueue {
                 break;
             }
             start += entries.len();
-            for (key, payload, uploaded) in entries {
-                if uploaded == 1 {
+            for (key, payload, taken) in entries {
+                if taken == 1 {
                     manifest.repeated.push(key);
                     continue;
                 }
+                // Its pair in the taking list (take_page.lua appends each
+                // version it claims: every value answered with taken 0).
+                let at = match (take, &payload) {
+                    (Take::Upload, Some(_)) => {
+                        pushed += 1;
+                        Some(pushed - 1)
+                    }
+                    _ => None,
+                };
                 // A key met again is a repeat only with the same content: a
                 // newer version may have taken the key between two pages,
                 // with an entry of its own, and it is a record of its own.
@@ -467,25 +609,17 @@ impl UploadQueue {
                 };
                 bytes += payload.len();
                 let id = self.kind.id_of_key(&key).unwrap_or_default().to_owned();
-                let (payload, stored_sha1, row) = match String::from_utf8(payload) {
-                    Ok(text) => {
-                        let row = rows::to_row(self.kind, &text, ingested_at);
-                        (text, None, row)
-                    }
-                    Err(err) => (
-                        String::from_utf8_lossy(err.as_bytes()).into_owned(),
-                        Some(sha1_smol::Sha1::from(err.as_bytes()).digest().to_string()),
-                        Err(Rejection::InvalidJson(format!(
-                            "not UTF-8 ({})",
-                            err.utf8_error()
-                        ))),
-                    ),
+                let stored = StoredText::of(payload);
+                let row = match &stored.not_utf8 {
+                    None => rows::to_row(self.kind, &stored.text, ingested_at),
+                    Some(why) => Err(Rejection::InvalidJson(format!("not UTF-8 ({why})"))),
                 };
                 let record = BatchRecord {
                     key,
                     id,
-                    payload,
-                    stored_sha1,
+                    payload: stored.text,
+                    stored_sha1: stored.stored_sha1,
+                    at,
                 };
                 match row {
                     Ok(row) => {
@@ -503,8 +637,12 @@ impl UploadQueue {
         if take == Take::Upload && !manifest.is_empty() {
             let started: u8 = Script::new(START_IN_FLIGHT)
                 .key(upload_manifest_key(self.kind))
+                .key(UPLOAD_QUEUE)
+                .key(taking_key(self.kind))
+                .key(batch_entries_key(self.kind, &manifest.batch_id))
                 .key(&self.fence.key)
                 .arg(serde_json::to_string(&manifest)?)
+                .arg(start)
                 .arg(&self.fence.token)
                 .invoke_async(&mut self.records)
                 .await?;
@@ -560,10 +698,18 @@ impl UploadQueue {
         max > 0 && used * 10 >= max * 9
     }
 
-    /// Settles a written batch: marks its records uploaded, then in one step
-    /// removes its queue entries (if it is still queued), its dead letters'
-    /// records and its manifest, and keeps its records (or removes them).
+    /// Settles a written batch: marks its records uploaded, settles them in
+    /// slices (claims released, records kept or removed, dead letters
+    /// written), then removes its manifest, cursor and entries list. Every
+    /// step is short and safe to repeat; none touches the queue.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
+        if manifest.entries_in_queue() {
+            anyhow::bail!(
+                "batch {}: its entries still head the queue (an earlier version cut it); \
+                 it must be parked before it is settled",
+                manifest.batch_id
+            );
+        }
         // Marks first, in short slices; near maxmemory the records
         // themselves give way (their marks stay: a late copy is still
         // recognised at the take).
@@ -580,56 +726,58 @@ impl UploadQueue {
                 }
             }
         };
-        let mut invocation = self.finalize.prepare_invoke();
         let manifest_key = match manifest.queued {
             true => upload_manifest_key(self.kind),
             false => parked_manifest_key(self.kind, &manifest.batch_id),
         };
-        invocation
-            .key(UPLOAD_QUEUE)
-            .key(self.kind.dead_letter_stream())
-            .key(self.kind.dead_letters_trimmed_key())
-            .key(manifest_key)
+        let cursor = settle_cursor_key(self.kind, &manifest.batch_id);
+        let mut total = Settled::default();
+        let mut first = 0usize;
+        for slice in settle_items(manifest, self.dead_letters.keep_bytes).chunks(RECORDS_PER_CALL) {
+            let mut invocation = self.settle_slice.prepare_invoke();
+            invocation
+                .key(&manifest_key)
+                .key(&cursor)
+                .key(self.kind.dead_letter_stream())
+                .key(self.kind.dead_letters_trimmed_key())
+                .key(claims_key(self.kind))
+                .key(UPLOAD_QUEUE)
+                .key(&self.fence.key)
+                .arg(&manifest.batch_id)
+                .arg(self.kind.superseded_prefix())
+                .arg(stays)
+                .arg(self.dead_letters.max_len)
+                .arg(first);
+            for item in slice {
+                item.push_args(&mut invocation);
+            }
+            let counts: Vec<i64> = invocation
+                .arg(&self.fence.token)
+                .invoke_async(&mut self.records)
+                .await?;
+            match counts[..] {
+                [settled, _moved, dead_lettered, expired] if settled >= 0 => {
+                    total.removed += settled as u64;
+                    total.dead_lettered += dead_lettered as u64;
+                    total.expired += expired as u64;
+                }
+                _ => return Err(taken_over(&manifest.batch_id)),
+            }
+            first += slice.len();
+        }
+        let done: u8 = Script::new(SETTLE_DONE)
+            .key(&manifest_key)
+            .key(&cursor)
+            .key(batch_entries_key(self.kind, &manifest.batch_id))
             .key(parked_index_key(self.kind))
-            .key(claims_key(self.kind))
-            .arg(self.kind.superseded_prefix())
-            .arg(manifest.records.len())
-            .arg(manifest.invalid.len())
-            .arg(manifest.expired.len())
-            .arg(manifest.repeated.len())
-            .arg(self.dead_letters.max_len)
-            .arg(if manifest.queued { "queued" } else { "parked" })
+            .key(&self.fence.key)
             .arg(&manifest.batch_id)
-            .arg(stays);
-        for record in &manifest.records {
-            invocation
-                .arg(&record.key)
-                .arg(&record.id)
-                .arg(record.digest());
-        }
-        for invalid in &manifest.invalid {
-            let record = &invalid.record;
-            let kept = KeptBody::new(record.payload.as_bytes(), self.dead_letters.keep_bytes);
-            invocation
-                .arg(&record.key)
-                .arg(&record.id)
-                .arg(record.digest())
-                .arg(&invalid.code)
-                .arg(&invalid.reason)
-                .arg(kept.data)
-                .arg(kept.size)
-                .arg(if kept.truncated { "1" } else { "0" });
-        }
-        for key in manifest.expired.iter().chain(&manifest.repeated) {
-            invocation.arg(key);
-        }
-        invocation.key(&self.fence.key).arg(&self.fence.token);
-        let counts: Vec<i64> = invocation.invoke_async(&mut self.records).await?;
-        match counts[..] {
-            [settled, _moved, dead_lettered, _expired] if settled >= 0 => Ok(Settled {
-                removed: settled as u64,
-                dead_lettered: dead_lettered as u64,
-            }),
+            .arg(if manifest.queued { "queued" } else { "parked" })
+            .arg(&self.fence.token)
+            .invoke_async(&mut self.records)
+            .await?;
+        match done {
+            1 => Ok(total),
             _ => Err(taken_over(&manifest.batch_id)),
         }
     }
@@ -678,6 +826,83 @@ for i = 3, #ARGV, 3 do
 end",
     )
 });
+
+/// One thing settling does for a batch (see settle_slice.lua), in
+/// manifest order: the order is what the settle cursor counts, so it is
+/// the same every time a batch is settled.
+enum SettleItem<'a> {
+    Uploaded(&'a BatchRecord),
+    Dead(&'a InvalidRecord, KeptBody),
+    Expired(&'a str),
+}
+
+impl SettleItem<'_> {
+    fn push_args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        match self {
+            SettleItem::Uploaded(record) => {
+                invocation
+                    .arg("u")
+                    .arg(&record.key)
+                    .arg(&record.id)
+                    .arg(record.digest());
+            }
+            SettleItem::Dead(invalid, kept) => {
+                let record = &invalid.record;
+                invocation
+                    .arg("d")
+                    .arg(&record.key)
+                    .arg(&record.id)
+                    .arg(record.digest())
+                    .arg(&invalid.code)
+                    .arg(&invalid.reason)
+                    .arg(&kept.data)
+                    .arg(kept.size)
+                    .arg(if kept.truncated { "1" } else { "0" });
+            }
+            SettleItem::Expired(key) => {
+                invocation.arg("e").arg(*key);
+            }
+        }
+    }
+}
+
+/// What settling `manifest` does, item by item. A repeated entry needs
+/// nothing: it left the queue with the batch.
+fn settle_items(manifest: &BatchManifest, keep_bytes: usize) -> Vec<SettleItem<'_>> {
+    let uploaded = manifest.records.iter().map(SettleItem::Uploaded);
+    let dead = manifest.invalid.iter().map(|invalid| {
+        let kept = KeptBody::new(invalid.record.payload.as_bytes(), keep_bytes);
+        SettleItem::Dead(invalid, kept)
+    });
+    let expired = manifest.expired.iter().map(|key| SettleItem::Expired(key));
+    uploaded.chain(dead).chain(expired).collect()
+}
+
+/// A stored value as a batch carries it: its text, and when it is not
+/// UTF-8 (set by hand past the door: one bad record, not a batch that
+/// never loads) a lossy text, the SHA-1 of the bytes as stored, and why.
+struct StoredText {
+    text: String,
+    stored_sha1: Option<String>,
+    not_utf8: Option<std::str::Utf8Error>,
+}
+
+impl StoredText {
+    fn of(value: Vec<u8>) -> Self {
+        match String::from_utf8(value) {
+            Ok(text) => StoredText {
+                text,
+                stored_sha1: None,
+                not_utf8: None,
+            },
+            Err(err) => StoredText {
+                text: String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                stored_sha1: Some(sha1_smol::Sha1::from(err.as_bytes()).digest().to_string()),
+                not_utf8: Some(err.utf8_error()),
+            },
+        }
+    }
+}
 
 fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
     let manifest: BatchManifest = serde_json::from_str(text)

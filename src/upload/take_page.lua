@@ -8,19 +8,33 @@
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: the uploader must work when Redis is full.
 --
--- A version already marked uploaded (mark_uploaded.lua), or claimed by
--- another batch, is answered as such and not claimed: its entry is a stale
--- one, and the version is never uploaded twice.
+-- Each version claimed is also appended, key then value as read, to the
+-- taking list: it becomes the batch's entries list when its manifest is
+-- saved (queue.rs, START_IN_FLIGHT), and is what the batch writes however
+-- often it is recovered. The first page starts the list afresh (a take
+-- that died leaves one behind). The queue itself is only read here: the
+-- entries leave it when the manifest is saved.
 --
--- KEYS: 1 upload queue, 2 claims hash, 3 the kind's upload lock
+-- A version already marked uploaded (mark_uploaded.lua), claimed by
+-- another batch, or met earlier in this batch, is answered as such and not
+-- claimed: its entry is a stale one, and the version is never uploaded
+-- twice.
+--
+-- A page is short (queue.rs bounds it in entries and bytes) so the call
+-- runs about a millisecond.
+--
+-- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the kind's upload lock
 -- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
 --       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the run's
 --       lock token
--- Returns key, value (false when the record is gone), uploaded (1 or 0),
--- ... for the entries taken: it stops after the entry whose value reaches
--- the byte budget.
+-- Returns key, value (false when the record is gone), taken (1: the
+-- version is uploaded or claimed already; 0: claimed now and appended to
+-- the taking list), ... for the entries read: it stops after the entry
+-- whose value reaches the byte budget.
 
-local keys = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
+local first = tonumber(ARGV[1])
+if first == 0 then redis.call('UNLINK', KEYS[3]) end
+local keys = redis.call('LRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)
 local budget = tonumber(ARGV[3])
 local record_prefix, superseded_prefix, mark_prefix = ARGV[4], ARGV[5], ARGV[6]
 -- The record id a queue key names: `<record prefix><id>` or
@@ -29,37 +43,34 @@ local function id_of(key)
   if key:sub(1, #record_prefix) == record_prefix then return key:sub(#record_prefix + 1) end
   return key:sub(#superseded_prefix + 42)
 end
--- Whether this version is uploaded already (marked beside the record), or
--- belongs to another batch (claimed; a parked one): either way this entry
--- is a stale one, and the version is not this batch's to upload.
-local function taken(key, digest)
-  return redis.call('HEXISTS', mark_prefix .. id_of(key), digest) == 1
-    or redis.call('HEXISTS', KEYS[2], digest .. ':' .. key) == 1
-end
-local out, bytes, claims = {}, 0, {}
+local out, bytes, claims, pairs_read, here = {}, 0, {}, {}, {}
 for _, key in ipairs(keys) do
   local value = redis.call('GET', key)
-  local uploaded = 0
+  local taken = 0
   if value then
-    local digest = redis.sha1hex(value)
-    if taken(key, digest) then
-      uploaded = 1
+    local field = redis.sha1hex(value) .. ':' .. key
+    if here[field]
+      or redis.call('HEXISTS', mark_prefix .. id_of(key), field:sub(1, 40)) == 1
+      or redis.call('HEXISTS', KEYS[2], field) == 1 then
+      taken = 1
     else
-      claims[#claims + 1] = digest .. ':' .. key
+      here[field] = true
+      claims[#claims + 1] = field
       claims[#claims + 1] = 1
+      pairs_read[#pairs_read + 1] = key
+      pairs_read[#pairs_read + 1] = value
     end
   end
   out[#out + 1] = key
   out[#out + 1] = value
-  out[#out + 1] = uploaded
-  if value and uploaded == 0 then
+  out[#out + 1] = taken
+  if value and taken == 0 then
     bytes = bytes + #value
     if bytes >= budget then break end
   end
 end
--- One HSET per 500 claims, not one per record: a command run from a script
--- costs as much as the rest of a record's work (and one AOF entry each).
-for first = 1, #claims, 1000 do
-  redis.call('HSET', KEYS[2], unpack(claims, first, math.min(first + 999, #claims)))
+if #claims > 0 then
+  redis.call('HSET', KEYS[2], unpack(claims))
+  redis.call('RPUSH', KEYS[3], unpack(pairs_read))
 end
 return out
