@@ -525,7 +525,9 @@ enum OldBatch {
 fn old_in_flight_batch_is_taken_over(old: OldBatch) {
     const N: usize = 300;
     let redis = RedisServer::start();
-    let env = Env::new(&redis);
+    // Records removed at upload: an entry of the old batch left in the
+    // queue would then be taken again and found gone (a dead letter).
+    let env = Env::new(&redis).set("FLIT_KEEP_UPLOADED", "false");
     env.generate(&["--count", &N.to_string(), "--kind", "predictions"]);
     ingest_until_queued(&redis, &env, 0, N as u64);
     // The earlier binary died after cutting a batch of the first 100
@@ -598,6 +600,12 @@ fn old_in_flight_batch_is_taken_over(old: OldBatch) {
         ingested.contains("2026-11-23T01:02:03.000000Z"),
         "the old batch was written as it was recorded: {ingested:?}"
     );
+    assert_eq!(table(&report, PRED_TABLE)["expired"], 0, "{text}");
+    let dead: u64 = redis::cmd("XLEN")
+        .arg("stream:predictions:dead")
+        .query(&mut pred)
+        .expect("xlen");
+    assert_eq!(dead, 0, "no entry of the old batch was taken twice");
     assert_redis_drained(&redis);
     assert!(
         keys(&mut redis.conn(0), "flit:upload:parked*").is_empty()
@@ -859,8 +867,9 @@ async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
 /// holds: the batch's entries left the queue when it was taken, so no
 /// settle step reads or changes the queue (counted with Redis's own
 /// commandstats, which include the commands scripts call), including when
-/// its records are already gone and when it is settled a second time after
-/// a crash before its last step.
+/// half its records are already gone, and when it is read back from its
+/// entries list and settled a second time after a crash before its last
+/// step: then nothing is written twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_queue() {
     use flit_cache::keys::EventKind;
@@ -873,23 +882,40 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
     let mut seed = redis::pipe();
     for i in 0..QUEUED {
         let key = format!("pred:p{i}");
-        let body = format!(
-            r#"{{"prediction_id":"p{i}","prediction_timestamp":"2025-09-27T10:00:00Z","selected_prediction":0.5}}"#
-        );
-        seed.cmd("SET").arg(&key).arg(body).ignore();
+        // In the first batch: every 100th refused by the door's rules at
+        // the take, every 250th an entry whose record expired.
+        let body = match i {
+            i if i < BATCH && i % 100 == 7 => format!(
+                r#"{{"prediction_id":"p{i}","prediction_timestamp":"2025-09-27T10:00:00Z","selected_prediction":"high"}}"#
+            ),
+            _ => format!(
+                r#"{{"prediction_id":"p{i}","prediction_timestamp":"2025-09-27T10:00:00Z","selected_prediction":0.5}}"#
+            ),
+        };
+        if !(i < BATCH && i % 250 == 3) {
+            seed.cmd("SET").arg(&key).arg(body).ignore();
+        }
         seed.cmd("RPUSH").arg("upload_queue").arg(&key).ignore();
     }
     let () = seed.query(&mut conn).expect("seed");
 
     let (mut uploads, _lock) = locked_queue(&redis, EventKind::Prediction).await;
-    let (manifest, rows) = uploads
+    let (manifest, _) = uploads
         .take_batch(Take::Upload, BATCH, 1 << 30)
         .await
         .expect("batch");
-    assert_eq!((manifest.records.len(), rows.len()), (BATCH, BATCH));
+    let (records, invalid, expired) = (
+        manifest.records.len(),
+        manifest.invalid.len(),
+        manifest.expired.len(),
+    );
+    // A batch counts rows (records and dead letters); expired entries come
+    // along.
+    assert_eq!((records + invalid, invalid, expired), (BATCH, 10, 4));
+    let taken = manifest.entries();
     assert_eq!(
         llen(&mut conn, "upload_queue"),
-        (QUEUED - BATCH) as u64,
+        (QUEUED - taken) as u64,
         "the batch's entries left the queue when its manifest was saved"
     );
     let stored: String = redis::cmd("GET")
@@ -901,9 +927,22 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
         "the manifest holds positions, not payloads: {} bytes",
         stored.len()
     );
-    // The records are gone (expired, or removed by a settle that died).
+    let list = format!("flit:upload:entries:predictions:{}", manifest.batch_id);
+    let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&list)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("entries");
+    assert_eq!(entries.len(), 2 * (records + invalid));
+    // Read back as a recovering run reads it: the same batch.
+    assert_eq!(
+        uploads.in_flight().await.expect("read back").as_ref(),
+        Some(&manifest)
+    );
+    // Half its records are gone (expired, or removed by a settle that died).
     let mut gone = redis::cmd("DEL");
-    for record in &manifest.records {
+    for record in manifest.records.iter().step_by(2) {
         gone.arg(&record.key);
     }
     let () = gone.query(&mut conn).expect("del");
@@ -941,26 +980,46 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
         }
         (queue_calls, all_calls)
     };
+    let dead_letters = |conn: &mut redis::Connection| -> u64 {
+        redis::cmd("XLEN")
+            .arg("stream:predictions:dead")
+            .query(conn)
+            .expect("xlen")
+    };
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query(&mut conn)
         .expect("resetstat");
     let settled = uploads.settle(&manifest).await.expect("settle");
-    assert_eq!(settled.removed, 0, "nothing was there to settle");
+    assert_eq!(
+        settled.removed as usize,
+        records / 2,
+        "the half still there"
+    );
+    assert_eq!(
+        (settled.dead_lettered, settled.expired),
+        (invalid as u64, expired as u64)
+    );
     let (queue_calls, all_calls) = counted(&mut conn);
     assert_eq!(queue_calls, 0, "settling read or changed no list");
     assert!(
         all_calls < 10 * BATCH as u64,
         "{all_calls} commands for a batch of {BATCH}: O(batch)"
     );
+    assert_eq!(dead_letters(&mut conn), (invalid + expired) as u64);
 
     // A settle that died after its last slice, before its last step: the
-    // manifest and a full cursor are there. Settling again does nothing
-    // twice and costs about one command per slice.
-    let () = redis::pipe()
+    // manifest, its entries list and a full cursor are there. The batch is
+    // read back and settled again: nothing is written twice.
+    let mut restore = redis::pipe();
+    restore
         .cmd("SET")
         .arg("flit:upload:inflight:predictions")
         .arg(&stored)
+        .ignore()
+        .cmd("RPUSH")
+        .arg(&list)
+        .arg(&entries)
         .ignore()
         .cmd("SET")
         .arg(format!(
@@ -968,37 +1027,137 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
             manifest.batch_id
         ))
         .arg(BATCH)
-        .ignore()
-        .cmd("CONFIG")
-        .arg("RESETSTAT")
-        .ignore()
+        .ignore();
+    let () = restore
         .query(&mut conn)
         .expect("crash before the last step");
-    let again = uploads.settle(&manifest).await.expect("settle again");
+    let recovered = uploads
+        .in_flight()
+        .await
+        .expect("read back")
+        .expect("in flight");
+    assert_eq!(recovered, manifest);
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .expect("resetstat");
+    let again = uploads.settle(&recovered).await.expect("settle again");
     assert_eq!(
         (again.removed, again.dead_lettered, again.expired),
         (0, 0, 0)
     );
     let (queue_calls, all_calls) = counted(&mut conn);
     assert_eq!(queue_calls, 0);
-    assert!(
-        all_calls < 100,
-        "{all_calls} commands to settle a settled batch again"
-    );
+    assert!(all_calls < 10 * BATCH as u64, "{all_calls} commands");
     assert_eq!(
-        keys(&mut conn, "flit:upload:inflight:*"),
-        std::collections::HashSet::<String>::new()
+        dead_letters(&mut conn),
+        (invalid + expired) as u64,
+        "no dead letter twice"
     );
+    for pattern in [
+        "flit:upload:inflight:*",
+        "flit:upload:settled:*",
+        "flit:upload:entries:*",
+        "flit:upload:claims:*",
+    ] {
+        assert_eq!(
+            keys(&mut conn, pattern),
+            std::collections::HashSet::<String>::new(),
+            "{pattern}"
+        );
+    }
+    assert_eq!(llen(&mut conn, "upload_queue"), (QUEUED - taken) as u64);
+}
+
+/// A batch read back from its entries list is the batch as taken, whatever
+/// the take met: a key queued twice in one page, an entry whose record is
+/// gone, a version marked uploaded, values that are not UTF-8, and a page
+/// cut short by the byte budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_read_back_from_its_entries_list_is_the_batch_as_taken() {
+    use flit_cache::keys::EventKind;
+    use flit_cache::upload::Take;
+
+    let redis = RedisServer::start();
+    let mut conn = redis.conn(0);
+    let body = |id: &str, amount: usize| {
+        format!(
+            r#"{{"_timestamp":"2025-09-22T10:00:00Z","transaction_id":"{id}","amount":{amount}}}"#
+        )
+    };
+    const NOT_UTF8: &[u8] = b"{\"transaction_id\":\"t_bytes\",\"x\":\"\xff\"}";
+    let marked = body("t_marked", 1);
+    let digest = sha1_smol::Sha1::from(&marked).digest().to_string();
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg("tx:t1")
+        .arg(body("t1", 1))
+        .ignore()
+        .cmd("SET")
+        .arg("tx:t_marked")
+        .arg(&marked)
+        .ignore()
+        .cmd("HSET")
+        .arg("tx!t_marked")
+        .arg(&digest)
+        .arg(1)
+        .ignore()
+        .cmd("SET")
+        .arg("tx:t_bytes")
+        .arg(NOT_UTF8)
+        .ignore()
+        .cmd("SET")
+        .arg("tx:t3")
+        .arg(body("t3", 3))
+        .ignore()
+        .cmd("SET")
+        .arg("tx:t4")
+        .arg(body("t4", 4))
+        .ignore()
+        .cmd("RPUSH")
+        .arg("upload_queue")
+        .arg(&[
+            "tx:t1",
+            "tx:t1",
+            "tx:t_gone",
+            "tx:t_marked",
+            "tx:t_bytes",
+            "tx:t3",
+            "tx:t4",
+        ])
+        .ignore()
+        .query(&mut conn)
+        .expect("seed");
+    let (mut uploads, _lock) = locked_queue(&redis, EventKind::Transaction).await;
+    // The byte budget ends the batch after t3.
+    let budget = body("t1", 1).len() + NOT_UTF8.len() + body("t3", 3).len();
+    let (manifest, _) = uploads
+        .take_batch(Take::Upload, 100, budget)
+        .await
+        .expect("batch");
+    let keys_of = |records: &[flit_cache::upload::BatchRecord]| -> Vec<String> {
+        records.iter().map(|r| r.key.clone()).collect()
+    };
+    assert_eq!(keys_of(&manifest.records), ["tx:t1", "tx:t3"]);
+    assert_eq!(manifest.invalid.len(), 1, "not UTF-8");
+    assert_eq!(manifest.expired, ["tx:t_gone"]);
+    assert_eq!(manifest.repeated, ["tx:t1", "tx:t_marked"]);
     assert_eq!(
-        keys(&mut conn, "flit:upload:settled:*"),
-        std::collections::HashSet::<String>::new(),
-        "the cursor went with the manifest"
+        queue(&mut conn),
+        ["tx:t4"],
+        "what the batch did not read stays"
     );
+    let back = uploads
+        .in_flight()
+        .await
+        .expect("read back")
+        .expect("in flight");
+    assert_eq!(back, manifest);
     assert_eq!(
-        keys(&mut conn, "flit:upload:entries:*"),
-        std::collections::HashSet::<String>::new()
+        back.invalid[0].record.digest(),
+        manifest.invalid[0].record.digest(),
+        "the stored bytes' SHA-1, not the lossy text's"
     );
-    assert_eq!(llen(&mut conn, "upload_queue"), (QUEUED - BATCH) as u64);
 }
 
 /// An `UploadQueue` for `kind` holding the kind's upload lock, as a run does.

@@ -178,10 +178,17 @@ pub fn slowlog_report(url: &str) -> anyhow::Result<String> {
                 slowest = slowest.max(*micros);
             }
             if let Some(redis::Value::Array(args)) = fields.get(3) {
-                let name = match args.first() {
-                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).to_lowercase(),
+                let text = |at: usize| match args.get(at) {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
                     _ => "?".to_owned(),
                 };
+                let mut name = text(0).to_lowercase();
+                // A script is named by its key count and its first two keys
+                // (their first three parts), which tell flit-cache's apart.
+                if name == "evalsha" || name == "eval" {
+                    let shape = |key: String| key.split(':').take(3).collect::<Vec<_>>().join(":");
+                    name = format!("{name} {} {} {}", text(2), shape(text(3)), shape(text(4)));
+                }
                 *names.entry(name).or_default() += 1;
             }
         }

@@ -266,8 +266,17 @@ impl<W: Warehouse> KindRun<'_, W> {
         parked.sort_by(|a, b| (a.failures, &a.batch_id).cmp(&(b.failures, &b.batch_id)));
         for summary in parked {
             self.may_go_on()?;
-            let Some(manifest) = self.queue.parked(&summary.batch_id).await? else {
-                continue;
+            // One parked batch that cannot be read back (its keys changed
+            // by hand) must not keep the others or the queue from their turn.
+            let manifest = match self.queue.parked(&summary.batch_id).await {
+                Ok(Some(manifest)) => manifest,
+                Ok(None) => continue,
+                Err(err) => {
+                    self.report
+                        .errors
+                        .push(format!("parked batch {}: {err:#}", summary.batch_id));
+                    continue;
+                }
             };
             tracing::info!(batch = %manifest.batch_id, failures = manifest.failures, "retrying a parked batch");
             if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {

@@ -86,9 +86,14 @@ macro_rules! fenced {
 /// O(batch) in list nodes freed, with no per-entry script work. Runs even
 /// at maxmemory: the uploader is what frees memory.
 /// KEYS: manifest, queue, taking list, entries list, lock. ARGV: manifest,
-/// entries read, token.
+/// entries read, versions claimed (the taking list must hold as many
+/// pairs, or the manifest's positions would name nothing), token.
 const START_IN_FLIGHT: &str = fenced!(
-    "if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+    "if redis.call('LLEN', KEYS[3]) ~= 2 * tonumber(ARGV[3]) then
+  return redis.error_reply('ERR ' .. KEYS[3] .. ' does not hold the ' .. ARGV[3] ..
+    ' versions this batch claimed (changed by hand?); nothing was changed')
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 local read = tonumber(ARGV[2])
 if read > 0 then redis.call('LTRIM', KEYS[2], read, -1) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[4]) end
@@ -269,7 +274,16 @@ impl UploadQueue {
         let mut owned: HashSet<String> = HashSet::new();
         let mut manifests: Vec<BatchManifest> = self.in_flight().await?.into_iter().collect();
         for summary in self.parked_summaries().await? {
-            manifests.extend(self.parked(&summary.batch_id).await?);
+            match self.parked(&summary.batch_id).await {
+                Ok(manifest) => manifests.extend(manifest),
+                // Its claims cannot be told from orphans: release none this
+                // run rather than one a batch still needs.
+                Err(err) => {
+                    tracing::error!(kind = %self.kind, batch = %summary.batch_id, error = %format!("{err:#}"),
+                        "a parked batch cannot be read back; no claims are released this run");
+                    return Ok(0);
+                }
+            }
         }
         for manifest in &manifests {
             let records = manifest
@@ -282,16 +296,23 @@ impl UploadQueue {
         if orphans.is_empty() {
             return Ok(0);
         }
-        let requeued: u64 = Script::new(fenced!(include_str!("release_claims.lua")))
-            .key(UPLOAD_QUEUE)
-            .key(claims_key(self.kind))
-            .key(&self.fence.key)
-            .arg(self.kind.superseded_prefix())
-            .arg(self.kind.record_prefix())
-            .arg(&orphans)
-            .arg(&self.fence.token)
-            .invoke_async(&mut self.records)
-            .await?;
+        // In slices, so no call runs long (each claim released is undone
+        // on its own, so a crash between slices leaves the rest for later).
+        let script = Script::new(fenced!(include_str!("release_claims.lua")));
+        let mut requeued = 0u64;
+        for slice in orphans.chunks(RECORDS_PER_CALL) {
+            let moved: u64 = script
+                .key(UPLOAD_QUEUE)
+                .key(claims_key(self.kind))
+                .key(&self.fence.key)
+                .arg(self.kind.superseded_prefix())
+                .arg(self.kind.record_prefix())
+                .arg(slice)
+                .arg(&self.fence.token)
+                .invoke_async(&mut self.records)
+                .await?;
+            requeued += moved;
+        }
         tracing::warn!(kind = %self.kind, orphans = orphans.len(), requeued,
             "released claims of an upload that died before saving its batch");
         Ok(orphans.len() as u64)
@@ -388,7 +409,8 @@ impl UploadQueue {
             let (Some(entry_key), Some(value)) = (entries.get(2 * at), entries.get(2 * at + 1))
             else {
                 anyhow::bail!(
-                    "{key}: batch {} names entry {at} of {list}, which holds {} entries;                      the entries list was changed by hand (nothing was changed)",
+                    "{key}: batch {} names entry {at} of {list}, which holds {} entries; \
+                     the entries list was changed by hand (nothing was changed)",
                     manifest.batch_id,
                     entries.len() / 2
                 );
@@ -643,6 +665,7 @@ impl UploadQueue {
                 .key(&self.fence.key)
                 .arg(serde_json::to_string(&manifest)?)
                 .arg(start)
+                .arg(pushed)
                 .arg(&self.fence.token)
                 .invoke_async(&mut self.records)
                 .await?;
@@ -827,9 +850,10 @@ end",
     )
 });
 
-/// One thing settling does for a batch (see settle_slice.lua), in
-/// manifest order: the order is what the settle cursor counts, so it is
-/// the same every time a batch is settled.
+/// One thing settling does for a batch (see settle_slice.lua). Expired
+/// items come first: they are fixed when the batch is taken, so their
+/// positions, which the settle cursor counts, are the same every time the
+/// batch is settled; the other items are idempotent by themselves.
 enum SettleItem<'a> {
     Uploaded(&'a BatchRecord),
     Dead(&'a InvalidRecord, KeptBody),
@@ -875,7 +899,7 @@ fn settle_items(manifest: &BatchManifest, keep_bytes: usize) -> Vec<SettleItem<'
         SettleItem::Dead(invalid, kept)
     });
     let expired = manifest.expired.iter().map(|key| SettleItem::Expired(key));
-    uploaded.chain(dead).chain(expired).collect()
+    expired.chain(uploaded).chain(dead).collect()
 }
 
 /// A stored value as a batch carries it: its text, and when it is not

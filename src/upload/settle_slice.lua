@@ -6,7 +6,7 @@
 -- Flags (allow-oom) and the lock check come from `fenced!` in queue.rs.
 -- allow-oom: settling is what frees memory when Redis is full.
 --
--- Per item, in manifest order:
+-- Per item, in the order queue.rs gives them (expired, uploaded, dead):
 -- - uploaded: the version's claim is released; the record stays at its key
 --   (marked uploaded beside it by mark_uploaded.lua, run before this), or
 --   leaves Redis ('remove': FLIT_KEEP_UPLOADED=false, or Redis near
@@ -17,10 +17,19 @@
 --   (reason `expired`, no data), so each one is accounted for by key.
 -- A record is touched only while it holds the exact settled content.
 --
--- A slice run again (a crash, a lost reply) changes nothing twice: the
--- cursor (KEYS[2]) counts the items settled, and items before it are
--- skipped. The batch's manifest, cursor and entries list go in a last step
--- (settle_done in queue.rs).
+-- A slice run again (a crash, a lost reply, a recovered batch settled
+-- again) changes nothing twice. Uploaded and dead items are idempotent by
+-- themselves: the first pass releases the claim and removes (or keeps) the
+-- version, after which a dead letter is written no more. Expired items come
+-- first in every batch's list, and that prefix is fixed when the batch is
+-- taken, so the cursor (KEYS[2]), which counts the items done, skips the
+-- expired items done before however the rest of the list was rebuilt. The
+-- batch's manifest, cursor and entries list go in a last step
+-- (SETTLE_DONE in queue.rs).
+--
+-- Every read comes first and every write after, so an error (a key of
+-- another type set by hand) stops the slice before it changed anything;
+-- reads of record keys are under pcall, and such a key counts as absent.
 --
 -- KEYS: 1 the batch's manifest, 2 its settle cursor, 3 dead-letter stream,
 --       4 counter of dead letters the cap trimmed, 5 versions batches have
@@ -47,10 +56,28 @@ local cursor, dead, trimmed_counter, claims, queue = KEYS[2], KEYS[3], KEYS[4], 
 local superseded = ARGV[2]
 local keep = ARGV[3] == 'keep'
 local cap = tonumber(ARGV[4])
-local done = tonumber(redis.call('GET', cursor) or '0')
+local done = tonumber(redis.call('GET', cursor) or '0') or 0
 local index = tonumber(ARGV[5])
+
+-- The items, checked whole before anything is read or written.
+local width = {u = 4, d = 9, e = 2}
+local i = 6
+while i < #ARGV do
+  local w = width[ARGV[i]]
+  if not w or i + w - 1 > #ARGV - 1 then
+    return redis.error_reply('ERR settle_slice: malformed item at argument ' .. i .. '; nothing was changed')
+  end
+  i = i + w
+end
+
 local settled, moved_on, dead_lettered, expired = 0, 0, 0, 0
-local release, delete = {}, {}
+local release, delete, letters, unqueue = {}, {}, {}, {}
+
+local function get(key)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if ok then return value end
+  return false
+end
 
 -- Settles the version of record `id` whose content hashes to `digest`.
 -- Returns whether it was still there, and whether the batch claimed it.
@@ -58,7 +85,7 @@ local function settle(key, id, digest, uploaded)
   local field = digest .. ':' .. key
   local claimed = redis.call('HEXISTS', claims, field) == 1
   release[#release + 1] = field
-  local current = redis.call('GET', key)
+  local current = get(key)
   if current and redis.sha1hex(current) == digest then
     -- Kept only at the record key: an older version's own key goes, as
     -- lookups read the newest and the mark recognises a late copy.
@@ -71,63 +98,60 @@ local function settle(key, id, digest, uploaded)
   -- uploading: then ingest moved this one to a key of its own. It goes
   -- (lookups read the newest; the mark recognises a late copy).
   local moved = superseded .. digest .. ':' .. id
-  local copy = redis.call('GET', moved)
+  local copy = get(moved)
   local found = copy and redis.sha1hex(copy) == digest
   if found then
     delete[#delete + 1] = moved
     moved_on = moved_on + 1
     -- A batch cut by layout 1 (no claims): the moved copy was queued as
     -- well; its entry goes, or the version would be taken again.
-    if not claimed then redis.call('LREM', queue, 1, moved) end
+    if not claimed then unqueue[#unqueue + 1] = moved end
   end
   return found, claimed
 end
 
-local i = 6
+i = 6
 while i < #ARGV do
   local tag = ARGV[i]
-  local skip = index < done
   if tag == 'u' then
-    if not skip and settle(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], true) then
-      settled = settled + 1
-    end
-    i = i + 4
+    if settle(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], true) then settled = settled + 1 end
   elseif tag == 'd' then
-    if not skip then
-      local key, id, digest = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-      local found, claimed = settle(key, id, digest, false)
-      -- Written from the manifest's copy while the batch still claims the
-      -- version, whether or not the record is still in Redis: one that
-      -- expired while its batch was parked is still accounted for. A
-      -- manifest without claims (layout 1) writes it only while the record
-      -- is there, as that layout did.
-      if found or claimed then
-        redis.call('XADD', dead, '*', 'reason_code', ARGV[i + 4], 'reason', ARGV[i + 5],
-                   'source_key', key, 'data', ARGV[i + 6], 'size', ARGV[i + 7],
-                   'sha1', digest, 'truncated', ARGV[i + 8])
-        dead_lettered = dead_lettered + 1
-      end
+    local key, id, digest = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local found, claimed = settle(key, id, digest, false)
+    -- Written from the manifest's copy while the batch still claims the
+    -- version, whether or not the record is still in Redis: one that
+    -- expired while its batch was parked is still accounted for. A
+    -- manifest without claims (layout 1) writes it only while the record
+    -- is there, as that layout did.
+    if found or claimed then
+      letters[#letters + 1] = {'reason_code', ARGV[i + 4], 'reason', ARGV[i + 5],
+        'source_key', key, 'data', ARGV[i + 6], 'size', ARGV[i + 7],
+        'sha1', digest, 'truncated', ARGV[i + 8]}
+      dead_lettered = dead_lettered + 1
     end
-    i = i + 9
-  elseif tag == 'e' then
-    -- Only while the record is still absent: one stored again since is a
-    -- record of its own, with a queue entry of its own.
-    if not skip and redis.call('EXISTS', ARGV[i + 1]) == 0 then
-      redis.call('XADD', dead, '*', 'reason_code', 'expired',
-                 'reason', 'the record expired (TTL) before any upload took it',
-                 'source_key', ARGV[i + 1], 'data', '', 'size', '0', 'sha1', '', 'truncated', '0')
+  elseif index >= done then
+    -- Expired: only while the record is still absent; one stored again
+    -- since is a record of its own, with a queue entry of its own.
+    local ok, exists = pcall(redis.call, 'EXISTS', ARGV[i + 1])
+    if ok and exists == 0 then
+      letters[#letters + 1] = {'reason_code', 'expired',
+        'reason', 'the record expired (TTL) before any upload took it',
+        'source_key', ARGV[i + 1], 'data', '', 'size', '0', 'sha1', '', 'truncated', '0'}
       expired = expired + 1
     end
-    i = i + 2
-  else
-    return redis.error_reply('ERR settle_slice: unknown item tag ' .. tostring(tag))
   end
+  i = i + width[tag]
   index = index + 1
 end
-if dead_lettered + expired > 0 then
+
+for _, fields in ipairs(letters) do
+  redis.call('XADD', dead, '*', unpack(fields))
+end
+if #letters > 0 then
   local trimmed = redis.call('XTRIM', dead, 'MAXLEN', '~', cap)
   if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
 end
+for _, key in ipairs(unqueue) do redis.call('LREM', queue, 1, key) end
 if #release > 0 then redis.call('HDEL', claims, unpack(release)) end
 if #delete > 0 then redis.call('DEL', unpack(delete)) end
 if index > done then redis.call('SET', cursor, index) end
