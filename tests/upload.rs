@@ -1026,8 +1026,23 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
             "flit:upload:settled:predictions:{}",
             manifest.batch_id
         ))
-        .arg(BATCH)
+        .arg(manifest.entries() - manifest.repeated.len())
         .ignore();
+    // Meanwhile a producer sent a refused event and an uploaded one again:
+    // each is stored anew (its record was removed) and queued on its own,
+    // a record of its own that the second settle must leave alone.
+    let again_sent = [&manifest.invalid[0].record, &manifest.records[1]];
+    for record in again_sent {
+        restore
+            .cmd("SET")
+            .arg(&record.key)
+            .arg(&record.payload)
+            .ignore()
+            .cmd("RPUSH")
+            .arg("upload_queue")
+            .arg(&record.key)
+            .ignore();
+    }
     let () = restore
         .query(&mut conn)
         .expect("crash before the last step");
@@ -1054,6 +1069,18 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
         (invalid + expired) as u64,
         "no dead letter twice"
     );
+    for record in again_sent {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(&record.key)
+            .query(&mut conn)
+            .expect("get");
+        assert_eq!(
+            stored.as_deref(),
+            Some(record.payload.as_str()),
+            "{} sent again is left to its own entry",
+            record.key
+        );
+    }
     for pattern in [
         "flit:upload:inflight:*",
         "flit:upload:settled:*",
@@ -1066,7 +1093,7 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
             "{pattern}"
         );
     }
-    assert_eq!(llen(&mut conn, "upload_queue"), (QUEUED - taken) as u64);
+    assert_eq!(llen(&mut conn, "upload_queue"), (QUEUED - taken + 2) as u64);
 }
 
 /// A batch read back from its entries list is the batch as taken, whatever

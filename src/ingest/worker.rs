@@ -19,7 +19,7 @@ use super::entries::{self, StreamEntry};
 use crate::configuration::{DeadLetterSettings, IngestSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
-use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind, UPLOAD_QUEUE, claims_key};
+use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind, UPLOAD_QUEUE, upload_manifest_key};
 use crate::redis_target;
 use crate::service_metrics;
 
@@ -339,16 +339,16 @@ impl StreamWorker {
                 // once. Only while nothing waits for upload, though: records
                 // that wait are what an upload frees, so the worker waits for
                 // it instead, and what goes past the limit stays one slice.
-                // A batch in flight or parked has left the queue but still
-                // holds claims: it is waiting too.
-                let (queued, claimed): (u64, u64) = redis::pipe()
+                // A batch in flight has left the queue but waits too: an
+                // upload under way (or resumed by the next run) frees it.
+                let (queued, in_flight): (u64, u64) = redis::pipe()
                     .cmd("LLEN")
                     .arg(UPLOAD_QUEUE)
                     .cmd("EXISTS")
-                    .arg(claims_key(self.kind))
+                    .arg(upload_manifest_key(self.kind))
                     .query_async(conn)
                     .await?;
-                if queued > 0 || claimed > 0 {
+                if queued > 0 || in_flight > 0 {
                     return Err(err);
                 }
                 tracing::warn!(kind = %self.kind, "Redis is at maxmemory; committing this batch past the limit and trimming the stream");

@@ -266,17 +266,8 @@ impl<W: Warehouse> KindRun<'_, W> {
         parked.sort_by(|a, b| (a.failures, &a.batch_id).cmp(&(b.failures, &b.batch_id)));
         for summary in parked {
             self.may_go_on()?;
-            // One parked batch that cannot be read back (its keys changed
-            // by hand) must not keep the others or the queue from their turn.
-            let manifest = match self.queue.parked(&summary.batch_id).await {
-                Ok(Some(manifest)) => manifest,
-                Ok(None) => continue,
-                Err(err) => {
-                    self.report
-                        .errors
-                        .push(format!("parked batch {}: {err:#}", summary.batch_id));
-                    continue;
-                }
+            let Some(manifest) = self.queue.parked(&summary.batch_id).await? else {
+                continue;
             };
             tracing::info!(batch = %manifest.batch_id, failures = manifest.failures, "retrying a parked batch");
             if self.deliver(manifest, Recovered::Yes, None).await? == Next::Stop {
@@ -432,7 +423,7 @@ impl<W: Warehouse> KindRun<'_, W> {
         let settled = self.queue.settle(&settled_form).await?;
         self.report.rows_uploaded += settled_form.records.len() as u64;
         self.report.dead_lettered += settled.dead_lettered;
-        self.report.expired += settled_form.expired.len() as u64;
+        self.report.expired += settled.expired;
         self.report.batches += 1;
         self.failures_in_a_row = 0;
         tracing::debug!(table = %self.report.table, batch = %manifest.batch_id, "batch uploaded");

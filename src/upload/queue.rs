@@ -274,16 +274,10 @@ impl UploadQueue {
         let mut owned: HashSet<String> = HashSet::new();
         let mut manifests: Vec<BatchManifest> = self.in_flight().await?.into_iter().collect();
         for summary in self.parked_summaries().await? {
-            match self.parked(&summary.batch_id).await {
-                Ok(manifest) => manifests.extend(manifest),
-                // Its claims cannot be told from orphans: release none this
-                // run rather than one a batch still needs.
-                Err(err) => {
-                    tracing::error!(kind = %self.kind, batch = %summary.batch_id, error = %format!("{err:#}"),
-                        "a parked batch cannot be read back; no claims are released this run");
-                    return Ok(0);
-                }
-            }
+            // A parked batch that cannot be read back stops the run: its
+            // claims cannot be told from orphans, and a claim left in place
+            // would make the take drop its entry.
+            manifests.extend(self.parked(&summary.batch_id).await?);
         }
         for manifest in &manifests {
             let records = manifest
@@ -561,6 +555,7 @@ impl UploadQueue {
                         .arg(self.kind.record_prefix())
                         .arg(self.kind.superseded_prefix())
                         .arg(self.kind.uploaded_mark_prefix())
+                        .arg(&manifest.batch_id)
                         .arg(&self.fence.token)
                         .invoke_async(&mut self.records)
                         .await?
@@ -770,7 +765,14 @@ impl UploadQueue {
                 .arg(self.kind.superseded_prefix())
                 .arg(stays)
                 .arg(self.dead_letters.max_len)
-                .arg(first);
+                .arg(first)
+                // Format 1 manifests may come from a binary that claimed
+                // nothing: their versions are settled by content alone.
+                .arg(if manifest.format < 2 {
+                    "unclaimed"
+                } else {
+                    "claimed"
+                });
             for item in slice {
                 item.push_args(&mut invocation);
             }

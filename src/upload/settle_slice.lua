@@ -18,14 +18,20 @@
 -- A record is touched only while it holds the exact settled content.
 --
 -- A slice run again (a crash, a lost reply, a recovered batch settled
--- again) changes nothing twice. Uploaded and dead items are idempotent by
--- themselves: the first pass releases the claim and removes (or keeps) the
--- version, after which a dead letter is written no more. Expired items come
--- first in every batch's list, and that prefix is fixed when the batch is
--- taken, so the cursor (KEYS[2]), which counts the items done, skips the
--- expired items done before however the rest of the list was rebuilt. The
--- batch's manifest, cursor and entries list go in a last step
--- (SETTLE_DONE in queue.rs).
+-- again) changes nothing twice. An uploaded or dead item is acted on only
+-- while the batch still claims its version (the claim's value is the
+-- batch's id, take_page.lua): the first pass releases the claim, so a
+-- second finds none and leaves the key alone, even when the same event was
+-- sent again meanwhile and stored anew (it is a record of its own, queued
+-- on its own). Expired items come first in every batch's list, and that
+-- prefix is fixed when the batch is taken, so the cursor (KEYS[2]), which
+-- counts the items done, skips the expired items done before however the
+-- rest of the list was rebuilt. The batch's manifest, cursor and entries
+-- list go in a last step (SETTLE_DONE in queue.rs).
+--
+-- A manifest of format 1 may come from a binary that claimed nothing
+-- ('unclaimed'): a version without a claim is then settled by its content,
+-- as that binary did.
 --
 -- Every read comes first and every write after, so an error (a key of
 -- another type set by hand) stops the slice before it changed anything;
@@ -37,7 +43,7 @@
 --       batch cut without claims by layout 1), 7 the kind's upload lock
 -- ARGV: 1 batch id, 2 superseded prefix, 3 'keep' or 'remove' (what becomes
 --       of an uploaded record), 4 dead-letter cap, 5 index of this slice's
---       first item, then items:
+--       first item, 6 'claimed' or 'unclaimed' (see above), then items:
 --       'u', queue key, id, sha1 of payload
 --       'd', queue key, id, sha1, reason code, reason, payload kept (a
 --            prefix when long), whole size, '1' when the kept payload is a
@@ -58,10 +64,11 @@ local keep = ARGV[3] == 'keep'
 local cap = tonumber(ARGV[4])
 local done = tonumber(redis.call('GET', cursor) or '0') or 0
 local index = tonumber(ARGV[5])
+local batch_id, unclaimed = ARGV[1], ARGV[6] == 'unclaimed'
 
 -- The items, checked whole before anything is read or written.
 local width = {u = 4, d = 9, e = 2}
-local i = 6
+local i = 7
 while i < #ARGV do
   local w = width[ARGV[i]]
   if not w or i + w - 1 > #ARGV - 1 then
@@ -79,12 +86,20 @@ local function get(key)
   return false
 end
 
--- Settles the version of record `id` whose content hashes to `digest`.
--- Returns whether it was still there, and whether the batch claimed it.
+-- Settles the version of record `id` whose content hashes to `digest`,
+-- if this batch still claims it. Returns whether it was still there, and
+-- whether the batch claimed it.
 local function settle(key, id, digest, uploaded)
   local field = digest .. ':' .. key
-  local claimed = redis.call('HEXISTS', claims, field) == 1
-  release[#release + 1] = field
+  local owner = redis.call('HGET', claims, field)
+  -- Layout 2 claimed with '1'; from layout 3 the value is the batch's id.
+  local claimed = owner == batch_id or owner == '1'
+  if not claimed and not (unclaimed and not owner) then
+    -- Settled by an earlier pass (or claimed by another batch since):
+    -- whatever the key holds now is not this batch's to touch.
+    return false, false
+  end
+  if claimed then release[#release + 1] = field end
   local current = get(key)
   if current and redis.sha1hex(current) == digest then
     -- Kept only at the record key: an older version's own key goes, as
@@ -103,14 +118,14 @@ local function settle(key, id, digest, uploaded)
   if found then
     delete[#delete + 1] = moved
     moved_on = moved_on + 1
-    -- A batch cut by layout 1 (no claims): the moved copy was queued as
-    -- well; its entry goes, or the version would be taken again.
+    -- A batch cut by a binary without claims: the moved copy was queued
+    -- as well; its entry goes, or the version would be taken again.
     if not claimed then unqueue[#unqueue + 1] = moved end
   end
   return found, claimed
 end
 
-i = 6
+i = 7
 while i < #ARGV do
   local tag = ARGV[i]
   if tag == 'u' then
@@ -148,8 +163,10 @@ for _, fields in ipairs(letters) do
   redis.call('XADD', dead, '*', unpack(fields))
 end
 if #letters > 0 then
-  local trimmed = redis.call('XTRIM', dead, 'MAXLEN', '~', cap)
-  if trimmed > 0 then redis.call('INCRBY', trimmed_counter, trimmed) end
+  -- Under pcall: a counter set by hand to something else must not stop
+  -- the slice after its letters were written.
+  local ok, trimmed = pcall(redis.call, 'XTRIM', dead, 'MAXLEN', '~', cap)
+  if ok and trimmed > 0 then pcall(redis.call, 'INCRBY', trimmed_counter, trimmed) end
 end
 for _, key in ipairs(unqueue) do redis.call('LREM', queue, 1, key) end
 if #release > 0 then redis.call('HDEL', claims, unpack(release)) end

@@ -1,6 +1,6 @@
 -- Reads one page of the upload queue for a batch and claims, in the same
 -- step, each version it reads: field `<sha1 of the value>:<key>` in the
--- claims hash. A claimed version belongs to its batch until the batch is
+-- claims hash, with the batch's id as value. A claimed version belongs to its batch until the batch is
 -- settled: when a newer version of the key arrives meanwhile, ingest moves
 -- the claimed one aside without queueing it again (the batch uploads it)
 -- and gives the newer one a queue entry of its own. Reading and claiming
@@ -25,8 +25,9 @@
 --
 -- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the kind's upload lock
 -- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
---       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the run's
---       lock token
+--       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the batch's
+--       id (each claim's value: settling acts only on versions its own
+--       batch still claims), 8 the run's lock token
 -- Returns key, value (false when the record is gone), taken (1: the
 -- version is uploaded or claimed already; 0: claimed now and appended to
 -- the taking list), ... for the entries read: it stops after the entry
@@ -56,7 +57,7 @@ for _, key in ipairs(keys) do
     else
       here[field] = true
       claims[#claims + 1] = field
-      claims[#claims + 1] = 1
+      claims[#claims + 1] = ARGV[7]
       pairs_read[#pairs_read + 1] = key
       pairs_read[#pairs_read + 1] = value
     end
