@@ -16,15 +16,8 @@ use crate::event::{Rejection, check_id_text};
 use crate::keys::{CACHE_STATS, EventKind};
 use crate::redis_target;
 
-/// Reads the record and counts the lookup in the state database. Redis runs
-/// `SELECT` inside a script for the script alone, so the caller's connection
-/// stays on the records' database. `allow-oom`: a full Redis must still
-/// answer lookups; the counter adds no key once it exists.
-const LOOKUP: &str = r#"#!lua flags=allow-oom
-local record = redis.call('GET', KEYS[1])
-redis.call('SELECT', ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2] .. (record and ':hits' or ':misses'), 1)
-return record"#;
+/// Reads the record and counts the lookup (see the file's header).
+const LOOKUP: &str = include_str!("cache_lookup.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {

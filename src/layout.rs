@@ -16,17 +16,8 @@ use crate::keys::LAYOUT;
 /// manifests of positions), settling in slices.
 pub const LAYOUT_VERSION: u32 = 3;
 
-/// allow-oom: a full Redis must still let the workers and the uploader,
-/// which free memory, start.
-const CLAIM: &str = "#!lua flags=allow-oom
-local held = tonumber(redis.call('GET', KEYS[1]) or '1') or 0
-local mine = tonumber(ARGV[1])
-if held > mine then
-  return redis.error_reply('NEWER_LAYOUT Redis holds layout ' .. held .. ' in ' .. KEYS[1] ..
-    ', this flit-cache knows layouts up to ' .. mine .. '; run the newer flit-cache (nothing was changed)')
-end
-if held < mine or redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], mine) end
-return held";
+/// Raises an older layout to this one, refuses a newer (see the file).
+const CLAIM: &str = include_str!("layout_claim.lua");
 
 /// Claims this binary's layout in the connection's database; returns the
 /// version that was there (1 when none was: layout 1 wrote no key). Errs

@@ -432,8 +432,8 @@ pub(crate) async fn ensure_group(
     }
 }
 
-const CREATE_GROUP: &str =
-    "#!lua flags=allow-oom\nredis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')";
+/// Creates the group (and the stream) even at maxmemory (see the file).
+const CREATE_GROUP: &str = include_str!("create_group.lua");
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()

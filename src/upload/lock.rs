@@ -16,12 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::{EventKind, upload_lock_key};
 
-/// SET NX PX that Redis runs even at maxmemory: an upload is what frees memory.
-const ACQUIRE: &str =
-    "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])";
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Taking, renewing and releasing the lock (see each file's header).
+const ACQUIRE: &str = include_str!("lock_acquire.lua");
+const RENEW: &str = include_str!("lock_renew.lua");
+const RELEASE: &str = include_str!("lock_release.lua");
 
 pub struct UploadLock {
     conn: MultiplexedConnection,

@@ -64,7 +64,9 @@ const RECORDS_PER_CALL: usize = 200;
 
 /// The one place the fence check is written: every script that writes for
 /// an upload starts with it (see `Fence`), after the flags line, which it
-/// gives them too. Included `.lua` files therefore carry neither.
+/// gives them too. Their `.lua` files therefore carry neither; every other
+/// script's file begins with its own flags line (`#!lua ...`), so a
+/// script's flags are always the first line Redis reads.
 macro_rules! fenced {
     ($body:expr) => {
         concat!(
@@ -77,60 +79,13 @@ macro_rules! fenced {
     };
 }
 
-/// Records a new in-flight manifest only where none is (a run that lost
-/// the lock cannot overwrite the batch another run has in flight), and in
-/// the same step takes the entries the batch read off the head of the
-/// queue and makes the taking list the batch's entries list. Nothing but
-/// this run (under the lock) removes from the queue's head, and ingest only
-/// appends, so the first ARGV[2] entries are the ones the pages read.
-/// O(batch) in list nodes freed, with no per-entry script work. Runs even
-/// at maxmemory: the uploader is what frees memory.
-/// KEYS: manifest, queue, taking list, entries list, lock. ARGV: manifest,
-/// entries read, versions claimed (the taking list must hold as many
-/// pairs, or the manifest's positions would name nothing), token.
-const START_IN_FLIGHT: &str = fenced!(
-    "if redis.call('LLEN', KEYS[3]) ~= 2 * tonumber(ARGV[3]) then
-  return redis.error_reply('ERR ' .. KEYS[3] .. ' does not hold the ' .. ARGV[3] ..
-    ' versions this batch claimed (changed by hand?); nothing was changed')
-end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
-local read = tonumber(ARGV[2])
-if read > 0 then redis.call('LTRIM', KEYS[2], read, -1) end
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[4]) end
-return 1"
-);
-/// The last step of settling a batch: its manifest, settle cursor and
-/// entries list go (UNLINK: a large list is freed off the main thread),
-/// and a parked one leaves the parked index. KEYS: manifest, cursor,
-/// entries list, parked index, lock. ARGV: batch id, 'parked' or
-/// 'queued', token.
-const SETTLE_DONE: &str = fenced!(
-    "local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
-if redis.call('GETRANGE', KEYS[1], 0, #prefix - 1) ~= prefix then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('UNLINK', KEYS[3])
-if ARGV[2] == 'parked' then redis.call('HDEL', KEYS[4], ARGV[1]) end
-return 1"
-);
-/// Saves progress only into the same batch's manifest (its text begins
-/// with its `batch_id`, which the script checks without reading on): a run
-/// cannot bring back a batch another run settled, nor overwrite another
-/// batch's manifest.
-const SAVE_IN_FLIGHT: &str = fenced!(
-    "local prefix = '{\"batch_id\":\"' .. ARGV[1] .. '\"'
-if redis.call('GETRANGE', KEYS[1], 0, #prefix - 1) ~= prefix then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1"
-);
-/// Keeps a parked batch's manifest and summary up to date, even when full,
-/// while it is still parked.
-const SAVE_PARKED: &str = fenced!(
-    "if redis.call('SET', KEYS[1], ARGV[2], 'XX') == false then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1"
-);
-/// Copies an old-format in-flight manifest where none is.
-const TAKE_OVER: &str = fenced!("redis.call('SET', KEYS[1], ARGV[1], 'NX')");
+/// The fenced scripts of the in-flight and parked manifests; each file's
+/// header says what it does and takes.
+const START_IN_FLIGHT: &str = fenced!(include_str!("start_in_flight.lua"));
+const SETTLE_DONE: &str = fenced!(include_str!("settle_done.lua"));
+const SAVE_IN_FLIGHT: &str = fenced!(include_str!("save_in_flight.lua"));
+const SAVE_PARKED: &str = fenced!(include_str!("save_parked.lua"));
+const TAKE_OVER: &str = fenced!(include_str!("take_over.lua"));
 
 /// Why a batch's manifest was not where this run expected it: another run
 /// settled it, or holds the kind. The run stops without writing.
@@ -835,27 +790,14 @@ impl UploadQueue {
     }
 }
 
-/// Renews the TTL of versions where they are (see `extend_ttl`). ARGV: 1
-/// ttl seconds, 2 superseded prefix, then per version: key, id, sha1.
-/// allow-oom: the uploader must work when Redis is full.
-static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        "#!lua flags=allow-oom
-for i = 3, #ARGV, 3 do
-  local key, id, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local value = redis.call('GET', key)
-  if not (value and redis.sha1hex(value) == digest) then
-    key = ARGV[2] .. digest .. ':' .. id
-  end
-  redis.call('EXPIRE', key, ARGV[1], 'GT')
-end",
-    )
-});
+/// Renews the TTL of versions where they are (see `extend_ttl`).
+static RENEW: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("renew_ttl.lua")));
 
 /// One thing settling does for a batch (see settle_slice.lua). Expired
 /// items come first: they are fixed when the batch is taken, so their
 /// positions, which the settle cursor counts, are the same every time the
-/// batch is settled; the other items are idempotent by themselves.
+/// batch is settled; the others act only while their batch claims them.
 enum SettleItem<'a> {
     Uploaded(&'a BatchRecord),
     Dead(&'a InvalidRecord, KeptBody),
