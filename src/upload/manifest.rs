@@ -367,7 +367,8 @@ impl ManifestHead {
 }
 
 /// A short account of a parked batch, kept beside it for `monitor`, which
-/// never reads the manifests themselves (they carry every payload).
+/// never reads the manifests themselves (nor the entries lists that hold
+/// every payload).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ParkedSummary {
     pub batch_id: String,

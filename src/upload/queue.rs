@@ -886,7 +886,8 @@ fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
 }
 
 /// Summaries of `kind`'s parked batches, oldest first (`monitor` reads these,
-/// never the manifests, which carry every payload).
+/// never the manifests, which a batch of format 2 or before fills with every
+/// payload, nor the entries lists).
 pub async fn parked_summaries(
     records: &mut MultiplexedConnection,
     kind: EventKind,
