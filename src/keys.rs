@@ -57,9 +57,9 @@ pub fn taking_key(kind: EventKind) -> String {
     format!("flit:upload:taking:{}", kind.name())
 }
 
-/// How many of a batch's settle items (uploaded, dead-lettered and expired
-/// records, in manifest order) are settled: settling runs in short slices,
-/// and a slice run again after a crash skips what is done.
+/// How many of a batch's settle items are done, counted from its expired
+/// entries, which come first (see settle_slice.lua): a slice run again after
+/// a crash skips the expired entries it dead-lettered before.
 pub fn settle_cursor_key(kind: EventKind, batch_id: &str) -> String {
     format!("flit:upload:settled:{}:{batch_id}", kind.name())
 }

@@ -10,11 +10,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{InfoDict, Script};
 use serde::Serialize;
 
-use crate::keys::{
-    CONSUMER_GROUP, EventKind, UPLOAD_HISTORY, UPLOAD_LAST_SUCCESS, UPLOAD_QUEUE,
-    upload_manifest_key,
-};
-use crate::upload::{ManifestHead, ParkedSummary, RunReport, RunStatus};
+use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_HISTORY, UPLOAD_LAST_SUCCESS, UPLOAD_QUEUE};
+use crate::upload::{ParkedSummary, RunReport, RunStatus};
 
 /// Facts about the Redis server.
 #[derive(Debug, Clone, Serialize)]
@@ -135,14 +132,11 @@ pub async fn queue_state(
     kind: EventKind,
     ttl_seconds: u64,
 ) -> redis::RedisResult<QueueState> {
-    let (length, manifest): (u64, Option<String>) = redis::pipe()
-        .cmd("LLEN")
+    let length: u64 = redis::cmd("LLEN")
         .arg(UPLOAD_QUEUE)
-        .cmd("GET")
-        .arg(upload_manifest_key(kind))
         .query_async(records)
         .await?;
-    let head = manifest.and_then(|text| serde_json::from_str::<ManifestHead>(&text).ok());
+    let head = crate::upload::in_flight_head(records, kind).await?;
     let in_flight = head.as_ref().map_or(0, |m| m.entries() as u64);
     let parked = crate::upload::parked_summaries(records, kind).await?;
     // The in-flight batch has left the queue (or, cut by an earlier

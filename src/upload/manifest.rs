@@ -114,6 +114,13 @@ pub struct Split {
 /// saved. A newer one is refused, never misread.
 pub const MANIFEST_FORMAT: u32 = 3;
 
+/// Whether a batch of manifest `format`, while in flight, still has its
+/// entries at the head of the queue: formats before 3 left them there until
+/// the settle; from 3 on they leave the queue when the manifest is saved.
+fn entries_stay_queued(format: u32) -> bool {
+    format < 3
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchManifest {
     /// Must stay the first field: scripts check a manifest's batch by its
@@ -181,7 +188,14 @@ impl BatchManifest {
     /// in-flight batch cut by a binary of manifest format 2 or before. From
     /// format 3 on, entries leave the queue when the manifest is saved.
     pub fn entries_in_queue(&self) -> bool {
-        self.queued && self.format < 3
+        self.queued && entries_stay_queued(self.format)
+    }
+
+    /// Whether the binary that cut the batch may have claimed nothing
+    /// (format 1 covers binaries before and after claims): its versions
+    /// without a claim are then settled by their content alone.
+    pub fn may_lack_claims(&self) -> bool {
+        self.format < 2
     }
 
     pub fn entries(&self) -> usize {
@@ -362,7 +376,7 @@ impl ManifestHead {
     /// Whether those entries still head the queue (an in-flight manifest of
     /// format 2 or before) or left it when the batch was taken.
     pub fn entries_in_queue(&self) -> bool {
-        self.format < 3
+        entries_stay_queued(self.format)
     }
 }
 

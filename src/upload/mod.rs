@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use budget::LoadJobBudget;
 pub use lock::{Busy, Fence, UploadLock};
 pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part};
-pub use queue::{Settled, Take, Ttl, UploadQueue, parked_expiry, parked_summaries};
+pub use queue::{Settled, Take, Ttl, UploadQueue, in_flight_head, parked_expiry, parked_summaries};
 pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 
 use crate::configuration::Settings;

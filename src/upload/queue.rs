@@ -14,8 +14,9 @@
 //!    When it refuses rows, the manifest records the split first (`save`).
 //! 3. `settle` marks the batch's records uploaded (`mark_uploaded.lua`),
 //!    then settles them in slices (`settle_slice.lua`: claims released,
-//!    records kept or removed, dead letters written; a cursor makes a slice
-//!    run twice harmless), then removes the manifest, the cursor and the
+//!    records kept or removed, dead letters written; a slice run twice
+//!    touches only versions its batch still claims, and a cursor counts the
+//!    expired entries done), then removes the manifest, the cursor and the
 //!    entries list in a last step. None of it touches the queue.
 //!
 //! A batch the warehouse does not take is `park`ed: its manifest moves to
@@ -277,12 +278,7 @@ impl UploadQueue {
     /// length, what waits for upload. Counted from the manifest without
     /// reading its records back.
     pub async fn in_flight_entries(&mut self) -> anyhow::Result<u64> {
-        let text: Option<String> = redis::cmd("GET")
-            .arg(upload_manifest_key(self.kind))
-            .query_async(&mut self.records)
-            .await?;
-        let head = text.and_then(|text| serde_json::from_str::<ManifestHead>(&text).ok());
-        Ok(match head {
+        Ok(match in_flight_head(&mut self.records, self.kind).await? {
             Some(head) if !head.entries_in_queue() => head.entries() as u64,
             _ => 0,
         })
@@ -721,9 +717,7 @@ impl UploadQueue {
                 .arg(stays)
                 .arg(self.dead_letters.max_len)
                 .arg(first)
-                // Format 1 manifests may come from a binary that claimed
-                // nothing: their versions are settled by content alone.
-                .arg(if manifest.format < 2 {
+                .arg(if manifest.may_lack_claims() {
                     "unclaimed"
                 } else {
                     "claimed"
@@ -883,6 +877,19 @@ fn read_manifest(key: &str, text: &str) -> anyhow::Result<BatchManifest> {
         );
     }
     Ok(manifest)
+}
+
+/// The head of `kind`'s in-flight manifest, if one is there and readable
+/// (`monitor` reads this, never the records).
+pub async fn in_flight_head(
+    records: &mut MultiplexedConnection,
+    kind: EventKind,
+) -> redis::RedisResult<Option<ManifestHead>> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(upload_manifest_key(kind))
+        .query_async(records)
+        .await?;
+    Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
 }
 
 /// Summaries of `kind`'s parked batches, oldest first (`monitor` reads these,
