@@ -15,7 +15,6 @@ use crate::configuration::Settings;
 use crate::generate::Generator;
 use crate::keys::EventKind;
 use crate::producer::{Delivery, PIPELINE_CHUNK, Producer};
-use crate::redis_target;
 use crate::startup::{self, Application};
 use crate::upload::{self, UploadOptions};
 use crate::warehouse::{self, TableSpec, Warehouse};
@@ -168,20 +167,10 @@ async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Re
         id: args.id.clone(),
         limit: args.limit.unwrap_or(if redrive { usize::MAX } else { 100 }),
     };
-    let db = settings.db_for(args.kind);
-    let client = settings.redis.url.client(db)?;
-    let mut conn = redis_target::connect(
-        &client,
-        std::time::Duration::from_secs(3),
-        std::time::Duration::from_secs(30),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot reach Redis at {} (database {db})",
-            settings.redis.url
-        )
-    })?;
+    let mut conn = settings
+        .redis
+        .open(crate::store::Role::Uploader, settings.db_for(args.kind))
+        .await?;
     if redrive {
         let outcomes =
             dead_letter::redrive(&mut conn, args.kind, &selection, &settings.door).await?;

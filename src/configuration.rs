@@ -8,7 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::event::{DoorRules, TimeWindow};
-use crate::redis_target::RedisUrl;
+use crate::store::connection::RedisUrl;
+pub use crate::store::connection::{RedisSettings, RoleTimeouts};
 
 /// A variable that is set to something the service cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,14 +34,6 @@ pub enum WriteMode {
     Stream,
 }
 
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    pub url: RedisUrl,
-    pub db_transactions: i64,
-    pub db_predictions: i64,
-    pub ttl_seconds: u64,
-}
-
 /// A value that must never reach a log: its `Debug` shows nothing of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretText(pub String);
@@ -63,10 +56,10 @@ pub struct IngestSettings {
     pub trim_interval: Duration,
 }
 
-/// How producers talk to Redis and where they spool when they cannot.
+/// When producers stop calling Redis and where they spool meanwhile (their
+/// call timeout is the producer role's, `RoleTimeouts::producer`).
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
-    pub call_timeout: Duration,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     pub spool_dir: PathBuf,
@@ -189,6 +182,19 @@ impl Settings {
                 db_transactions: env.bounded("REDIS_DB_TRANSACTIONS", 0, 0, 15)?,
                 db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
                 ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
+                timeouts: RoleTimeouts {
+                    connect: env.millis("FLIT_REDIS_CONNECT_TIMEOUT_MS", 2_000, 10, 600_000)?,
+                    worker: env.millis("FLIT_REDIS_WORKER_TIMEOUT_MS", 5_000, 10, 600_000)?,
+                    producer: env.millis("FLIT_PRODUCER_TIMEOUT_MS", 100, 1, 60_000)?,
+                    uploader: env.millis(
+                        "FLIT_REDIS_UPLOADER_TIMEOUT_MS",
+                        30_000,
+                        10,
+                        3_600_000,
+                    )?,
+                    monitor: env.millis("FLIT_REDIS_MONITOR_TIMEOUT_MS", 3_000, 10, 600_000)?,
+                    lookups: env.millis("FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2_000, 1, 600_000)?,
+                },
             },
             door: DoorRules {
                 max_event_bytes: env.bounded(
@@ -229,7 +235,6 @@ impl Settings {
                 trim_interval: env.millis("FLIT_TRIM_INTERVAL_MS", 5_000, 100, 3_600_000)?,
             },
             producer: ProducerSettings {
-                call_timeout: env.millis("FLIT_PRODUCER_TIMEOUT_MS", 100, 1, 60_000)?,
                 breaker_failures: env.bounded("FLIT_BREAKER_FAILURES", 3, 1, 1_000)?,
                 breaker_cooldown: env.millis("FLIT_BREAKER_COOLDOWN_MS", 2_000, 10, 600_000)?,
                 spool_dir: env.path("FLIT_SPOOL_DIR", "./spool"),
@@ -314,10 +319,7 @@ impl Settings {
 
     /// The Redis database that holds events and records of `kind`.
     pub fn db_for(&self, kind: crate::keys::EventKind) -> i64 {
-        match kind {
-            crate::keys::EventKind::Transaction => self.redis.db_transactions,
-            crate::keys::EventKind::Prediction => self.redis.db_predictions,
-        }
+        self.redis.db_for(kind)
     }
 }
 

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
-use crate::redis_target::LazyConnection;
 use crate::service_metrics::ScrapeSources;
+use crate::store::connection::LazyConnection;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -40,7 +40,7 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, Json<Value>) {
-    match state.redis.query::<String>(&redis::cmd("PING")).await {
+    match state.redis.ping().await {
         Ok(_) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "redis": "up"})),

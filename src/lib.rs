@@ -1,22 +1,25 @@
 //! flit-cache: events from Redis streams become cached records with an upload
 //! queue, on their way to BigQuery. `docs/architecture.md` is the map.
 
-pub mod cache;
 pub mod cli;
 pub mod configuration;
-pub mod dead_letter;
 pub mod event;
 pub mod generate;
 pub mod http;
 pub mod ingest;
-pub mod keys;
-pub mod layout;
 pub mod monitor;
 pub mod producer;
-pub mod redis_target;
 pub mod schedule;
 pub mod service_metrics;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod upload;
 pub mod warehouse;
+
+/// The dead-letter streams: what `dead-letter list|show|redrive` reads.
+pub use store::dead_letters as dead_letter;
+/// Key names and event kinds.
+pub use store::keys;
+/// Record lookups by id (`RecordCache`), as README shows them.
+pub use store::lookups as cache;

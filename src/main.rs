@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::execute(cli.command, settings)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", telemetry::error_text(&err));
             ExitCode::from(2)
         }
     }

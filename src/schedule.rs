@@ -18,8 +18,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::keys::UPLOAD_LAST_SUCCESS;
-use crate::redis_target;
+use crate::store::{Role, reports};
 use crate::upload::{self, RunStatus, UploadOptions};
 use crate::warehouse;
 
@@ -99,25 +98,16 @@ pub async fn run_scheduled_uploads(
 }
 
 async fn catch_up_due(settings: &Settings, cron: &Cron) -> bool {
-    let last: anyhow::Result<Option<String>> = async {
-        let client = settings.redis.url.client(settings.redis.db_transactions)?;
-        let mut conn = redis_target::connect(
-            &client,
-            std::time::Duration::from_secs(2),
-            std::time::Duration::from_secs(5),
-        )
-        .await?;
-        Ok(redis::cmd("GET")
-            .arg(UPLOAD_LAST_SUCCESS)
-            .query_async(&mut conn)
-            .await?)
+    let last: anyhow::Result<Option<DateTime<Utc>>> = async {
+        let mut conn = settings
+            .redis
+            .open(Role::Monitor, settings.redis.db_transactions)
+            .await?;
+        Ok(reports::last_success(&mut conn).await?)
     }
     .await;
     let last = match last {
-        Ok(Some(text)) => DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .ok(),
-        Ok(None) => None,
+        Ok(last) => last,
         Err(err) => {
             tracing::warn!(error = %format!("{err:#}"), "cannot read the upload history; no catch-up check");
             None

@@ -17,9 +17,8 @@ use crate::cache::lookup_counts;
 use crate::configuration::Settings;
 use crate::ingest::CommitOutcome;
 use crate::keys::EventKind;
-use crate::monitor::probe;
 use crate::producer::Spool;
-use crate::redis_target::LazyConnection;
+use crate::store::{LazyConnection, Role, status};
 use crate::upload::{RunReport, RunStatus};
 
 pub const EVENTS_INGESTED: &str = "flit_events_ingested_total";
@@ -249,17 +248,11 @@ pub struct ScrapeSources {
     dead_letter_limit: u64,
 }
 
-/// A scrape waits this long for Redis before reporting it down.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl ScrapeSources {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let lazy = |db| -> anyhow::Result<LazyConnection> {
-            Ok(LazyConnection::new(
-                settings.redis.url.client(db)?,
-                SCRAPE_TIMEOUT,
-            ))
-        };
+        // A scrape waits for Redis as long as `monitor` does before
+        // reporting it down.
+        let lazy = |db| settings.redis.lazy(Role::Monitor, db);
         Ok(ScrapeSources {
             state: lazy(settings.redis.db_transactions)?,
             records: EventKind::ALL
@@ -290,17 +283,15 @@ impl ScrapeSources {
 
     async fn read_redis(&self) -> anyhow::Result<()> {
         let mut state = self.state.get().await?;
-        let info: redis::InfoDict = self
+        // The same reading `monitor` judges.
+        let server = self
             .state
-            .bounded(
-                SCRAPE_TIMEOUT,
-                redis::cmd("INFO").arg("memory").query_async(&mut state),
-            )
+            .bounded(self.state.timeout(), status::server_facts(&mut state))
             .await?;
-        gauge!(REDIS_USED_MEMORY).set(info.get::<f64>("used_memory").unwrap_or(0.0));
+        gauge!(REDIS_USED_MEMORY).set(server.used_memory_bytes as f64);
         let last_success = self
             .state
-            .bounded(SCRAPE_TIMEOUT, probe::last_success(&mut state))
+            .bounded(self.state.timeout(), status::last_success(&mut state))
             .await?;
         if let Some(at) = last_success {
             gauge!(UPLOAD_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
@@ -310,8 +301,8 @@ impl ScrapeSources {
             let mut conn = records.get().await?;
             let queue = records
                 .bounded(
-                    SCRAPE_TIMEOUT,
-                    probe::queue_state(&mut conn, *kind, self.ttl_seconds),
+                    self.state.timeout(),
+                    status::queue_state(&mut conn, *kind, self.ttl_seconds),
                 )
                 .await?;
             gauge!(QUEUE_LENGTH, "kind" => name).set(queue.length as f64);
@@ -323,8 +314,8 @@ impl ScrapeSources {
             }));
             let stream = records
                 .bounded(
-                    SCRAPE_TIMEOUT,
-                    probe::stream_state(&mut conn, *kind, self.dead_letter_limit),
+                    self.state.timeout(),
+                    status::stream_state(&mut conn, *kind, self.dead_letter_limit),
                 )
                 .await?;
             gauge!(STREAM_LENGTH, "kind" => name).set(stream.length as f64);
@@ -341,7 +332,7 @@ impl ScrapeSources {
             }
             let lookups = self
                 .state
-                .bounded(SCRAPE_TIMEOUT, lookup_counts(&mut state, *kind))
+                .bounded(self.state.timeout(), lookup_counts(&mut state, *kind))
                 .await?;
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "hit").absolute(lookups.hits);
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "miss").absolute(lookups.misses);

@@ -17,9 +17,12 @@ use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
-use crate::redis_target::LazyConnection;
 use crate::schedule;
 use crate::service_metrics::{self, ScrapeSources};
+use crate::store::Role;
+
+/// How long `/readyz` waits for Redis: a probe must answer fast.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often the service looks for spooled events to replay.
 const SPOOL_CHECK: Duration = Duration::from_secs(2);
@@ -53,7 +56,6 @@ impl Application {
 
         let mut workers = JoinSet::new();
         for kind in EventKind::ALL {
-            let client = settings.redis.url.client(settings.db_for(kind))?;
             for n in 0..settings.ingest.workers_per_kind {
                 let consumer = match settings.ingest.workers_per_kind {
                     1 => format!("{}-{kind}", settings.ingest.consumer_name),
@@ -61,12 +63,11 @@ impl Application {
                 };
                 let worker = StreamWorker::new(
                     kind,
-                    client.clone(),
+                    settings.redis.clone(),
                     consumer,
                     settings.ingest.clone(),
                     settings.door,
                     settings.dead_letters,
-                    settings.redis.ttl_seconds,
                 );
                 workers.spawn(worker.run(shutdown.clone()));
             }
@@ -79,10 +80,11 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let readiness = LazyConnection::new(
-            settings.redis.url.client(settings.redis.db_transactions)?,
-            Duration::from_millis(500),
-        );
+        let readiness = settings.redis.lazy_within(
+            Role::Monitor,
+            settings.redis.db_transactions,
+            READINESS_TIMEOUT,
+        )?;
         let handle = service_metrics::install()?;
         let upkeep = tokio::spawn(service_metrics::keep_up(handle.clone(), shutdown.clone()));
         let app = http::router(HttpState {

@@ -1,13 +1,12 @@
-//! The Redis side of the pipeline: stream workers that read events from
-//! `stream:*` with a consumer group and commit them as records with an upload
-//! queue entry, or as dead letters.
+//! The stream workers: they read events from `stream:*` as members of the
+//! consumer group, check each at the door, and commit them through the
+//! storage layer as records with an upload queue entry, or as dead letters.
 
-mod commit;
-mod entries;
 mod worker;
 
-pub use commit::{
+pub use worker::{StreamWorker, WorkerTotals};
+
+pub use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
-pub use entries::StreamEntry;
-pub use worker::{StreamWorker, WorkerTotals};
+pub use crate::store::stream_entries::StreamEntry;

@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
-use redis::{Client, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::commit::{
-    AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
-};
-use super::entries::{self, StreamEntry};
 use crate::configuration::{DeadLetterSettings, IngestSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
-use crate::keys::{CONSUMER_GROUP, DATA_FIELD, EventKind, UPLOAD_QUEUE, upload_manifest_key};
-use crate::redis_target;
+use crate::keys::{DATA_FIELD, EventKind};
 use crate::service_metrics;
+use crate::store::commit::{
+    AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
+};
+use crate::store::event_stream::{self, ReadFrom};
+use crate::store::stream_entries::StreamEntry;
+use crate::store::{RedisSettings, upload_queue};
 
 /// Upper bounds of one commit call, so that it runs about a millisecond in
 /// Redis (a script blocks every other client, the producers' XADDs
@@ -51,13 +51,12 @@ pub struct WorkerTotals {
 
 pub struct StreamWorker {
     kind: EventKind,
-    client: Client,
+    redis: RedisSettings,
     consumer: String,
     settings: IngestSettings,
     door: DoorRules,
     dead_letters: DeadLetterSettings,
     commit: BatchCommit,
-    trim: Script,
 }
 
 /// Where the worker is in its reading.
@@ -80,22 +79,20 @@ struct Session {
 impl StreamWorker {
     pub fn new(
         kind: EventKind,
-        client: Client,
+        redis: RedisSettings,
         consumer: String,
         settings: IngestSettings,
         door: DoorRules,
         dead_letters: DeadLetterSettings,
-        ttl_seconds: u64,
     ) -> Self {
         StreamWorker {
             kind,
-            client,
+            commit: BatchCommit::new(kind, redis.ttl_seconds, dead_letters),
+            redis,
             consumer,
             settings,
             door,
             dead_letters,
-            commit: BatchCommit::new(kind, ttl_seconds, dead_letters),
-            trim: Script::new(include_str!("trim_stream.lua")),
         }
     }
 
@@ -108,8 +105,8 @@ impl StreamWorker {
         tracing::info!(kind = %self.kind, consumer = %self.consumer, "stream worker started");
 
         while !shutdown.is_cancelled() {
-            let result = match session.as_mut() {
-                Some(session) => self.step(session, &mut totals).await,
+            let result: anyhow::Result<()> = match session.as_mut() {
+                Some(session) => self.step(session, &mut totals).await.map_err(Into::into),
                 None => match self.open_session().await {
                     Ok(opened) => {
                         session = Some(opened);
@@ -124,7 +121,11 @@ impl StreamWorker {
                     waiting_for_memory = false;
                     continue;
                 }
-                Err(err) if is_out_of_memory(&err) => {
+                Err(err)
+                    if err
+                        .downcast_ref::<redis::RedisError>()
+                        .is_some_and(is_out_of_memory) =>
+                {
                     // Not a connection problem: keep it, re-read the entries
                     // in hand (still pending on this consumer) after a pause.
                     if let Some(session) = session.as_mut() {
@@ -140,7 +141,7 @@ impl StreamWorker {
                     session = None;
                     totals.reconnects += 1;
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(kind = %self.kind, error = %err, retry_in_ms = delay.as_millis() as u64,
+                    tracing::warn!(kind = %self.kind, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
                         "stream worker cannot read or commit; reconnecting after a pause");
                     delay
                 }
@@ -156,13 +157,15 @@ impl StreamWorker {
         totals
     }
 
-    async fn open_session(&self) -> redis::RedisResult<Session> {
-        // Blocking reads hold the connection for up to BLOCK; allow that plus slack.
-        let response_timeout = self.settings.block + Duration::from_secs(5);
-        let mut conn =
-            redis_target::connect(&self.client, Duration::from_secs(2), response_timeout).await?;
-        crate::layout::claim(&mut conn).await?;
-        ensure_group(&mut conn, self.kind.stream()).await?;
+    async fn open_session(&self) -> anyhow::Result<Session> {
+        // Blocking reads hold the connection for up to BLOCK on top of the
+        // role's timeout.
+        let mut conn = self
+            .redis
+            .open_blocking(self.redis.db_for(self.kind), self.settings.block)
+            .await?;
+        crate::store::layout::claim(&mut conn).await?;
+        event_stream::ensure_group(&mut conn, self.kind).await?;
         let now = Instant::now();
         Ok(Session {
             conn,
@@ -181,34 +184,29 @@ impl StreamWorker {
         totals: &mut WorkerTotals,
     ) -> redis::RedisResult<()> {
         if Instant::now() >= session.next_claim {
-            let (reply, clock): (redis::Value, (i64, i64)) = redis::pipe()
-                .cmd("XAUTOCLAIM")
-                .arg(self.kind.stream())
-                .arg(CONSUMER_GROUP)
-                .arg(&self.consumer)
-                .arg(self.settings.claim_idle.as_millis() as u64)
-                .arg(&session.claim_cursor)
-                .arg("COUNT")
-                .arg(self.settings.batch_size)
-                .cmd("TIME")
-                .query_async(&mut session.conn)
-                .await?;
-            let (cursor, claimed, deleted) = entries::from_autoclaim_reply(reply)?;
+            let event_stream::Claimed {
+                cursor,
+                read,
+                deleted,
+            } = event_stream::claim_stalled(
+                &mut session.conn,
+                self.kind,
+                &self.consumer,
+                self.settings.claim_idle,
+                &session.claim_cursor,
+                self.settings.batch_size,
+            )
+            .await?;
             if !deleted.is_empty() {
                 // Redis already dropped these from the pending list.
                 totals.vanished += deleted.len() as u64;
                 tracing::error!(kind = %self.kind, count = deleted.len(),
                     "pending entries were deleted from the stream before any worker committed them");
             }
-            if !claimed.is_empty() {
-                tracing::info!(kind = %self.kind, count = claimed.len(), "took over entries of a stalled consumer");
-                self.process(
-                    &mut session.conn,
-                    claimed,
-                    redis_target::clock_reading(clock),
-                    totals,
-                )
-                .await?;
+            if !read.entries.is_empty() {
+                tracing::info!(kind = %self.kind, count = read.entries.len(), "took over entries of a stalled consumer");
+                self.process(&mut session.conn, read.entries, read.server_now, totals)
+                    .await?;
             }
             if cursor == "0-0" {
                 session.next_claim = Instant::now() + self.settings.claim_idle / 2;
@@ -216,37 +214,27 @@ impl StreamWorker {
             session.claim_cursor = cursor;
         }
 
-        let (start_id, block) = match session.phase {
-            Phase::OwnPending => ("0", None),
-            Phase::New => (">", Some(self.settings.block)),
+        let from = match session.phase {
+            Phase::OwnPending => ReadFrom::OwnPending,
+            Phase::New => ReadFrom::New {
+                block: self.settings.block,
+            },
         };
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(CONSUMER_GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(self.settings.batch_size);
-        if let Some(block) = block {
-            read.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        read.arg("STREAMS").arg(self.kind.stream()).arg(start_id);
-        // The server's clock right after the read: the door's window and the
+        // The read comes with the server's clock: the door's window and the
         // arrival stamp of entries whose id a producer chose are read against it.
-        let mut pipe = redis::pipe();
-        pipe.add_command(read).cmd("TIME");
-        let (reply, clock): (redis::Value, (i64, i64)) =
-            pipe.query_async(&mut session.conn).await?;
-        let batch = entries::from_read_reply(reply)?;
-        if batch.is_empty() && session.phase == Phase::OwnPending {
-            session.phase = Phase::New;
-        }
-        self.process(
+        let read = event_stream::read(
             &mut session.conn,
-            batch,
-            redis_target::clock_reading(clock),
-            totals,
+            self.kind,
+            &self.consumer,
+            self.settings.batch_size,
+            from,
         )
         .await?;
+        if read.entries.is_empty() && session.phase == Phase::OwnPending {
+            session.phase = Phase::New;
+        }
+        self.process(&mut session.conn, read.entries, read.server_now, totals)
+            .await?;
 
         if Instant::now() >= session.next_trim {
             self.trim_stream(&mut session.conn).await?;
@@ -286,12 +274,7 @@ impl StreamWorker {
                     totals.vanished += 1;
                     tracing::error!(kind = %self.kind, entry = %id,
                         "pending entry was deleted from the stream before it was committed; acknowledging it");
-                    redis::cmd("XACK")
-                        .arg(self.kind.stream())
-                        .arg(CONSUMER_GROUP)
-                        .arg(&id)
-                        .exec_async(conn)
-                        .await?;
+                    event_stream::ack(conn, self.kind, &id).await?;
                     0
                 }
             };
@@ -307,13 +290,7 @@ impl StreamWorker {
 
     /// Trims what every group has acknowledged (see trim_stream.lua).
     async fn trim_stream(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let trimmed: u64 = self
-            .trim
-            .key(self.kind.stream())
-            .arg(CONSUMER_GROUP)
-            .arg(STALE_CONSUMER.as_millis() as u64)
-            .invoke_async(conn)
-            .await?;
+        let trimmed = event_stream::trim(conn, self.kind, STALE_CONSUMER).await?;
         tracing::debug!(kind = %self.kind, trimmed, "trimmed acknowledged entries");
         Ok(())
     }
@@ -341,14 +318,7 @@ impl StreamWorker {
                 // it instead, and what goes past the limit stays one slice.
                 // A batch in flight has left the queue but waits too: an
                 // upload under way (or resumed by the next run) frees it.
-                let (queued, in_flight): (u64, u64) = redis::pipe()
-                    .cmd("LLEN")
-                    .arg(UPLOAD_QUEUE)
-                    .cmd("EXISTS")
-                    .arg(upload_manifest_key(self.kind))
-                    .query_async(conn)
-                    .await?;
-                if queued > 0 || in_flight > 0 {
+                if upload_queue::waiting_for_upload(conn, self.kind).await? {
                     return Err(err);
                 }
                 tracing::warn!(kind = %self.kind, "Redis is at maxmemory; committing this batch past the limit and trimming the stream");
@@ -412,28 +382,6 @@ enum Classified {
     Rejected(RejectedEntry),
     Vanished(String),
 }
-
-/// Creates the consumer group at the start of the stream (so events pushed
-/// before the first start are processed), and the stream if needed.
-pub(crate) async fn ensure_group(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-) -> redis::RedisResult<()> {
-    // allow-oom: a full Redis of stream entries can only drain once the
-    // group exists, and a group costs a few bytes.
-    let created: redis::RedisResult<()> = Script::new(CREATE_GROUP)
-        .key(stream)
-        .arg(CONSUMER_GROUP)
-        .invoke_async(conn)
-        .await;
-    match created {
-        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
-
-/// Creates the group (and the stream) even at maxmemory (see the file).
-const CREATE_GROUP: &str = include_str!("create_group.lua");
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()

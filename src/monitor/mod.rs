@@ -5,23 +5,20 @@
 //! 2 Redis unreachable.
 
 mod alerts;
-pub mod probe;
 mod render;
-
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 pub use alerts::{Alert, evaluate};
-pub use probe::{QueueState, RecordVolume, ServerFacts, StreamState, UploadState};
+pub use status::{QueueState, RecordVolume, ServerFacts, StreamState, UploadState};
 
 use crate::cache::{LookupCounts, lookup_counts};
 use crate::configuration::{AfterUpload, Settings};
 use crate::keys::EventKind;
 use crate::producer::Spool;
-use crate::redis_target;
+use crate::store::{Role, status};
 use crate::warehouse::{self, TableSpec, Warehouse};
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,9 +90,6 @@ impl MonitorReport {
     }
 }
 
-/// How long the monitor waits for Redis before calling it unreachable.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Gathers the report. Never fails: what cannot be read is in the report.
 pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
     let generated_at = Utc::now();
@@ -122,7 +116,7 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
     };
     match read_redis(settings, &mut report).await {
         Ok(()) => report.redis.reachable = true,
-        Err(err) => report.redis.error = Some(format!("{err:#}")),
+        Err(err) => report.redis.error = Some(crate::telemetry::error_text(&err)),
     }
     if settings.upload.uploaded == AfterUpload::Keep {
         report.projected_memory_bytes = projected_memory(&report.kinds, settings.redis.ttl_seconds);
@@ -152,25 +146,18 @@ fn projected_memory(kinds: &[KindHealth], ttl_seconds: u64) -> Option<u64> {
 }
 
 async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {
-    let client = settings.redis.url.client(db)?;
-    let conn = tokio::time::timeout(
-        REDIS_TIMEOUT,
-        redis_target::connect(&client, REDIS_TIMEOUT, REDIS_TIMEOUT),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {} s", REDIS_TIMEOUT.as_secs()))??;
-    Ok(conn)
+    settings.redis.open(Role::Monitor, db).await
 }
 
 async fn read_redis(settings: &Settings, report: &mut MonitorReport) -> anyhow::Result<()> {
     let mut state = open(settings, settings.redis.db_transactions).await?;
-    report.redis.server = Some(probe::server_facts(&mut state).await?);
+    report.redis.server = Some(status::server_facts(&mut state).await?);
     for kind in EventKind::ALL {
         report
             .kinds
             .push(read_kind(settings, kind, &mut state).await);
     }
-    report.uploads = Some(probe::upload_state(&mut state).await?);
+    report.uploads = Some(status::upload_state(&mut state).await?);
     Ok(())
 }
 
@@ -196,16 +183,16 @@ async fn read_kind(
             return health;
         }
     };
-    match probe::queue_state(&mut records, kind, settings.redis.ttl_seconds).await {
+    match status::queue_state(&mut records, kind, settings.redis.ttl_seconds).await {
         Ok(queue) => health.queue = Some(queue),
         Err(err) => health.errors.push(format!("upload queue: {err:#}")),
     }
     let dead_letter_limit = settings.monitor.alert_dead_letters_per_hour + 1;
-    match probe::stream_state(&mut records, kind, dead_letter_limit).await {
+    match status::stream_state(&mut records, kind, dead_letter_limit).await {
         Ok(stream) => health.stream = Some(stream),
         Err(err) => health.errors.push(format!("stream: {err}")),
     }
-    match probe::record_volume(&mut records, kind, Utc::now()).await {
+    match status::record_volume(&mut records, kind, Utc::now()).await {
         Ok(volume) => health.volume = Some(volume),
         Err(err) => health.errors.push(format!("record volume: {err}")),
     }

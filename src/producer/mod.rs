@@ -14,10 +14,10 @@ pub use spool::{ReplayFile, Spool, SpoolError};
 
 use std::sync::Arc;
 
-use crate::configuration::{ProducerSettings, Settings};
+use crate::configuration::Settings;
 use crate::event::{self, AcceptedEvent, DoorRules, Rejection};
-use crate::keys::{DATA_FIELD, EventKind};
-use crate::redis_target::LazyConnection;
+use crate::keys::EventKind;
+use crate::store::{LazyConnection, Role, event_stream};
 
 /// Events sent in one pipelined round trip.
 pub const PIPELINE_CHUNK: usize = 1_000;
@@ -56,29 +56,22 @@ pub struct Producer {
     connections: [LazyConnection; 2],
     breaker: CircuitBreaker,
     spool: Spool,
-    settings: ProducerSettings,
     door: DoorRules,
 }
 
 impl Producer {
     /// Builds a producer; it connects lazily, so it starts even when Redis is down.
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let url = &settings.redis.url;
+        let redis = &settings.redis;
         let producer = &settings.producer;
+        let connection = |kind| redis.lazy(Role::Producer, redis.db_for(kind));
         Ok(Producer {
             connections: [
-                LazyConnection::new(
-                    url.client(settings.db_for(EventKind::Transaction))?,
-                    producer.call_timeout,
-                ),
-                LazyConnection::new(
-                    url.client(settings.db_for(EventKind::Prediction))?,
-                    producer.call_timeout,
-                ),
+                connection(EventKind::Transaction)?,
+                connection(EventKind::Prediction)?,
             ],
             breaker: CircuitBreaker::new(producer.breaker_failures, producer.breaker_cooldown),
             spool: Spool::new(&producer.spool_dir, producer.spool_max_bytes),
-            settings: producer.clone(),
             door: settings.door,
         })
     }
@@ -233,19 +226,10 @@ impl Producer {
         let connection = &self.connections[kind_index(kind)];
         for chunk in payloads.chunks(PIPELINE_CHUNK) {
             let mut conn = connection.get().await?;
-            let mut pipe = redis::pipe();
-            for payload in chunk {
-                pipe.cmd("XADD")
-                    .arg(kind.stream())
-                    .arg("*")
-                    .arg(DATA_FIELD)
-                    .arg(payload)
-                    .ignore();
-            }
             // A pipeline of many events may take longer than one call.
-            let timeout = self.settings.call_timeout * (1 + chunk.len() as u32 / 100);
+            let timeout = connection.timeout() * (1 + chunk.len() as u32 / 100);
             connection
-                .bounded(timeout, pipe.exec_async(&mut conn))
+                .bounded(timeout, event_stream::append(&mut conn, kind, chunk))
                 .await?;
         }
         Ok(())

@@ -12,10 +12,7 @@
 //! - a quota, the day's load-job budget, or credentials set the table aside
 //!   until the next run: its batches are neither split nor given up.
 
-mod budget;
-mod lock;
-mod manifest;
-mod queue;
+pub(crate) mod manifest;
 mod report;
 
 use std::collections::HashSet;
@@ -26,16 +23,19 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use budget::LoadJobBudget;
-pub use lock::{Busy, Fence, UploadLock};
 pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part};
-pub use queue::{Settled, Take, Ttl, UploadQueue, in_flight_head, parked_expiry, parked_summaries};
 pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
+
+pub use crate::store::upload_budget::LoadJobBudget;
+pub use crate::store::upload_lock::{Busy, Fence, UploadLock};
+pub use crate::store::upload_queue::{
+    Settled, Take, Ttl, UploadQueue, in_flight_head, parked_expiry, parked_summaries,
+};
 
 use crate::configuration::Settings;
 use crate::keys::EventKind;
-use crate::redis_target;
 use crate::service_metrics;
+use crate::store::{Role, reports, upload_queue};
 use crate::warehouse::{Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 
 #[derive(Debug, Clone, Default)]
@@ -76,7 +76,7 @@ pub async fn run_once<W: Warehouse>(
         for kind in &kinds {
             let acquired = async {
                 let mut records = connect(settings, settings.db_for(*kind)).await?;
-                crate::layout::claim(&mut records)
+                crate::store::layout::claim(&mut records)
                     .await
                     .with_context(|| format!("database {} ({kind})", settings.db_for(*kind)))?;
                 UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await
@@ -130,7 +130,7 @@ pub async fn run_once<W: Warehouse>(
     report.finished_at = Utc::now();
     service_metrics::record_upload(&report);
     let mut state = state;
-    if let Err(err) = report.store(&mut state).await {
+    if let Err(err) = reports::keep(&mut state, &report).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");
     }
     release_all(locks).await;
@@ -189,13 +189,10 @@ async fn upload_table<W: Warehouse>(
     }
     .await;
     if let Err(err) = result {
-        report.errors.push(format!("{err:#}"));
+        report.errors.push(crate::telemetry::error_text(&err));
         // Whatever is still queued waits for the next run.
         if let Ok(mut records) = connect(settings, settings.db_for(kind)).await {
-            let left: redis::RedisResult<u64> = redis::cmd("LLEN")
-                .arg(crate::keys::UPLOAD_QUEUE)
-                .query_async(&mut records)
-                .await;
+            let left = upload_queue::queued(&mut records).await;
             report.kept_for_retry = report.kept_for_retry.max(left.unwrap_or_default());
         }
     }
@@ -560,13 +557,5 @@ async fn connect(
     settings: &Settings,
     db: i64,
 ) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = settings.redis.url.client(db)?;
-    redis_target::connect(&client, Duration::from_secs(3), Duration::from_secs(30))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach Redis at {} (database {db})",
-                settings.redis.url
-            )
-        })
+    settings.redis.open(Role::Uploader, db).await
 }

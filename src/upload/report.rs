@@ -4,10 +4,9 @@
 //! monitor and for the schedule's catch-up.
 
 use chrono::{DateTime, Utc};
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{EventKind, UPLOAD_HISTORY, UPLOAD_LAST_RUN, UPLOAD_LAST_SUCCESS};
+use crate::keys::EventKind;
 
 /// Reports kept in the history.
 pub const HISTORY_LENGTH: isize = 100;
@@ -65,38 +64,6 @@ impl RunReport {
             RunStatus::Ok => 0,
             RunStatus::Partial | RunStatus::Busy => 1,
         }
-    }
-
-    /// Keeps the report for the monitor; dry runs change nothing, so they are not kept.
-    pub async fn store(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        if self.dry_run || self.status == RunStatus::Busy {
-            return Ok(());
-        }
-        let json = serde_json::to_string(self).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Client, "report", e.to_string()))
-        })?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(UPLOAD_LAST_RUN)
-            .arg(&json)
-            .ignore()
-            .cmd("LPUSH")
-            .arg(UPLOAD_HISTORY)
-            .arg(&json)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(UPLOAD_HISTORY)
-            .arg(0)
-            .arg(HISTORY_LENGTH - 1)
-            .ignore();
-        if self.status == RunStatus::Ok {
-            pipe.cmd("SET")
-                .arg(UPLOAD_LAST_SUCCESS)
-                .arg(self.finished_at.to_rfc3339())
-                .ignore();
-        }
-        pipe.exec_async(conn).await
     }
 
     /// A table a person can scan.

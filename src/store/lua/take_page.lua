@@ -1,0 +1,77 @@
+-- Reads one page of the upload queue for a batch and claims, in the same
+-- step, each version it reads: field `<sha1 of the value>:<key>` in the
+-- claims hash, with the batch's id as value. A claimed version belongs to its batch until the batch is
+-- settled: when a newer version of the key arrives meanwhile, ingest moves
+-- the claimed one aside without queueing it again (the batch uploads it)
+-- and gives the newer one a queue entry of its own. Reading and claiming
+-- at once leaves no moment in which a version is read but not yet claimed.
+-- Flags (allow-oom) and the lock check come from `fenced!` in scripts.rs.
+-- allow-oom: the uploader must work when Redis is full.
+--
+-- Each version claimed is also appended, key then value as read, to the
+-- taking list: it becomes the batch's entries list when its manifest is
+-- saved (upload_queue.rs, START_IN_FLIGHT), and is what the batch writes however
+-- often it is recovered. The first page starts the list afresh (a take
+-- that died leaves one behind). The queue itself is only read here: the
+-- entries leave it when the manifest is saved.
+--
+-- A version already marked uploaded (mark_uploaded.lua), claimed by
+-- another batch, or met earlier in this batch, is answered as such and not
+-- claimed: its entry is a stale one, and the version is never uploaded
+-- twice.
+--
+-- A page is short (upload_queue.rs bounds it in entries and bytes) so the call
+-- runs about a millisecond.
+--
+-- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the kind's upload lock
+-- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
+--       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the batch's
+--       id (each claim's value: settling acts only on versions its own
+--       batch still claims), 8 the run's lock token
+-- Returns key, value (false when the record is gone), taken (1: the
+-- version is uploaded or claimed already; 0: claimed now and appended to
+-- the taking list), ... for the entries read: it stops after the entry
+-- whose value reaches the byte budget.
+
+local first = tonumber(ARGV[1])
+if first == 0 then redis.call('UNLINK', KEYS[3]) end
+local keys = redis.call('LRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)
+local budget = tonumber(ARGV[3])
+local record_prefix, superseded_prefix, mark_prefix = ARGV[4], ARGV[5], ARGV[6]
+-- The record id a queue key names: `<record prefix><id>` or
+-- `<superseded prefix><40 hex digits>:<id>`.
+local function id_of(key)
+  if key:sub(1, #record_prefix) == record_prefix then return key:sub(#record_prefix + 1) end
+  return key:sub(#superseded_prefix + 42)
+end
+local out, bytes, claims, pairs_read, here = {}, 0, {}, {}, {}
+for _, key in ipairs(keys) do
+  local value = redis.call('GET', key)
+  local taken = 0
+  if value then
+    local field = redis.sha1hex(value) .. ':' .. key
+    if here[field]
+      or redis.call('HEXISTS', mark_prefix .. id_of(key), field:sub(1, 40)) == 1
+      or redis.call('HEXISTS', KEYS[2], field) == 1 then
+      taken = 1
+    else
+      here[field] = true
+      claims[#claims + 1] = field
+      claims[#claims + 1] = ARGV[7]
+      pairs_read[#pairs_read + 1] = key
+      pairs_read[#pairs_read + 1] = value
+    end
+  end
+  out[#out + 1] = key
+  out[#out + 1] = value
+  out[#out + 1] = taken
+  if value and taken == 0 then
+    bytes = bytes + #value
+    if bytes >= budget then break end
+  end
+end
+if #claims > 0 then
+  redis.call('HSET', KEYS[2], unpack(claims))
+  redis.call('RPUSH', KEYS[3], unpack(pairs_read))
+end
+return out
