@@ -141,6 +141,8 @@ pub struct MonitorSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub redis: RedisSettings,
+    /// Where upload notifications go (`notify`).
+    pub notify: crate::notify::NotifySettings,
     /// What the door accepts (`event`): sizes and the time window.
     pub door: DoorRules,
     pub dead_letters: DeadLetterSettings,
@@ -195,6 +197,10 @@ impl Settings {
                     monitor: env.millis("FLIT_REDIS_MONITOR_TIMEOUT_MS", 3_000, 10, 600_000)?,
                     lookups: env.millis("FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2_000, 1, 600_000)?,
                 },
+            },
+            notify: crate::notify::NotifySettings {
+                webhook_url: env.secret_url("FLIT_NOTIFY_WEBHOOK_URL")?,
+                timeout: env.millis("FLIT_NOTIFY_TIMEOUT_MS", 5_000, 100, 60_000)?,
             },
             door: DoorRules {
                 max_event_bytes: env.bounded(
@@ -446,6 +452,23 @@ impl Env<'_> {
 
     fn path(&self, name: &str, default: &str) -> PathBuf {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
+    }
+
+    /// An http(s) URL that holds a secret: a wrong one is refused without
+    /// being echoed.
+    fn secret_url(&self, name: &'static str) -> Result<Option<SecretText>, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        match url::Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                Ok(Some(SecretText(text)))
+            }
+            _ => Err(self.error(
+                name,
+                "expected an http:// or https:// URL (not shown: it may hold a secret)".to_owned(),
+            )),
+        }
     }
 
     fn api_url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod monitor;
+pub mod notify;
 pub mod producer;
 pub mod schedule;
 pub mod service_metrics;

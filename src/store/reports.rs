@@ -41,6 +41,20 @@ pub async fn keep(conn: &mut MultiplexedConnection, report: &RunReport) -> redis
     pipe.exec_async(conn).await
 }
 
+/// The status of the last run kept (busy and dry runs are not kept), if any
+/// was and it can be read.
+pub async fn last_status(
+    state: &mut MultiplexedConnection,
+) -> redis::RedisResult<Option<RunStatus>> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(UPLOAD_LAST_RUN)
+        .query_async(state)
+        .await?;
+    Ok(text
+        .and_then(|text| serde_json::from_str::<RunReport>(&text).ok())
+        .map(|report| report.status))
+}
+
 /// When the last upload run that kept nothing back finished, if any did.
 /// `/metrics` and the schedule read this key alone, not the whole history.
 pub async fn last_success(

@@ -130,10 +130,20 @@ pub async fn run_once<W: Warehouse>(
     report.finished_at = Utc::now();
     service_metrics::record_upload(&report);
     let mut state = state;
+    // Read before this report replaces it: a notification says when a run
+    // is the first success after a failed one.
+    let previous = reports::last_status(&mut state)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not read the last upload report");
+            None
+        });
     if let Err(err) = reports::keep(&mut state, &report).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");
     }
+    // The lock goes first: a slow receiver must not hold back the next run.
     release_all(locks).await;
+    crate::notify::after_run(&settings.notify, &report, previous).await;
     Ok(report)
 }
 

@@ -23,6 +23,26 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Serves `app` on a free loopback port, in a thread of its own, for the
+/// life of the test binary (HTTP stand-ins: the BigQuery stub, a webhook
+/// receiver). Returns the port.
+pub fn serve_http(app: axum::Router) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    port
+}
+
 /// Polls `check` until it is true or `limit` passes; panics with `what` then.
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();

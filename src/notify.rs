@@ -1,0 +1,195 @@
+//! Upload notifications: a JSON POST to `FLIT_NOTIFY_WEBHOOK_URL` after every
+//! upload run that kept something back (status `partial`), and after the
+//! first fully successful run that follows such a run. The body carries a
+//! Slack-compatible `text` and the run's figures under `flit_cache`.
+//!
+//! A notification is bounded in time (`FLIT_NOTIFY_TIMEOUT_MS`) and never
+//! fails the run: a receiver that is down or slow costs a warning. The URL
+//! usually holds a secret (Slack's hook token), so it is never logged: errors
+//! are shown without it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::configuration::SecretText;
+use crate::upload::{RunReport, RunStatus};
+
+/// Where notifications go and how long one may take.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub webhook_url: Option<SecretText>,
+    pub timeout: Duration,
+}
+
+/// Why a run is worth a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Occasion {
+    /// The run kept records back or met errors.
+    Failed,
+    /// The first fully successful run after one that was not.
+    Recovered,
+}
+
+/// Whether `report` calls for a notification, given the status of the run
+/// kept before it (busy and dry runs are never kept, so they are not "the
+/// run before"). A busy run did nothing while another run held the lock,
+/// which reports for itself; a dry run changed nothing.
+pub fn occasion(report: &RunReport, previous: Option<RunStatus>) -> Option<Occasion> {
+    if report.dry_run {
+        return None;
+    }
+    match (&report.status, previous) {
+        (RunStatus::Partial, _) => Some(Occasion::Failed),
+        (RunStatus::Ok, Some(RunStatus::Partial)) => Some(Occasion::Recovered),
+        _ => None,
+    }
+}
+
+/// The body POSTed for `report`.
+pub fn body(report: &RunReport, occasion: Occasion) -> serde_json::Value {
+    let uploaded: u64 = report.tables.iter().map(|t| t.rows_uploaded).sum();
+    let kept: u64 = report.tables.iter().map(|t| t.kept_for_retry).sum();
+    let mut text = match occasion {
+        Occasion::Failed => format!(
+            ":warning: flit-cache upload run of {} was partial: {uploaded} rows uploaded, {kept} records kept for the next run ({}).",
+            report.started_at.format("%Y-%m-%d %H:%M UTC"),
+            report.warehouse
+        ),
+        Occasion::Recovered => format!(
+            ":white_check_mark: flit-cache uploads recovered: the run of {} uploaded {uploaded} rows and kept nothing back ({}).",
+            report.started_at.format("%Y-%m-%d %H:%M UTC"),
+            report.warehouse
+        ),
+    };
+    for table in &report.tables {
+        if let Some(why) = &table.set_aside {
+            text.push_str(&format!("\n• {} set aside: {}", table.table, shorten(why)));
+        }
+        for error in table.errors.iter().take(3) {
+            text.push_str(&format!("\n• {}: {}", table.table, shorten(error)));
+        }
+    }
+    json!({
+        "text": text,
+        "flit_cache": {
+            "occasion": occasion,
+            "status": report.status,
+            "started_at": report.started_at,
+            "finished_at": report.finished_at,
+            "rows_uploaded": uploaded,
+            "kept_for_retry": kept,
+            "tables": report.tables.iter().map(|t| json!({
+                "table": t.table,
+                "rows_uploaded": t.rows_uploaded,
+                "dead_lettered": t.dead_lettered,
+                "expired": t.expired,
+                "kept_for_retry": t.kept_for_retry,
+                "set_aside": t.set_aside,
+                "errors": t.errors,
+            })).collect::<Vec<_>>(),
+        }
+    })
+}
+
+/// Error texts can be long (a warehouse's whole reply); a chat line need not be.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 300;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Sends the notification `report` calls for, if any and if a webhook is
+/// set. Never fails: what goes wrong is logged, without the URL.
+pub async fn after_run(settings: &NotifySettings, report: &RunReport, previous: Option<RunStatus>) {
+    let Some(url) = &settings.webhook_url else {
+        return;
+    };
+    let Some(occasion) = occasion(report, previous) else {
+        return;
+    };
+    match post(&url.0, settings.timeout, &body(report, occasion)).await {
+        Ok(()) => tracing::info!(?occasion, "upload notification sent"),
+        Err(problem) => tracing::warn!(?occasion, %problem,
+            "could not send the upload notification (FLIT_NOTIFY_WEBHOOK_URL); the run is not affected"),
+    }
+}
+
+async fn post(url: &str, timeout: Duration, body: &serde_json::Value) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.without_url().to_string())?;
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the receiver answered HTTP {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::TableReport;
+
+    fn report(status: RunStatus) -> RunReport {
+        let at = chrono::DateTime::from_timestamp(1_780_000_000, 0).expect("time");
+        RunReport {
+            started_at: at,
+            finished_at: at,
+            status,
+            dry_run: false,
+            warehouse: "local warehouse ./warehouse".into(),
+            tables: vec![TableReport {
+                table: "flit_ml_raw.raw_bnpl_prediction_logs".into(),
+                rows_uploaded: 10,
+                kept_for_retry: 5,
+                errors: vec!["x".repeat(1000)],
+                ..TableReport::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn partial_runs_and_the_first_success_after_them_are_notified() {
+        use RunStatus::*;
+        assert_eq!(occasion(&report(Partial), None), Some(Occasion::Failed));
+        assert_eq!(
+            occasion(&report(Partial), Some(Partial)),
+            Some(Occasion::Failed)
+        );
+        assert_eq!(
+            occasion(&report(Ok), Some(Partial)),
+            Some(Occasion::Recovered)
+        );
+        assert_eq!(occasion(&report(Ok), Some(Ok)), None);
+        assert_eq!(occasion(&report(Ok), None), None);
+        assert_eq!(occasion(&report(Busy), Some(Partial)), None);
+        let mut dry = report(Partial);
+        dry.dry_run = true;
+        assert_eq!(occasion(&dry, None), None);
+    }
+
+    #[test]
+    fn the_body_has_a_short_text_and_the_figures() {
+        let body = body(&report(RunStatus::Partial), Occasion::Failed);
+        let text = body["text"].as_str().expect("text");
+        assert!(text.contains("10 rows uploaded, 5 records kept"), "{text}");
+        assert!(text.len() < 700, "errors are shortened: {}", text.len());
+        assert_eq!(body["flit_cache"]["kept_for_retry"], 5);
+        assert_eq!(body["flit_cache"]["occasion"], "failed");
+    }
+}
