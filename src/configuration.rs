@@ -136,6 +136,10 @@ pub struct MonitorSettings {
     pub alert_in_flight_age: Duration,
     /// A parked batch that failed in this many runs.
     pub alert_batch_failures: u32,
+    /// A last hour's lookup hit rate below this (0 to 1), per kind...
+    pub alert_hit_rate: f64,
+    /// ...once the hour saw at least this many lookups of the kind.
+    pub alert_hit_rate_min_lookups: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +308,13 @@ impl Settings {
                     60 * env.bounded("FLIT_ALERT_IN_FLIGHT_MINUTES", 120, 1, 7 * 24 * 60)?,
                 ),
                 alert_batch_failures: env.bounded("FLIT_ALERT_BATCH_FAILURES", 3, 1, 1_000)?,
+                alert_hit_rate: env.fraction("FLIT_ALERT_HIT_RATE", 0.8)?,
+                alert_hit_rate_min_lookups: env.bounded(
+                    "FLIT_ALERT_HIT_RATE_MIN_LOOKUPS",
+                    100,
+                    1,
+                    u64::MAX,
+                )?,
             },
             http_addr: env.parsed_with(
                 "FLIT_HTTP_ADDR",

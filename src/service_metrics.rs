@@ -43,6 +43,7 @@ pub const DEAD_LETTERS_TRIMMED: &str = "flit_dead_letters_trimmed_total";
 pub const STREAM_LAST_ID_AHEAD: &str = "flit_stream_last_id_ahead_seconds";
 pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
 pub const CACHE_HIT_RATIO: &str = "flit_cache_hit_ratio";
+pub const CACHE_LOOKUPS_LAST_HOUR: &str = "flit_cache_lookups_last_hour";
 pub const REDIS_UP: &str = "flit_redis_up";
 pub const REDIS_USED_MEMORY: &str = "flit_redis_used_memory_bytes";
 pub const SPOOL_BYTES: &str = "flit_spool_bytes";
@@ -135,7 +136,11 @@ fn describe_all() {
     );
     describe_gauge!(
         CACHE_HIT_RATIO,
-        "Hits over all lookups since the counters began, per kind."
+        "Hits over lookups in the last hour (Redis clock, one-minute slots), per kind; NaN after an hour without lookups."
+    );
+    describe_gauge!(
+        CACHE_LOOKUPS_LAST_HOUR,
+        "Record lookups by every process in the last hour, per kind: the hit ratio's weight (FLIT_ALERT_HIT_RATE_MIN_LOOKUPS)."
     );
     describe_gauge!(REDIS_UP, "1 when Redis answered the last scrape, else 0.");
     describe_gauge!(REDIS_USED_MEMORY, Unit::Bytes, "Redis used_memory.");
@@ -336,9 +341,10 @@ impl ScrapeSources {
                 .await?;
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "hit").absolute(lookups.hits);
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "miss").absolute(lookups.misses);
-            if let Some(ratio) = lookups.hit_rate {
-                gauge!(CACHE_HIT_RATIO, "kind" => name).set(ratio);
-            }
+            gauge!(CACHE_LOOKUPS_LAST_HOUR, "kind" => name).set(lookups.last_hour() as f64);
+            // NaN for an hour without lookups: no stale ratio, and no
+            // comparison in an alert rule holds for it.
+            gauge!(CACHE_HIT_RATIO, "kind" => name).set(lookups.hit_rate.unwrap_or(f64::NAN));
         }
         Ok(())
     }

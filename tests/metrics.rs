@@ -158,6 +158,7 @@ async fn metrics_count_a_known_workload() {
     assert_eq!(lookups("transactions", "miss"), 1.0);
     assert_eq!(lookups("predictions", "hit"), 1.0);
     assert!((value(&page, "flit_cache_hit_ratio", &tx_kind) - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(value(&page, "flit_cache_lookups_last_hour", &tx_kind), 3.0);
     assert_eq!(value(&page, "flit_redis_up", &[]), 1.0);
     assert_eq!(value(&page, "flit_spool_bytes", &[]), 0.0);
     assert!(value(&page, "flit_worker_batch_duration_seconds_count", &tx_kind) >= 1.0);

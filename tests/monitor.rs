@@ -446,7 +446,53 @@ async fn lookups_count_hits_and_misses_for_every_process() {
     assert_eq!(tx_lookups["hits"], 3);
     assert_eq!(tx_lookups["misses"], 1);
     assert_eq!(tx_lookups["hit_rate"], 0.75);
+    assert_eq!(tx_lookups["last_hour_hits"], 3);
+    assert_eq!(tx_lookups["last_hour_misses"], 1);
     let pred_lookups = &kind(&report, "predictions")["lookups"];
     assert_eq!(pred_lookups["hits"], 1);
     assert_eq!(pred_lookups["misses"], 2);
+
+    // The rate is the last hour's. A slot the ring last used 90 minutes ago
+    // (what heavy hits long past leave) counts nothing, and a
+    // run of misses now brings the rate down at once, whatever the totals.
+    let mut state = redis.conn(0);
+    let now_minute = redis_now_seconds(&mut state) / 60;
+    let stale = now_minute - 90;
+    let slot = format!("transactions:{}", stale % 60);
+    let _: () = redis::cmd("HSET")
+        .arg("flit:cache:stats")
+        .arg(format!("{slot}:minute"))
+        .arg(stale)
+        .arg(format!("{slot}:hits"))
+        .arg(1_000_000)
+        .arg(format!("{slot}:misses"))
+        .arg(0)
+        .arg("transactions:hits")
+        .arg(1_000_003)
+        .query(&mut state)
+        .expect("hset");
+    for i in 0..120 {
+        let id = format!("tx_gone_{i}");
+        assert!(cache.get_transaction(&id).await.expect("lookup").is_none());
+    }
+    let (code, report) = monitor(&env);
+    assert_eq!(code, Some(1), "{report:#}");
+    let tx_lookups = &kind(&report, "transactions")["lookups"];
+    assert_eq!(tx_lookups["hits"], 1_000_003, "totals keep everything");
+    assert_eq!(tx_lookups["last_hour_hits"], 3, "{tx_lookups}");
+    assert_eq!(tx_lookups["last_hour_misses"], 121, "{tx_lookups}");
+    let codes: Vec<&str> = report["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["hit_rate_low"], "{report:#}");
+    // Predictions saw 3 lookups this hour: too few to judge, however low.
+    assert!(pred_lookups["hit_rate"].as_f64().is_some_and(|r| r < 0.8));
+}
+
+fn redis_now_seconds(conn: &mut redis::Connection) -> i64 {
+    let (seconds, _micros): (i64, i64) = redis::cmd("TIME").query(conn).expect("time");
+    seconds
 }

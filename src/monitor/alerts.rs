@@ -193,6 +193,27 @@ fn kind_alerts(
     if let Some(stream) = &kind.stream {
         stream_alerts(kind, stream, limits, alerts);
     }
+    if let Some(lookups) = &kind.lookups
+        && let Some(rate) = lookups.hit_rate
+        && lookups.last_hour() >= limits.alert_hit_rate_min_lookups
+        && rate < limits.alert_hit_rate
+    {
+        alerts.push(alert(
+            "hit_rate_low",
+            format!("{name} lookups often miss: callers do not find records they expect in Redis"),
+            format!(
+                "{:.1}% of {} lookups in the last hour",
+                rate * 100.0,
+                lookups.last_hour()
+            ),
+            format!(
+                "{:.0}% (FLIT_ALERT_HIT_RATE), from {} lookups an hour (FLIT_ALERT_HIT_RATE_MIN_LOOKUPS)",
+                limits.alert_hit_rate * 100.0,
+                limits.alert_hit_rate_min_lookups
+            ),
+            "check that producers reach Redis (spooled events are not cached yet: flit-cache monitor's spool size), that the workers keep up (stream lag), and that FLIT_KEEP_UPLOADED is on",
+        ));
+    }
 }
 
 /// Batches in flight and parked: nothing may wait unseen.
@@ -458,6 +479,8 @@ mod tests {
             alert_dead_letters_per_hour: 100,
             alert_in_flight_age: Duration::from_secs(7_200),
             alert_batch_failures: 3,
+            alert_hit_rate: 0.8,
+            alert_hit_rate_min_lookups: 100,
         }
     }
 
@@ -698,5 +721,29 @@ mod tests {
         };
         report.warehouse = Some(vec![fresh, old, broken]);
         assert_eq!(codes(&report), ["warehouse_stale", "warehouse_unreachable"]);
+    }
+
+    #[test]
+    fn a_low_hit_rate_alerts_only_over_enough_lookups_in_the_last_hour() {
+        let lookups = |hits: u64, misses: u64| crate::cache::LookupCounts {
+            hits: 1_000_000,
+            misses: 0,
+            last_hour_hits: hits,
+            last_hour_misses: misses,
+            hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+        };
+        let mut report = healthy();
+        report.kinds[0].lookups = Some(lookups(79, 21));
+        assert_eq!(
+            codes(&report),
+            ["hit_rate_low"],
+            "79% of 100, whatever the totals"
+        );
+        report.kinds[0].lookups = Some(lookups(80, 20));
+        assert!(codes(&report).is_empty(), "80% is the threshold");
+        report.kinds[0].lookups = Some(lookups(10, 89));
+        assert!(codes(&report).is_empty(), "99 lookups are too few to judge");
+        report.kinds[0].lookups = Some(lookups(0, 0));
+        assert!(codes(&report).is_empty(), "a quiet hour");
     }
 }

@@ -93,7 +93,7 @@ pub fn text(report: &MonitorReport) -> String {
     if !report.kinds.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}",
+            "\n{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
             "kind",
             "db",
             "queued",
@@ -103,8 +103,8 @@ pub fn text(report: &MonitorReport) -> String {
             "lag",
             "pending",
             "dead-letter",
-            "lookups",
-            "hit rate"
+            "lookups/1h",
+            "hit rate/1h"
         );
         for k in &report.kinds {
             let q = k.queue.as_ref();
@@ -112,7 +112,7 @@ pub fn text(report: &MonitorReport) -> String {
             let l = k.lookups.as_ref();
             let _ = writeln!(
                 out,
-                "{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}",
+                "{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
                 k.kind.name(),
                 k.db,
                 or_dash(q.map(|q| q.length)),
@@ -125,7 +125,7 @@ pub fn text(report: &MonitorReport) -> String {
                 or_dash(st.and_then(|s| s.lag)),
                 or_dash(st.map(|s| s.pending)),
                 or_dash(st.map(|s| s.dead_letter_length)),
-                or_dash(l.map(|l| l.hits + l.misses)),
+                or_dash(l.map(|l| l.last_hour())),
                 or_dash(
                     l.and_then(|l| l.hit_rate)
                         .map(|r| format!("{:.1}%", r * 100.0))

@@ -1,8 +1,8 @@
 //! Lookups of cached records by id, for programs that use the library (the
 //! ML API reading a transaction, a support tool reading a prediction). Every
 //! lookup counts as a hit or a miss in `flit:cache:stats`, in the same round
-//! trip as the read, so `monitor` and `/metrics` show the hit rate of all
-//! processes together.
+//! trip as the read (totals, and a per-minute ring for the last hour), so
+//! `monitor` and `/metrics` show the hit rate of all processes together.
 
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -80,23 +80,34 @@ impl RecordCache {
     }
 }
 
-/// Lookups of one kind since the counters were created.
+/// Lookups of one kind: totals since the counters began (for the
+/// Prometheus counter) and the last hour's (for the hit rate, so a falling
+/// rate shows within the hour).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LookupCounts {
     pub hits: u64,
     pub misses: u64,
-    /// hits / (hits + misses); absent before the first lookup.
+    pub last_hour_hits: u64,
+    pub last_hour_misses: u64,
+    /// Last hour's hits / lookups; absent when the hour saw none.
     pub hit_rate: Option<f64>,
 }
 
 impl LookupCounts {
-    fn new(hits: u64, misses: u64) -> Self {
-        let total = hits + misses;
+    fn new(hits: u64, misses: u64, last_hour_hits: u64, last_hour_misses: u64) -> Self {
+        let hour = last_hour_hits + last_hour_misses;
         LookupCounts {
             hits,
             misses,
-            hit_rate: (total > 0).then(|| hits as f64 / total as f64),
+            last_hour_hits,
+            last_hour_misses,
+            hit_rate: (hour > 0).then(|| last_hour_hits as f64 / hour as f64),
         }
+    }
+
+    /// Lookups in the last hour.
+    pub fn last_hour(&self) -> u64 {
+        self.last_hour_hits + self.last_hour_misses
     }
 }
 
@@ -105,13 +116,12 @@ pub async fn lookup_counts(
     state: &mut MultiplexedConnection,
     kind: EventKind,
 ) -> redis::RedisResult<LookupCounts> {
-    let (hits, misses): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-        .arg(CACHE_STATS)
-        .arg(format!("{}:hits", kind.name()))
-        .arg(format!("{}:misses", kind.name()))
-        .query_async(state)
+    let (hits, misses, hour_hits, hour_misses): (u64, u64, u64, u64) = scripts::CACHE_STATS
+        .key(CACHE_STATS)
+        .arg(kind.name())
+        .invoke_async(state)
         .await?;
-    Ok(LookupCounts::new(hits.unwrap_or(0), misses.unwrap_or(0)))
+    Ok(LookupCounts::new(hits, misses, hour_hits, hour_misses))
 }
 
 #[cfg(test)]
@@ -119,8 +129,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hit_rate_is_absent_before_the_first_lookup() {
-        assert_eq!(LookupCounts::new(0, 0).hit_rate, None);
-        assert_eq!(LookupCounts::new(3, 1).hit_rate, Some(0.75));
+    fn the_hit_rate_is_the_last_hours_and_absent_when_it_saw_no_lookup() {
+        assert_eq!(LookupCounts::new(9, 9, 0, 0).hit_rate, None);
+        assert_eq!(LookupCounts::new(100, 0, 3, 1).hit_rate, Some(0.75));
     }
 }

@@ -58,6 +58,7 @@ pub static LAYOUT_CLAIM: Lazy = script!(" flags=allow-oom", "layout_claim.lua");
 // Lookups and operators.
 pub static CACHE_LOOKUP: Lazy = script!(" flags=allow-oom", "cache_lookup.lua");
 pub static STREAM_FACTS: Lazy = script!(" flags=no-writes", "stream_facts.lua");
+pub static CACHE_STATS: Lazy = script!(" flags=no-writes", "cache_stats.lua");
 // Not allow-oom: at maxmemory a redrive is refused before it moves anything
 // (its XADD would grow memory), and the operator retries after an upload.
 pub static REDRIVE: Lazy = script!("", "redrive.lua");
