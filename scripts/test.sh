@@ -20,3 +20,5 @@ echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --lib --bins --tests
+echo "==> Python client tests (clients/python)"
+FLIT_BIN="$PWD/target/debug/flit-cache" "$CLIENT_PYTHON" -m pytest -q -p no:cacheprovider clients/python/tests

@@ -1,0 +1,250 @@
+"""What the sync and asyncio clients share: settings (the Rust side's
+environment variables and defaults), preparing an event at the door, the
+Redis names, the lookup scripts, and the result types."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Mapping, Union
+
+from . import door
+
+Event = Union[Mapping[str, Any], str, bytes]
+
+TRANSACTIONS = door.TRANSACTIONS
+PREDICTIONS = door.PREDICTIONS
+KINDS = (TRANSACTIONS, PREDICTIONS)
+#: One place for the Redis names this client uses (src/store/keys.rs is the
+#: other side's): the streams, the record keys, the lookup counters.
+STREAMS = {TRANSACTIONS: "stream:transactions", PREDICTIONS: "stream:predictions"}
+RECORD_PREFIX = {TRANSACTIONS: "tx:", PREDICTIONS: "pred:"}
+DATA_FIELD = "data"
+CACHE_STATS = "flit:cache:stats"
+
+
+def _script(name: str, flags: str) -> str:
+    # The same flags line the Rust side writes before the same file
+    # (src/store/scripts.rs), so both load one script with one SHA.
+    text = resources.files("flit_cache").joinpath(name).read_text(encoding="utf-8")
+    return f"#!lua{flags}\n{text}"
+
+
+LOOKUP_SCRIPT = _script("cache_lookup.lua", " flags=allow-oom")
+STATS_SCRIPT = _script("cache_stats.lua", " flags=no-writes")
+LOOKUP_SHA = hashlib.sha1(LOOKUP_SCRIPT.encode("utf-8")).hexdigest()
+STATS_SHA = hashlib.sha1(STATS_SCRIPT.encode("utf-8")).hexdigest()
+
+
+class Delivery(str, enum.Enum):
+    """Where a sent event went."""
+
+    #: Added to the stream.
+    STREAMED = "streamed"
+    #: Redis could not take it in time; it is safe in the spool.
+    SPOOLED = "spooled"
+
+
+class CorruptRecord(ValueError):
+    """A record key holds a value that is not JSON."""
+
+
+@dataclass(frozen=True)
+class LookupStats:
+    """Lookups of one kind, by every process: totals since the counters
+    began and the last hour's, whose ratio is the hit rate (None when the
+    hour saw no lookup). The same figures as `flit-cache monitor`."""
+
+    hits: int
+    misses: int
+    last_hour_hits: int
+    last_hour_misses: int
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.last_hour_hits + self.last_hour_misses
+        return self.last_hour_hits / total if total else None
+
+
+@dataclass(frozen=True)
+class Health:
+    redis_ok: bool
+    #: Mean round trip of a PING to each database; None when down.
+    latency_ms: float | None
+    breaker_open: bool
+    spool_bytes: int
+    error: str | None = None
+
+
+@dataclass
+class ReplayReport:
+    files: int = 0
+    events: int = 0
+
+
+def _millis(env: Mapping[str, str], name: str, default: int) -> float:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default / 1000
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of milliseconds, not {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return value / 1000
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {text!r}") from None
+
+
+def _time(env: Mapping[str, str], name: str, default: _dt.datetime) -> _dt.datetime:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    # The door's own reading of a TIMESTAMP literal (naive is UTC), as the
+    # Rust side reads this variable.
+    micros = door._parse_timestamp(text.strip())
+    if micros is None:
+        raise ValueError(f"{name} must be a date and time such as 2000-01-01T00:00:00Z, not {text!r}")
+    return door._from_us(micros)
+
+
+@dataclass
+class Settings:
+    """How the client reaches Redis and where it spools. `from_env` reads
+    the variables the Rust side reads, with its defaults."""
+
+    url: str = "redis://127.0.0.1:6379"
+    spool_dir: str = "./spool"
+    spool_max_bytes: int = 1 << 30
+    #: Hard bound of one send's Redis part (FLIT_PRODUCER_TIMEOUT_MS).
+    send_timeout: float = 0.1
+    #: Hard bound of one lookup, stats read or health check
+    #: (FLIT_REDIS_LOOKUP_TIMEOUT_MS).
+    lookup_timeout: float = 2.0
+    breaker_failures: int = 3
+    breaker_cooldown: float = 2.0
+    db_transactions: int = 0
+    db_predictions: int = 1
+    max_event_bytes: int = door.MAX_EVENT_BYTES
+    #: The door's time window, as the workers read it
+    #: (FLIT_EARLIEST_EVENT_TIME, FLIT_MAX_EVENT_AHEAD_SECONDS).
+    earliest_event_time: _dt.datetime = door.EARLIEST_EVENT_TIME
+    max_event_ahead: _dt.timedelta = door.MAX_EVENT_AHEAD
+    #: Replay the spool from this process once Redis takes events again. On
+    #: where no `flit-cache run` can see the spool (an API container).
+    replay_spool: bool = False
+    #: Bound of one replayed chunk of events.
+    replay_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        settings = cls(
+            url=env.get("REDIS_URL") or cls.url,
+            spool_dir=env.get("FLIT_SPOOL_DIR") or cls.spool_dir,
+            spool_max_bytes=_int(env, "FLIT_SPOOL_MAX_BYTES", cls.spool_max_bytes),
+            send_timeout=_millis(env, "FLIT_PRODUCER_TIMEOUT_MS", 100),
+            lookup_timeout=_millis(env, "FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2000),
+            breaker_failures=_int(env, "FLIT_BREAKER_FAILURES", 3),
+            breaker_cooldown=_millis(env, "FLIT_BREAKER_COOLDOWN_MS", 2000),
+            db_transactions=_int(env, "REDIS_DB_TRANSACTIONS", 0),
+            db_predictions=_int(env, "REDIS_DB_PREDICTIONS", 1),
+            max_event_bytes=_int(env, "FLIT_MAX_EVENT_BYTES", door.MAX_EVENT_BYTES),
+            earliest_event_time=_time(env, "FLIT_EARLIEST_EVENT_TIME", door.EARLIEST_EVENT_TIME),
+            max_event_ahead=_dt.timedelta(
+                seconds=_int(env, "FLIT_MAX_EVENT_AHEAD_SECONDS", int(door.MAX_EVENT_AHEAD.total_seconds()))
+            ),
+            replay_spool=(env.get("FLIT_CLIENT_REPLAY_SPOOL", "").lower() in ("1", "true", "yes")),
+        )
+        for name, value in overrides.items():
+            if not hasattr(settings, name):
+                raise TypeError(f"unknown setting {name!r}")
+            setattr(settings, name, value)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.db_transactions == self.db_predictions:
+            raise ValueError("REDIS_DB_TRANSACTIONS and REDIS_DB_PREDICTIONS must differ")
+        for name in ("send_timeout", "lookup_timeout", "breaker_cooldown", "replay_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    def db_for(self, kind: str) -> int:
+        return self.db_transactions if kind == TRANSACTIONS else self.db_predictions
+
+
+def _json_default(value: Any) -> Any:
+    # What an ML API's event dicts hold besides JSON types. A naive datetime
+    # is written as isoformat() writes it; the door reads it as UTC.
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def event_bytes(event: Event) -> bytes:
+    """The event as the producer's JSON bytes."""
+    if isinstance(event, bytes):
+        return event
+    if isinstance(event, str):
+        return event.encode("utf-8", "surrogatepass")
+    try:
+        return json.dumps(
+            event, default=_json_default, ensure_ascii=False, allow_nan=False
+        ).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError) as err:
+        raise door.Rejected("invalid_json", f"not valid JSON: {err}") from None
+
+
+def prepare(kind: str, event: Event, settings: Settings) -> str:
+    """Checks an event at the door as the workers will (this host's clock),
+    stamping a missing time now so a retried copy is identical; returns the
+    payload to send. Raises door.Rejected."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    return door.accept(
+        kind,
+        event_bytes(event),
+        max_event_bytes=settings.max_event_bytes,
+        earliest=settings.earliest_event_time,
+        max_ahead=settings.max_event_ahead,
+    ).payload
+
+
+def record_key(kind: str, record_id: str) -> str:
+    door.check_id(kind, record_id)
+    return RECORD_PREFIX[kind] + record_id
+
+
+def decode_record(key: str, value: bytes | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise CorruptRecord(f"{key} holds a value that is not JSON: {err}") from None
+
+
+def short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= 200 else text[:200] + "…"

@@ -1,0 +1,273 @@
+"""`AsyncFlitClient`, the asyncio client: the same calls as `FlitClient`,
+for an asyncio web server (FastAPI), without blocking the event loop.
+
+Each Redis call takes a connection of its own from the pool and runs under
+`asyncio.wait_for` with its bound. A call that overruns, or fails, drops
+its connection before returning it to the pool, so no later call can read
+the reply meant for this one. Spool appends (fsync) and replay file work
+run in a thread (`asyncio.to_thread`), off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import redis
+import redis.asyncio
+
+from ._common import (
+    CACHE_STATS,
+    DATA_FIELD,
+    KINDS,
+    LOOKUP_SCRIPT,
+    LOOKUP_SHA,
+    PREDICTIONS,
+    STATS_SCRIPT,
+    STATS_SHA,
+    STREAMS,
+    TRANSACTIONS,
+    Delivery,
+    Event,
+    Health,
+    LookupStats,
+    ReplayReport,
+    Settings,
+    decode_record,
+    prepare,
+    record_key,
+    short,
+)
+from .breaker import CircuitBreaker
+from .client import REPLAY_CHUNK, SPOOL_LOOK_INTERVAL, RedisUnavailable
+from .spool import ReplayFile, Spool
+
+T = TypeVar("T")
+
+_FAILURES = (redis.RedisError, OSError, RedisUnavailable)
+
+
+def _pool(settings: Settings, db: int, timeout: float) -> redis.asyncio.ConnectionPool:
+    pool = redis.asyncio.ConnectionPool.from_url(
+        settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    pool.connection_kwargs["db"] = db
+    return pool
+
+
+async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+    await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+    try:
+        return await conn.read_response()
+    except redis.exceptions.NoScriptError:
+        pass  # the first call since Redis started: send the text once
+    await conn.send_command("EVAL", script, len(keys), *keys, *args)
+    return await conn.read_response()
+
+
+async def _xadd(conn: Any, kind: str, payloads: list[str]) -> None:
+    commands = [("XADD", STREAMS[kind], "*", DATA_FIELD, p) for p in payloads]
+    await conn.send_packed_command(conn.pack_commands(commands))
+    for _ in commands:
+        await conn.read_response()
+
+
+class AsyncFlitClient:
+    """Sends transactions and predictions, reads them back, from asyncio.
+    Create it inside the running event loop (a FastAPI lifespan)."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings()
+        for name, value in overrides.items():
+            if not hasattr(self.settings, name):
+                raise TypeError(f"unknown setting {name!r}")
+            setattr(self.settings, name, value)
+        self.settings.check()
+        s = self.settings
+        self.spool = Spool(s.spool_dir, s.spool_max_bytes)
+        self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
+        self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
+        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
+        self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
+        self._replaying = asyncio.Lock()
+        self._replay_task: asyncio.Task[Any] | None = None
+        self._spool_looked_at = 0.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "AsyncFlitClient":
+        return cls(Settings.from_env(**overrides))
+
+    async def close(self) -> None:
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+        for pools in (self._send_pools, self._lookup_pools, self._replay_pools):
+            for pool in pools.values():
+                await pool.disconnect()
+
+    async def __aenter__(self) -> "AsyncFlitClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the bounded call ----------------------------------------------------
+
+    async def _call(
+        self,
+        pool: redis.asyncio.ConnectionPool,
+        timeout: float,
+        work: Callable[[Any], Awaitable[T]],
+    ) -> T:
+        async def run() -> T:
+            conn = await pool.get_connection()
+            try:
+                return await work(conn)
+            except BaseException:
+                # Cancelled by the bound, or failed: the reply may be half
+                # read, so this connection is never used again.
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+
+        try:
+            return await asyncio.wait_for(run(), timeout)
+        except asyncio.TimeoutError:
+            raise RedisUnavailable(f"no answer within {timeout * 1000:.0f} ms") from None
+
+    # -- sending -------------------------------------------------------------
+
+    async def send_transaction(self, event: Event) -> Delivery:
+        return await self.send(TRANSACTIONS, event)
+
+    async def send_prediction(self, event: Event) -> Delivery:
+        return await self.send(PREDICTIONS, event)
+
+    async def send(self, kind: str, event: Event) -> Delivery:
+        """As `FlitClient.send`: door check, XADD within `send_timeout`,
+        else an fsync'd spool append in a thread."""
+        payload = prepare(kind, event, self.settings)
+        if self.breaker.allow():
+            try:
+                await self._call(
+                    self._send_pools[kind],
+                    self.settings.send_timeout,
+                    lambda conn: _xadd(conn, kind, [payload]),
+                )
+                self.breaker.record_success()
+                self._maybe_replay()
+                return Delivery.STREAMED
+            except _FAILURES:
+                self.breaker.record_failure()
+        await asyncio.to_thread(self.spool.append, kind, [payload])
+        return Delivery.SPOOLED
+
+    # -- the spool -----------------------------------------------------------
+
+    def _maybe_replay(self) -> None:
+        if not self.settings.replay_spool:
+            return
+        now = time.monotonic()
+        if now - self._spool_looked_at < SPOOL_LOOK_INTERVAL:
+            return
+        self._spool_looked_at = now
+        if self._replaying.locked() or self.spool.is_empty():
+            return
+        self._replay_task = asyncio.get_running_loop().create_task(self._replay_quietly())
+
+    async def _replay_quietly(self) -> None:
+        try:
+            await self.replay_spool()
+        except Exception:  # noqa: BLE001 - the next look retries; nothing is lost
+            pass
+
+    async def replay_spool(self) -> ReplayReport:
+        """As `FlitClient.replay_spool`."""
+        report = ReplayReport()
+        async with self._replaying:
+            for file in await asyncio.to_thread(self.spool.take_for_replay):
+                try:
+                    # Read a chunk at a time in a thread: a spool file may
+                    # hold a gigabyte, the loop's memory holds one chunk.
+                    events = self.spool.read_events(file)
+                    while chunk := await asyncio.to_thread(
+                        lambda: list(itertools.islice(events, REPLAY_CHUNK))
+                    ):
+                        report.events += await self._replay_chunk(file, chunk)
+                    await asyncio.to_thread(self.spool.finish, file)
+                    report.files += 1
+                finally:
+                    file.close()
+        return report
+
+    async def _replay_chunk(self, file: ReplayFile, chunk: list[tuple[int, str, str]]) -> int:
+        for kind in KINDS:
+            payloads = [data for _, k, data in chunk if k == kind]
+            if payloads:
+                await self._call(
+                    self._replay_pools[kind],
+                    self.settings.replay_timeout,
+                    lambda conn, k=kind, p=payloads: _xadd(conn, k, p),
+                )
+        await asyncio.to_thread(self.spool.record_progress, file, chunk[-1][0])
+        return len(chunk)
+
+    # -- lookups -------------------------------------------------------------
+
+    async def get_transaction(self, transaction_id: str) -> dict | None:
+        return await self.get(TRANSACTIONS, transaction_id)
+
+    async def get_prediction(self, prediction_id: str) -> dict | None:
+        return await self.get(PREDICTIONS, prediction_id)
+
+    async def get(self, kind: str, record_id: str) -> dict | None:
+        """As `FlitClient.get`."""
+        key = record_key(kind, record_id)
+        if not self.breaker.allow():
+            return None
+        state_db = self.settings.db_transactions
+        try:
+            value = await self._call(
+                self._lookup_pools[kind],
+                self.settings.lookup_timeout,
+                lambda conn: _evalsha(
+                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
+                ),
+            )
+        except _FAILURES:
+            self.breaker.record_failure()
+            return None
+        self.breaker.record_success()
+        return decode_record(key, value)
+
+    async def stats(self) -> dict[str, LookupStats] | None:
+        async def read(conn: Any) -> dict[str, LookupStats]:
+            out = {}
+            for kind in KINDS:
+                counts = await _evalsha(conn, STATS_SCRIPT, STATS_SHA, [CACHE_STATS], [kind])
+                out[kind] = LookupStats(*(int(n) for n in counts))
+            return out
+
+        try:
+            return await self._call(
+                self._lookup_pools[TRANSACTIONS], self.settings.lookup_timeout, read
+            )
+        except _FAILURES:
+            return None
+
+    async def health(self) -> Health:
+        async def ping(conn: Any) -> Any:
+            await conn.send_command("PING")
+            return await conn.read_response()
+
+        spool_bytes = await asyncio.to_thread(self.spool.bytes)
+        started = time.perf_counter()
+        try:
+            for kind in KINDS:
+                await self._call(self._lookup_pools[kind], self.settings.lookup_timeout, ping)
+            latency = (time.perf_counter() - started) * 1000 / len(KINDS)
+            return Health(True, latency, self.breaker.is_open, spool_bytes)
+        except _FAILURES as err:
+            return Health(False, None, self.breaker.is_open, spool_bytes, short(err))

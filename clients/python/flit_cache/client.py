@@ -1,0 +1,322 @@
+"""`FlitClient`, the synchronous client: sends events to flit-cache's
+streams and reads cached records back, and never holds the caller longer
+than its bound.
+
+Each Redis call runs on a small thread pool and the caller waits for it at
+most `send_timeout` (sends) or `lookup_timeout` (lookups, stats, health):
+socket timeouts alone bound each read, not a call (connect, SELECT and the
+reply are three waits). A call that overruns is abandoned; its thread ends
+at its own socket timeout and drops that connection rather than return it
+mid-reply. There are no retries: a send that fails is spooled at once (the
+breaker then skips Redis for a while), a lookup that fails returns None.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+import redis
+
+from . import door
+from ._common import (
+    CACHE_STATS,
+    DATA_FIELD,
+    KINDS,
+    LOOKUP_SCRIPT,
+    LOOKUP_SHA,
+    PREDICTIONS,
+    STATS_SCRIPT,
+    STATS_SHA,
+    STREAMS,
+    TRANSACTIONS,
+    Delivery,
+    Event,
+    Health,
+    LookupStats,
+    ReplayReport,
+    Settings,
+    decode_record,
+    prepare,
+    record_key,
+    short,
+)
+from .breaker import CircuitBreaker
+from .spool import Spool
+
+T = TypeVar("T")
+
+#: Events a replay sends between two notes of its progress (as the Rust
+#: replay): what an interrupted replay may send twice.
+REPLAY_CHUNK = 200
+#: How often a send may look at the spool's size to decide on a replay.
+SPOOL_LOOK_INTERVAL = 1.0
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer within the bound (or the breaker is open)."""
+
+
+def _pool(settings: Settings, db: int, timeout: float) -> redis.ConnectionPool:
+    pool = redis.ConnectionPool.from_url(
+        settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    # A database in the URL's path would win over a keyword; each kind has
+    # its own database whatever the URL says.
+    pool.connection_kwargs["db"] = db
+    return pool
+
+
+def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+    conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+    try:
+        return conn.read_response()
+    except redis.exceptions.NoScriptError:
+        pass  # the first call since Redis started: send the text once
+    conn.send_command("EVAL", script, len(keys), *keys, *args)
+    return conn.read_response()
+
+
+class FlitClient:
+    """Sends transactions and predictions, reads them back.
+
+    `FlitClient.from_env()` reads REDIS_URL, FLIT_SPOOL_DIR and the other
+    variables of the Rust side; keyword arguments override them.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings()
+        for name, value in overrides.items():
+            if not hasattr(self.settings, name):
+                raise TypeError(f"unknown setting {name!r}")
+            setattr(self.settings, name, value)
+        self.settings.check()
+        self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+        self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown)
+        self._lock = threading.Lock()
+        self._replaying = threading.Lock()
+        self._spool_looked_at = 0.0
+        self._start()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "FlitClient":
+        return cls(Settings.from_env(**overrides))
+
+    def _start(self) -> None:
+        s = self.settings
+        self._pid = os.getpid()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=16, thread_name_prefix="flit-cache"
+        )
+        self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
+        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
+        self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
+
+    def _check_fork(self) -> None:
+        # A pre-forking server (gunicorn) gives each worker a copy of this
+        # object: the parent's threads and sockets are not its own.
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._start()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+        for pools in (self._send_pools, self._lookup_pools, self._replay_pools):
+            for pool in pools.values():
+                pool.disconnect()
+
+    def __enter__(self) -> "FlitClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the bounded call ----------------------------------------------------
+
+    def _call(self, pool: redis.ConnectionPool, timeout: float, work: Callable[[Any], T]) -> T:
+        """Runs `work` on a connection of its own, waiting at most `timeout`."""
+        self._check_fork()
+
+        def run() -> T:
+            conn = pool.get_connection()
+            try:
+                return work(conn)
+            except BaseException:
+                # Never back into the pool with a reply half read.
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+
+        future = self._executor.submit(run)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RedisUnavailable(f"no answer within {timeout * 1000:.0f} ms") from None
+
+    # -- sending -------------------------------------------------------------
+
+    def send_transaction(self, event: Event) -> Delivery:
+        """Sends one transaction; see `send`."""
+        return self.send(TRANSACTIONS, event)
+
+    def send_prediction(self, event: Event) -> Delivery:
+        """Sends one prediction; see `send`."""
+        return self.send(PREDICTIONS, event)
+
+    def send(self, kind: str, event: Event) -> Delivery:
+        """Checks the event at the door (raises `door.Rejected`, nothing
+        sent or spooled, when it could never become a row), then XADDs it
+        within `send_timeout`, or appends it to the spool (fsync'd) when
+        Redis fails or the breaker is open. Raises `SpoolError` only when
+        neither took it: the caller still owns the event."""
+        payload = prepare(kind, event, self.settings)
+        return self._deliver(kind, [payload])
+
+    def _deliver(self, kind: str, payloads: list[str]) -> Delivery:
+        if self.breaker.allow():
+            try:
+                self._call(
+                    self._send_pools[kind],
+                    self.settings.send_timeout,
+                    lambda conn: self._xadd(conn, kind, payloads),
+                )
+                self.breaker.record_success()
+                self._maybe_replay()
+                return Delivery.STREAMED
+            except (redis.RedisError, OSError, RedisUnavailable):
+                self.breaker.record_failure()
+        self.spool.append(kind, payloads)
+        return Delivery.SPOOLED
+
+    @staticmethod
+    def _xadd(conn: Any, kind: str, payloads: list[str]) -> None:
+        commands = [("XADD", STREAMS[kind], "*", DATA_FIELD, p) for p in payloads]
+        conn.send_packed_command(conn.pack_commands(commands))
+        for _ in commands:
+            conn.read_response()
+
+    # -- the spool -----------------------------------------------------------
+
+    def _maybe_replay(self) -> None:
+        if not self.settings.replay_spool:
+            return
+        now = time.monotonic()
+        if now - self._spool_looked_at < SPOOL_LOOK_INTERVAL:
+            return
+        self._spool_looked_at = now
+        if self.spool.is_empty() or self._replaying.locked():
+            return
+        threading.Thread(target=self._replay_quietly, name="flit-cache-replay", daemon=True).start()
+
+    def _replay_quietly(self) -> None:
+        try:
+            self.replay_spool()
+        except Exception:  # noqa: BLE001 - the next look retries; nothing is lost
+            pass
+
+    def replay_spool(self) -> ReplayReport:
+        """Re-sends every spooled event, in order, in chunks; each file is
+        deleted once all of it is in Redis, and an interrupted replay
+        resumes after its last noted chunk (at most one chunk twice, which
+        the workers recognise as the same event). Files another replayer
+        (this client elsewhere, `flit-cache run` or `replay-spool`) holds
+        are skipped. Raises when Redis fails; what is left stays spooled."""
+        report = ReplayReport()
+        with self._replaying:
+            for file in self.spool.take_for_replay():
+                try:
+                    chunk: list[tuple[int, str, str]] = []
+                    for item in self.spool.read_events(file):
+                        chunk.append(item)
+                        if len(chunk) == REPLAY_CHUNK:
+                            report.events += self._replay_chunk(file, chunk)
+                    if chunk:
+                        report.events += self._replay_chunk(file, chunk)
+                    self.spool.finish(file)
+                    report.files += 1
+                finally:
+                    file.close()
+        return report
+
+    def _replay_chunk(self, file: Any, chunk: list[tuple[int, str, str]]) -> int:
+        for kind in KINDS:
+            payloads = [data for _, k, data in chunk if k == kind]
+            if payloads:
+                self._call(
+                    self._replay_pools[kind],
+                    self.settings.replay_timeout,
+                    lambda conn, k=kind, p=payloads: self._xadd(conn, k, p),
+                )
+        self.spool.record_progress(file, chunk[-1][0])
+        sent = len(chunk)
+        chunk.clear()
+        return sent
+
+    # -- lookups -------------------------------------------------------------
+
+    def get_transaction(self, transaction_id: str) -> dict | None:
+        """The cached transaction, or None when it is not in Redis or Redis
+        does not answer within `lookup_timeout` (then nothing is counted)."""
+        return self.get(TRANSACTIONS, transaction_id)
+
+    def get_prediction(self, prediction_id: str) -> dict | None:
+        """The cached prediction; as `get_transaction`."""
+        return self.get(PREDICTIONS, prediction_id)
+
+    def get(self, kind: str, record_id: str) -> dict | None:
+        key = record_key(kind, record_id)  # raises door.Rejected for a bad id
+        if not self.breaker.allow():
+            return None
+        state_db = self.settings.db_transactions
+        try:
+            value = self._call(
+                self._lookup_pools[kind],
+                self.settings.lookup_timeout,
+                lambda conn: _evalsha(
+                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
+                ),
+            )
+        except (redis.RedisError, OSError, RedisUnavailable):
+            self.breaker.record_failure()
+            return None
+        self.breaker.record_success()
+        return decode_record(key, value)
+
+    def stats(self) -> dict[str, LookupStats] | None:
+        """Lookup counts of every process, per kind; None when Redis does
+        not answer."""
+        def read(conn: Any) -> dict[str, LookupStats]:
+            return {
+                kind: LookupStats(*(int(n) for n in _evalsha(conn, STATS_SCRIPT, STATS_SHA, [CACHE_STATS], [kind])))
+                for kind in KINDS
+            }
+
+        try:
+            return self._call(self._lookup_pools[TRANSACTIONS], self.settings.lookup_timeout, read)
+        except (redis.RedisError, OSError, RedisUnavailable):
+            return None
+
+    def health(self) -> Health:
+        """Whether Redis answers (both databases), how fast, the breaker,
+        and what waits in the spool. Never raises for Redis."""
+        started = time.perf_counter()
+        try:
+            for kind in KINDS:
+                self._call(
+                    self._lookup_pools[kind],
+                    self.settings.lookup_timeout,
+                    lambda conn: (conn.send_command("PING"), conn.read_response()),
+                )
+            latency = (time.perf_counter() - started) * 1000 / len(KINDS)
+            return Health(True, latency, self.breaker.is_open, self.spool.bytes())
+        except (redis.RedisError, OSError, RedisUnavailable) as err:
+            return Health(False, None, self.breaker.is_open, self.spool.bytes(), short(err))
+
+
+__all__ = ["FlitClient", "RedisUnavailable", "door"]
