@@ -114,6 +114,8 @@ pub struct WarehouseSettings {
     /// variables rather than files (Railway).
     pub credentials_json: Option<SecretText>,
     pub bigquery_api_url: String,
+    /// BigQuery location of the datasets and jobs (BIGQUERY_LOCATION).
+    pub location: String,
     pub warehouse_dir: PathBuf,
     pub upload_cron: String,
     pub write_mode: WriteMode,
@@ -260,6 +262,7 @@ impl Settings {
                     .map(SecretText),
                 bigquery_api_url: env
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
+                location: env.location("BIGQUERY_LOCATION", "US")?,
                 warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
                 upload_cron: env.cron("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
                 write_mode: match env.text("FLIT_BQ_WRITE_MODE").as_deref() {
@@ -465,6 +468,23 @@ impl Env<'_> {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
 
+    /// A BigQuery location: a multi-region (US, EU) or a region
+    /// (europe-west1), letters, digits and dashes.
+    fn location(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let text = self.text(name).unwrap_or_else(|| default.to_owned());
+        if !text.is_empty()
+            && text.len() <= 64
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            Ok(text)
+        } else {
+            Err(self.error(
+                name,
+                format!("{text:?} is not a BigQuery location such as US, EU or europe-west1"),
+            ))
+        }
+    }
+
     /// An http(s) URL that holds a secret: a wrong one is refused without
     /// being echoed.
     fn secret_url(&self, name: &'static str) -> Result<Option<SecretText>, ConfigError> {
@@ -549,6 +569,15 @@ mod tests {
         assert_eq!(s.upload.uploaded, AfterUpload::Remove);
         let err = settings(&[("FLIT_KEEP_UPLOADED", "maybe")]).expect_err("not a flag");
         assert_eq!(err.variable, "FLIT_KEEP_UPLOADED");
+    }
+
+    #[test]
+    fn the_bigquery_location_defaults_to_us_and_refuses_what_no_location_is() {
+        assert_eq!(settings(&[]).expect("defaults").warehouse.location, "US");
+        let eu = settings(&[("BIGQUERY_LOCATION", "europe-west1")]).expect("a region");
+        assert_eq!(eu.warehouse.location, "europe-west1");
+        let err = settings(&[("BIGQUERY_LOCATION", "US; drop")]).expect_err("not a location");
+        assert_eq!(err.variable, "BIGQUERY_LOCATION");
     }
 
     #[test]

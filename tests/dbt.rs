@@ -25,6 +25,34 @@ fn dbt_bin() -> String {
     })
 }
 
+/// Days every incremental run reads again, today (UTC) included.
+const LOOKBACK_DAYS: i64 = 2;
+
+/// The lookback days of a run now.
+fn lookback_days() -> BTreeSet<String> {
+    (0..LOOKBACK_DAYS)
+        .map(|back| {
+            (Utc::now() - chrono::Duration::days(back))
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The days a compiled incremental model read from its upstream, by its
+/// constant partition filters on `column`.
+fn days_read(work: &Path, model: &str, column: &str) -> BTreeSet<String> {
+    let path = work.join(format!(
+        "target/compiled/flit_ml_monitoring/models/{model}.sql"
+    ));
+    let compiled = std::fs::read_to_string(&path).expect("compiled model");
+    let filter = format!("{column} >= timestamp '");
+    compiled
+        .match_indices(&filter)
+        .map(|(at, found)| compiled[at + found.len()..at + found.len() + 10].to_owned())
+        .collect()
+}
+
 /// Runs `dbt build` against the emulator; its output must report no error.
 fn dbt_build(emulator: &Emulator, work: &Path) -> String {
     let text = dbt(emulator, work, &["build"]);
@@ -47,7 +75,7 @@ fn dbt(emulator: &Emulator, work: &Path, command: &[&str]) -> String {
         // rounds here are seconds apart.
         .args([
             "--vars",
-            "{changed_days_from: rows, reload_margin_hours: 0}",
+            &format!("{{changed_days_from: rows, reload_margin_hours: 0, lookback_days: {LOOKBACK_DAYS}}}"),
         ])
         .env("BIGQUERY_API_URL", emulator.url())
         .env("BIGQUERY_PROJECT", PROJECT)
@@ -151,7 +179,8 @@ fn check_marts(emulator: &Emulator, predictions: &[Value], transactions: &[Value
             Some("approve") => entry[1] += 1,
             Some("review") => entry[2] += 1,
             Some("decline") => entry[3] += 1,
-            other => panic!("decision {other:?}"),
+            // Missing or a value the vars do not list: counted, in no column.
+            _ => {}
         }
     }
     let got: BTreeMap<(String, String), [u64; 4]> = query(
@@ -175,9 +204,9 @@ fn check_marts(emulator: &Emulator, predictions: &[Value], transactions: &[Value
             day(p),
             p["business_decision"]
                 .as_str()
-                .expect("decision")
+                .unwrap_or("unknown")
                 .to_owned(),
-            p["risk_level"].as_str().expect("risk").to_owned(),
+            p["risk_level"].as_str().unwrap_or("unknown").to_owned(),
         );
         *mix.entry(key).or_default() += 1;
         *per_day.entry(day(p)).or_default() += 1;
@@ -349,18 +378,125 @@ fn dbt_builds_marts_that_match_the_generated_events() {
     upload(&env);
 
     dbt_build(&emulator, work.path());
-    let compiled = std::fs::read_to_string(
-        work.path()
-            .join("target/compiled/flit_ml_monitoring/models/staging/stg_predictions.sql"),
-    )
-    .expect("compiled staging model");
-    let read_days: BTreeSet<String> = compiled
-        .match_indices("prediction_timestamp >= timestamp '")
-        .map(|(at, found)| compiled[at + found.len()..at + found.len() + 10].to_owned())
-        .collect();
+    let expected: BTreeSet<String> = new_days.union(&lookback_days()).cloned().collect();
     assert_eq!(
-        read_days, new_days,
-        "only the new days are read:\n{compiled}"
+        days_read(
+            work.path(),
+            "staging/stg_predictions",
+            "prediction_timestamp"
+        ),
+        expected,
+        "only the new days and the lookback are read"
+    );
+    // Every incremental model filters its upstream by constant day ranges,
+    // which BigQuery prunes partitions on.
+    for (model, column) in [
+        ("staging/stg_transactions", "_timestamp"),
+        ("marts/ml_daily_model_volume", "prediction_at"),
+        ("marts/ml_decision_risk_mix", "prediction_at"),
+        ("marts/ml_score_distribution", "prediction_at"),
+        ("marts/ml_processing_time", "prediction_at"),
+        ("marts/ml_model_disagreement", "prediction_at"),
+        ("marts/ml_transaction_coverage", "prediction_at"),
+    ] {
+        let read = days_read(work.path(), model, column);
+        assert!(
+            !read.is_empty() && lookback_days().is_subset(&read),
+            "{model} reads constant day ranges of {column}, the lookback included: {read:?}"
+        );
+    }
+    check_marts(&emulator, &predictions, &transactions);
+
+    // Late and odd rows, as producers send them: a prediction six days old
+    // (a spool replayed late: a partition outside the lookback that dbt had
+    // built already), one without a business decision, one with a decision
+    // and one with a risk level no var lists. NULLABLE columns and unknown
+    // values warn; they never stop the marts.
+    let mut late: Vec<Value> = predictions[..3].to_vec();
+    for (i, p) in late.iter_mut().enumerate() {
+        p["prediction_id"] = Value::from(format!("late_{i}"));
+    }
+    let six_days_ago = Utc::now() - chrono::Duration::days(6);
+    late[0]["prediction_timestamp"] =
+        Value::from(six_days_ago.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    late[0]["business_decision"] = Value::Null;
+    late[1]["business_decision"] = Value::from("refer");
+    if let Some(fields) = late[1].as_object_mut() {
+        fields.remove("risk_level");
+    }
+    late[2]["risk_level"] = Value::from("EXTREME");
+    env.push(
+        "predictions",
+        &late.iter().map(|p| format!("{p}\n")).collect::<String>(),
+    );
+    ingest_until_queued(&redis, &env, 0, 3);
+    predictions.extend(late);
+    upload(&env);
+    let text = dbt(&emulator, work.path(), &["build"]);
+    assert!(text.contains("ERROR=0"), "{text}");
+    assert!(!text.contains("WARN=0"), "unknown values warn:\n{text}");
+    assert!(
+        days_read(
+            work.path(),
+            "staging/stg_predictions",
+            "prediction_timestamp"
+        )
+        .contains(&six_days_ago.format("%Y-%m-%d").to_string()),
+        "the late row's past partition is read again"
     );
     check_marts(&emulator, &predictions, &transactions);
+}
+
+/// The prod profile picks its method from the credentials set, as
+/// flit-cache reads them, and the location from BIGQUERY_LOCATION. `dbt
+/// debug` shows the resolved connection; its connection test fails here
+/// (no network, a made-up key), which is not what this checks.
+#[test]
+fn the_prod_profile_follows_the_credentials_that_are_set() {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbt");
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = r#"{"type":"service_account","project_id":"p1","private_key_id":"k","private_key":"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n","client_email":"a@p1.iam.gserviceaccount.com","client_id":"1","token_uri":"https://oauth2.googleapis.com/token"}"#;
+    let key_file = work.path().join("key.json");
+    std::fs::write(&key_file, key).expect("key file");
+    let debug = |vars: &[(&str, &str)]| -> String {
+        let mut command = Command::new(dbt_bin());
+        command
+            .args(["debug", "--project-dir"])
+            .arg(&project)
+            .arg("--profiles-dir")
+            .arg(&project)
+            .env_remove("DBT_TARGET")
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS_JSON")
+            .env("BIGQUERY_PROJECT", "p1")
+            .env("NO_GCE_CHECK", "True")
+            .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+            .env("DBT_TARGET_PATH", work.path().join("target"))
+            .env("DBT_LOG_PATH", work.path().join("logs"));
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        output_text(&command.output().expect("run dbt debug"))
+    };
+    let json = debug(&[
+        ("GOOGLE_APPLICATION_CREDENTIALS_JSON", key),
+        ("BIGQUERY_LOCATION", "EU"),
+    ]);
+    assert!(json.contains("method: service-account-json"), "{json}");
+    assert!(json.contains("location: EU"), "{json}");
+    assert!(!json.contains("MIIB"), "the key is not printed: {json}");
+    let file = debug(&[(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        &key_file.display().to_string(),
+    )]);
+    assert!(
+        file.contains("method: service-account\n") || file.contains("method: service-account\r"),
+        "{file}"
+    );
+    assert!(file.contains("location: US"), "{file}");
+    let adc = debug(&[]);
+    assert!(
+        adc.contains("method: oauth"),
+        "application default credentials: {adc}"
+    );
 }

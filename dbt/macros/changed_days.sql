@@ -7,12 +7,17 @@
   changed_days(upstream, partition_column, loaded_at_column, since_column):
   the days (YYYY-MM-DD) of `upstream` that received rows after this model's
   max(since_column) (the time of its last build that added rows), less
-  var('reload_margin_hours'). None on a first or full build: read everything.
+  var('reload_margin_hours'), and the last var('lookback_days') days. None
+  on a first or full build: read everything. Late rows (a spool replayed
+  days later, a retried or redriven batch, a late producer) land in the
+  partition of their event day, however old: the detection finds that
+  partition because it changed, not because it is recent.
 
   How the days are found, var('changed_days_from'):
   - 'partition_metadata' (default, for BigQuery): partitions whose
-    INFORMATION_SCHEMA.PARTITIONS.last_modified_time is later. Metadata,
-    no bytes scanned.
+    INFORMATION_SCHEMA.PARTITIONS.last_modified_time is later. Metadata:
+    no table bytes scanned, but BigQuery bills each INFORMATION_SCHEMA
+    query at least 10 MB (on-demand pricing).
   - 'rows': days of the rows whose loaded_at_column is later; reads those two
     columns of the whole upstream table. For the local emulator, which does
     not update last_modified_time after a partition's first load.
@@ -49,7 +54,18 @@
   {%- for id in run_query(days_query).columns[0].values() | sort -%}
     {%- do days.append(id[0:4] ~ '-' ~ id[4:6] ~ '-' ~ id[6:8]) -%}
   {%- endfor -%}
-  {{ return(days) }}
+  {#- The lookback: the last var('lookback_days') days (UTC, today
+      included) are read again whether or not they look changed, a net for
+      rows the detection cannot see (a load whose partition metadata lags,
+      a streaming buffer not yet in a partition). -#}
+  {%- set today = modules.datetime.datetime.utcnow().date() -%}
+  {%- for back in range(var('lookback_days') | int) -%}
+    {%- set day = (today - modules.datetime.timedelta(days=back)).isoformat() -%}
+    {%- if day not in days -%}
+      {%- do days.append(day) -%}
+    {%- endif -%}
+  {%- endfor -%}
+  {{ return(days | sort) }}
 {% endmacro %}
 
 {#

@@ -42,7 +42,6 @@ use crate::configuration::{WarehouseSettings, WriteMode};
 use crate::event::{EventSchema, FieldType};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
-const LOCATION: &str = "US";
 /// Reasons BigQuery documents as worth retrying.
 const RETRYABLE_REASONS: [&str; 4] = [
     "backendError",
@@ -114,6 +113,8 @@ pub struct BigQueryWarehouse {
     http: reqwest::Client,
     credentials: Credentials,
     project: String,
+    /// Where datasets are created and jobs run (BIGQUERY_LOCATION).
+    location: String,
     api_root: String,
     mode: WriteMode,
     ensured: Mutex<HashSet<String>>,
@@ -146,6 +147,7 @@ impl BigQueryWarehouse {
             http,
             credentials,
             project,
+            location: settings.location.clone(),
             api_root,
             mode: settings.write_mode,
             ensured: Mutex::new(HashSet::new()),
@@ -199,7 +201,7 @@ impl BigQueryWarehouse {
         match self
             .client
             .job()
-            .get_job(&self.project, job_id, Some(LOCATION))
+            .get_job(&self.project, job_id, Some(&self.location))
             .await
         {
             Ok(job) => Ok(Some(job)),
@@ -215,7 +217,7 @@ impl BigQueryWarehouse {
     ) -> Result<Submitted, SinkError> {
         let table = batch.table;
         let config = json!({
-            "jobReference": {"projectId": self.project, "jobId": job_id, "location": LOCATION},
+            "jobReference": {"projectId": self.project, "jobId": job_id, "location": self.location},
             "configuration": {"load": {
                 "destinationTable": {"projectId": self.project, "datasetId": table.dataset, "tableId": table.table},
                 "sourceFormat": "NEWLINE_DELIMITED_JSON",
@@ -271,7 +273,7 @@ impl BigQueryWarehouse {
     ) -> Result<Result<(), SinkError>, SinkError> {
         let reference = job.job_reference.clone().unwrap_or_default();
         let job_id = reference.job_id.unwrap_or_default();
-        let location = reference.location.unwrap_or_else(|| LOCATION.to_owned());
+        let location = reference.location.unwrap_or_else(|| self.location.clone());
         let started = std::time::Instant::now();
         let mut current = job.clone();
         loop {
@@ -566,7 +568,7 @@ impl Warehouse for BigQueryWarehouse {
         {
             return Ok(());
         }
-        let dataset = Dataset::new(&self.project, table.dataset).location(LOCATION);
+        let dataset = Dataset::new(&self.project, table.dataset).location(&self.location);
         match self.client.dataset().create(dataset).await {
             Ok(_) => tracing::info!(dataset = table.dataset, "created BigQuery dataset"),
             Err(err) if status_of(&err) == Some(409) => {}
