@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping, Union
 
@@ -129,7 +129,8 @@ class Settings:
     """How the client reaches Redis and where it spools. `from_env` reads
     the variables the Rust side reads, with its defaults."""
 
-    url: str = "redis://127.0.0.1:6379"
+    #: Not in repr: it may hold the Redis password.
+    url: str = field(default="redis://127.0.0.1:6379", repr=False)
     spool_dir: str = "./spool"
     spool_max_bytes: int = 1 << 30
     #: Hard bound of one send's Redis part (FLIT_PRODUCER_TIMEOUT_MS).
@@ -214,6 +215,8 @@ def event_bytes(event: Event) -> bytes:
         ).encode("utf-8", "surrogatepass")
     except (TypeError, ValueError) as err:
         raise door.Rejected("invalid_json", f"not valid JSON: {err}") from None
+    except RecursionError:
+        raise door.Rejected("too_deep", "the event is nested too deeply to serialise") from None
 
 
 def prepare(kind: str, event: Event, settings: Settings) -> str:
@@ -243,6 +246,15 @@ def decode_record(key: str, value: bytes | None) -> dict | None:
         return json.loads(value)
     except ValueError as err:
         raise CorruptRecord(f"{key} holds a value that is not JSON: {err}") from None
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its credentials, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unreadable URL>"
+    host = rest.rsplit("@", 1)[-1]
+    return f"{scheme}://{host.split('?', 1)[0]}"
 
 
 def short(err: BaseException) -> str:

@@ -11,7 +11,6 @@ run in a thread (`asyncio.to_thread`), off the event loop.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -38,25 +37,33 @@ from ._common import (
     decode_record,
     event_bytes,
     prepare,
+    redacted_url,
     record_key,
     short,
 )
 from .breaker import CircuitBreaker
-from .client import REPLAY_CHUNK, SPOOL_LOOK_INTERVAL, RedisUnavailable
-from .spool import ReplayFile, Spool
+from .client import REPLAY_CHUNK, REPLAY_CHUNK_BYTES, SPOOL_LOOK_INTERVAL, RedisUnavailable, replay_bound
+from .spool import ReplayFile, Spool, SpoolError
 
 T = TypeVar("T")
 
 #: Events above this size are checked at the door in a thread.
 LARGE_EVENT_BYTES = 64 * 1024
 
-_FAILURES = (redis.RedisError, OSError, RedisUnavailable)
+# RuntimeError: a pool made on an event loop that has closed.
+_FAILURES = (redis.RedisError, OSError, RedisUnavailable, RuntimeError)
 
 
 def _pool(settings: Settings, db: int, timeout: float) -> redis.asyncio.ConnectionPool:
-    pool = redis.asyncio.ConnectionPool.from_url(
-        settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    try:
+        pool = redis.asyncio.ConnectionPool.from_url(
+            settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    except ValueError:
+        raise ValueError(
+            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
+            "percent-encode special characters of the password"
+        ) from None
     pool.connection_kwargs["db"] = db
     return pool
 
@@ -69,6 +76,18 @@ async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list
         pass  # the first call since Redis started: send the text once
     await conn.send_command("EVAL", script, len(keys), *keys, *args)
     return await conn.read_response()
+
+
+def _next_chunk(events: Any) -> list[tuple[int, str, str]]:
+    """Up to REPLAY_CHUNK events, or fewer holding REPLAY_CHUNK_BYTES."""
+    chunk: list[tuple[int, str, str]] = []
+    size = 0
+    for item in events:
+        chunk.append(item)
+        size += len(item[2])
+        if len(chunk) == REPLAY_CHUNK or size >= REPLAY_CHUNK_BYTES:
+            break
+    return chunk
 
 
 async def _xadd(conn: Any, kind: str, payloads: list[str]) -> None:
@@ -92,12 +111,30 @@ class AsyncFlitClient:
         s = self.settings
         self.spool = Spool(s.spool_dir, s.spool_max_bytes)
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
-        self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
-        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
-        self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
+        # Lookups have their own: a full Redis refuses XADD but still
+        # answers lookups (the script is allow-oom).
+        self.lookup_breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._make_pools()
         self._replaying = asyncio.Lock()
         self._replay_task: asyncio.Task[Any] | None = None
         self._spool_looked_at = 0.0
+
+    def _make_pools(self) -> None:
+        s = self.settings
+        self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
+        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
+        self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
+
+    def _on_this_loop(self) -> None:
+        # asyncio connections belong to the loop that opened them: used from
+        # another loop (a test, asyncio.run twice) they fail. New pools then.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._make_pools()
+                self._replaying = asyncio.Lock()
+            self._loop = loop
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "AsyncFlitClient":
@@ -120,10 +157,16 @@ class AsyncFlitClient:
 
     async def _call(
         self,
-        pool: redis.asyncio.ConnectionPool,
+        pools: str,
+        kind: str,
         timeout: float,
         work: Callable[[Any], Awaitable[T]],
     ) -> T:
+        """Runs `work` on a connection of its own from `self.<pools>[kind]`,
+        within `timeout`."""
+        self._on_this_loop()
+        pool = getattr(self, pools)[kind]
+
         async def run() -> T:
             conn = await pool.get_connection()
             try:
@@ -159,19 +202,28 @@ class AsyncFlitClient:
             payload = await asyncio.to_thread(prepare, kind, data, self.settings)
         else:
             payload = prepare(kind, data, self.settings)
+        return await self.send_prepared(kind, [payload])
+
+    async def send_prepared(self, kind: str, payloads: list[str]) -> Delivery:
+        """As `FlitClient.send_prepared`."""
         if self.breaker.allow():
             try:
                 await self._call(
-                    self._send_pools[kind],
+                    "_send_pools",
+                    kind,
                     self.settings.send_timeout,
-                    lambda conn: _xadd(conn, kind, [payload]),
+                    lambda conn: _xadd(conn, kind, payloads),
                 )
                 self.breaker.record_success()
                 self._maybe_replay()
                 return Delivery.STREAMED
             except _FAILURES:
                 self.breaker.record_failure()
-        await asyncio.to_thread(self.spool.append, kind, [payload])
+        try:
+            await asyncio.to_thread(self.spool.append, kind, payloads)
+        except SpoolError as err:
+            err.payloads = list(payloads)
+            raise
         return Delivery.SPOOLED
 
     # -- the spool -----------------------------------------------------------
@@ -183,12 +235,15 @@ class AsyncFlitClient:
         if now - self._spool_looked_at < SPOOL_LOOK_INTERVAL:
             return
         self._spool_looked_at = now
-        if self._replaying.locked() or self.spool.is_empty():
+        if self._replaying.locked():
             return
         self._replay_task = asyncio.get_running_loop().create_task(self._replay_quietly())
 
     async def _replay_quietly(self) -> None:
         try:
+            # Listing the spool folder is file I/O: off the loop.
+            if await asyncio.to_thread(self.spool.is_empty):
+                return
             await self.replay_spool()
         except Exception:  # noqa: BLE001 - the next look retries; nothing is lost
             pass
@@ -202,9 +257,7 @@ class AsyncFlitClient:
                     # Read a chunk at a time in a thread: a spool file may
                     # hold a gigabyte, the loop's memory holds one chunk.
                     events = self.spool.read_events(file)
-                    while chunk := await asyncio.to_thread(
-                        lambda: list(itertools.islice(events, REPLAY_CHUNK))
-                    ):
+                    while chunk := await asyncio.to_thread(_next_chunk, events):
                         report.events += await self._replay_chunk(file, chunk)
                     await asyncio.to_thread(self.spool.finish, file)
                     report.files += 1
@@ -217,8 +270,9 @@ class AsyncFlitClient:
             payloads = [data for _, k, data in chunk if k == kind]
             if payloads:
                 await self._call(
-                    self._replay_pools[kind],
-                    self.settings.replay_timeout,
+                    "_replay_pools",
+                    kind,
+                    replay_bound(self.settings, payloads),
                     lambda conn, k=kind, p=payloads: _xadd(conn, k, p),
                 )
         await asyncio.to_thread(self.spool.record_progress, file, chunk[-1][0])
@@ -235,21 +289,22 @@ class AsyncFlitClient:
     async def get(self, kind: str, record_id: str) -> dict | None:
         """As `FlitClient.get`."""
         key = record_key(kind, record_id)
-        if not self.breaker.allow():
+        if not self.lookup_breaker.allow():
             return None
         state_db = self.settings.db_transactions
         try:
             value = await self._call(
-                self._lookup_pools[kind],
+                "_lookup_pools",
+                kind,
                 self.settings.lookup_timeout,
                 lambda conn: _evalsha(
                     conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
                 ),
             )
         except _FAILURES:
-            self.breaker.record_failure()
+            self.lookup_breaker.record_failure()
             return None
-        self.breaker.record_success()
+        self.lookup_breaker.record_success()
         return decode_record(key, value)
 
     async def stats(self) -> dict[str, LookupStats] | None:
@@ -261,9 +316,7 @@ class AsyncFlitClient:
             return out
 
         try:
-            return await self._call(
-                self._lookup_pools[TRANSACTIONS], self.settings.lookup_timeout, read
-            )
+            return await self._call("_lookup_pools", TRANSACTIONS, self.settings.lookup_timeout, read)
         except _FAILURES:
             return None
 
@@ -276,7 +329,7 @@ class AsyncFlitClient:
         started = time.perf_counter()
         try:
             for kind in KINDS:
-                await self._call(self._lookup_pools[kind], self.settings.lookup_timeout, ping)
+                await self._call("_lookup_pools", kind, self.settings.lookup_timeout, ping)
             latency = (time.perf_counter() - started) * 1000 / len(KINDS)
             return Health(True, latency, self.breaker.is_open, spool_bytes)
         except _FAILURES as err:

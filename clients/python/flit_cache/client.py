@@ -41,19 +41,28 @@ from ._common import (
     Settings,
     decode_record,
     prepare,
+    redacted_url,
     record_key,
     short,
 )
 from .breaker import CircuitBreaker
-from .spool import Spool
+from .spool import Spool, SpoolError
 
 T = TypeVar("T")
 
 #: Events a replay sends between two notes of its progress (as the Rust
 #: replay): what an interrupted replay may send twice.
 REPLAY_CHUNK = 200
+#: ...or fewer, once they hold this many bytes: one pipeline stays small.
+REPLAY_CHUNK_BYTES = 4 << 20
 #: How often a send may look at the spool's size to decide on a replay.
 SPOOL_LOOK_INTERVAL = 1.0
+
+
+def replay_bound(settings: Settings, payloads: list[str]) -> float:
+    """A replayed pipeline's bound: `replay_timeout`, and a second more per
+    MiB it carries (a large chunk over a slow link is not a failure)."""
+    return settings.replay_timeout + sum(map(len, payloads)) / (1 << 20)
 
 
 class RedisUnavailable(Exception):
@@ -61,9 +70,17 @@ class RedisUnavailable(Exception):
 
 
 def _pool(settings: Settings, db: int, timeout: float) -> redis.ConnectionPool:
-    pool = redis.ConnectionPool.from_url(
-        settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    try:
+        pool = redis.ConnectionPool.from_url(
+            settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    except ValueError:
+        # redis-py's message can quote the password (a '#' or '/' in it
+        # breaks the URL's parsing); ours names only the host part.
+        raise ValueError(
+            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
+            "percent-encode special characters of the password"
+        ) from None
     # A database in the URL's path would win over a keyword; each kind has
     # its own database whatever the URL says.
     pool.connection_kwargs["db"] = db
@@ -95,10 +112,8 @@ class FlitClient:
             setattr(self.settings, name, value)
         self.settings.check()
         self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
-        self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown)
-        self._lock = threading.Lock()
-        self._replaying = threading.Lock()
         self._spool_looked_at = 0.0
+        self._lock = threading.Lock()
         self._start()
 
     @classmethod
@@ -108,6 +123,13 @@ class FlitClient:
     def _start(self) -> None:
         s = self.settings
         self._pid = os.getpid()
+        # Fresh in a forked child too: a lock held by a parent's thread at
+        # the fork would never be released there.
+        self._replaying = threading.Lock()
+        self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
+        # Lookups have their own: a full Redis refuses XADD but still
+        # answers lookups (the script is allow-oom).
+        self.lookup_breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix="flit-cache"
         )
@@ -119,6 +141,7 @@ class FlitClient:
         # A pre-forking server (gunicorn) gives each worker a copy of this
         # object: the parent's threads and sockets are not its own.
         if self._pid != os.getpid():
+            self._lock = threading.Lock()
             with self._lock:
                 if self._pid != os.getpid():
                     self._start()
@@ -176,9 +199,12 @@ class FlitClient:
         Redis fails or the breaker is open. Raises `SpoolError` only when
         neither took it: the caller still owns the event."""
         payload = prepare(kind, event, self.settings)
-        return self._deliver(kind, [payload])
+        return self.send_prepared(kind, [payload])
 
-    def _deliver(self, kind: str, payloads: list[str]) -> Delivery:
+    def send_prepared(self, kind: str, payloads: list[str]) -> Delivery:
+        """Sends events already prepared at the door (`SpoolError.payloads`:
+        the texts to resend after a failure, so a stamped time stays the
+        same), all to the stream or all to the spool."""
         if self.breaker.allow():
             try:
                 self._call(
@@ -189,9 +215,15 @@ class FlitClient:
                 self.breaker.record_success()
                 self._maybe_replay()
                 return Delivery.STREAMED
-            except (redis.RedisError, OSError, RedisUnavailable):
+            except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
+                # RuntimeError: the pool is shut down (close(), interpreter
+                # exit); the event still goes to the spool.
                 self.breaker.record_failure()
-        self.spool.append(kind, payloads)
+        try:
+            self.spool.append(kind, payloads)
+        except SpoolError as err:
+            err.payloads = list(payloads)
+            raise
         return Delivery.SPOOLED
 
     @staticmethod
@@ -232,10 +264,13 @@ class FlitClient:
             for file in self.spool.take_for_replay():
                 try:
                     chunk: list[tuple[int, str, str]] = []
+                    size = 0
                     for item in self.spool.read_events(file):
                         chunk.append(item)
-                        if len(chunk) == REPLAY_CHUNK:
+                        size += len(item[2])
+                        if len(chunk) == REPLAY_CHUNK or size >= REPLAY_CHUNK_BYTES:
                             report.events += self._replay_chunk(file, chunk)
+                            size = 0
                     if chunk:
                         report.events += self._replay_chunk(file, chunk)
                     self.spool.finish(file)
@@ -250,7 +285,7 @@ class FlitClient:
             if payloads:
                 self._call(
                     self._replay_pools[kind],
-                    self.settings.replay_timeout,
+                    replay_bound(self.settings, payloads),
                     lambda conn, k=kind, p=payloads: self._xadd(conn, k, p),
                 )
         self.spool.record_progress(file, chunk[-1][0])
@@ -271,7 +306,7 @@ class FlitClient:
 
     def get(self, kind: str, record_id: str) -> dict | None:
         key = record_key(kind, record_id)  # raises door.Rejected for a bad id
-        if not self.breaker.allow():
+        if not self.lookup_breaker.allow():
             return None
         state_db = self.settings.db_transactions
         try:
@@ -282,10 +317,10 @@ class FlitClient:
                     conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
                 ),
             )
-        except (redis.RedisError, OSError, RedisUnavailable):
-            self.breaker.record_failure()
+        except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
+            self.lookup_breaker.record_failure()
             return None
-        self.breaker.record_success()
+        self.lookup_breaker.record_success()
         return decode_record(key, value)
 
     def stats(self) -> dict[str, LookupStats] | None:
@@ -299,7 +334,7 @@ class FlitClient:
 
         try:
             return self._call(self._lookup_pools[TRANSACTIONS], self.settings.lookup_timeout, read)
-        except (redis.RedisError, OSError, RedisUnavailable):
+        except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
             return None
 
     def health(self) -> Health:
@@ -315,7 +350,7 @@ class FlitClient:
                 )
             latency = (time.perf_counter() - started) * 1000 / len(KINDS)
             return Health(True, latency, self.breaker.is_open, self.spool.bytes())
-        except (redis.RedisError, OSError, RedisUnavailable) as err:
+        except (redis.RedisError, OSError, RedisUnavailable, RuntimeError) as err:
             return Health(False, None, self.breaker.is_open, self.spool.bytes(), short(err))
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import IO, Iterator
 
@@ -35,7 +37,12 @@ KINDS = ("transactions", "predictions")
 
 
 class SpoolError(OSError):
-    """The spool did not take the events: the caller still owns them."""
+    """The spool did not take the events. `payloads` are the events as
+    prepared (stamped): after a timeout they may have reached Redis, so
+    resend these exact texts (`send_prepared`), never the original objects
+    again, or a missing time would be stamped anew and make a second row."""
+
+    payloads: list[str] = []
 
 
 class SpoolFull(SpoolError):
@@ -47,15 +54,42 @@ class SpoolFull(SpoolError):
         self.limit = limit
 
 
-@dataclass
+@dataclass(eq=False)
 class ReplayFile:
     """A spool file taken for replay, `flock`ed while held."""
 
     path: str
     handle: IO[bytes]
 
+    def __post_init__(self) -> None:
+        _held.add(self)
+
     def close(self) -> None:
         self.handle.close()
+
+
+# A flock belongs to the open file, which a fork() without exec shares with
+# the child: a child forked inside a locked section would hold the spool's
+# .lock (or a replay file) for its whole life, stalling every append. So no
+# fork happens inside a section (the sections hold this lock, and so does
+# the fork), and a child closes the replay files it inherited.
+_sections = threading.RLock()
+_held: "weakref.WeakSet[ReplayFile]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _sections
+    _sections = threading.RLock()
+    for file in list(_held):
+        file.handle.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _sections.acquire(),
+        after_in_parent=lambda: _sections.release(),
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class Spool:
@@ -141,20 +175,21 @@ class Spool:
             if not (name.startswith(REPLAY_PREFIX) and name.endswith(".ndjson")):
                 continue
             path = os.path.join(self.directory, name)
-            try:
-                handle = open(path, "rb")
-            except FileNotFoundError:
-                continue  # finished by another replayer meanwhile
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            if not os.path.exists(path):
-                # Finished (deleted) by another replayer before we locked it.
-                handle.close()
-                continue
-            taken.append(ReplayFile(path, handle))
+            with _sections:
+                try:
+                    handle = open(path, "rb")
+                except FileNotFoundError:
+                    continue  # finished by another replayer meanwhile
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                if not os.path.exists(path):
+                    # Finished (deleted) by another replayer before we locked it.
+                    handle.close()
+                    continue
+                taken.append(ReplayFile(path, handle))
         return taken
 
     def read_events(self, file: ReplayFile) -> Iterator[tuple[int, str, str]]:
@@ -279,9 +314,17 @@ class _FileLock:
         self._fd = -1
 
     def __enter__(self) -> "_FileLock":
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        _sections.acquire()
+        try:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+            _sections.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.close(self._fd)
+        _sections.release()

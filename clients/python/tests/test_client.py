@@ -301,3 +301,76 @@ def test_the_client_and_flit_cache_replaying_at_once_send_each_spooled_event_onc
     assert stream_len(redis_server, "transactions") == n, rust_side.stdout
     assert Spool(str(flit.root / "spool")).is_empty()
     c.close()
+
+
+def test_a_full_redis_refuses_sends_to_the_spool_and_still_answers_lookups(
+    redis_server: RedisServer, flit: Flit
+) -> None:
+    c = client(redis_server, flit)
+    assert c.send_transaction(transaction(1)) is Delivery.STREAMED
+    flit.ingest_until(redis_server, 1, 0)
+    redis_server.conn(0).config_set("maxmemory", "1")  # every write now refused: OOM
+    for i in range(2, 6):
+        assert c.send_transaction(transaction(i)) is Delivery.SPOOLED
+    assert c.breaker.is_open
+    # The lookup script is allow-oom, and lookups have a breaker of their own.
+    found = c.get_transaction("tx_py_1")
+    assert found is not None and found["transaction_id"] == "tx_py_1"
+    redis_server.conn(0).config_set("maxmemory", "0")
+    c.close()
+
+
+def test_a_spool_that_refuses_hands_back_the_prepared_events_to_resend_once(
+    redis_server: RedisServer, flit: Flit
+) -> None:
+    from flit_cache import SpoolError
+
+    c = client(redis_server, flit, spool_max_bytes=10)
+    redis_server.kill()
+    event = prediction(1)
+    del event["prediction_timestamp"]  # stamped when prepared: a resend must keep that stamp
+    with pytest.raises(SpoolError) as refused:
+        c.send_prediction(event)
+    payloads = refused.value.payloads
+    assert len(payloads) == 1 and '"prediction_timestamp"' in payloads[0]
+    redis_server.start()
+    c.breaker.record_success()
+    assert c.send_prepared("predictions", payloads) is Delivery.STREAMED
+    assert c.send_prepared("predictions", payloads) is Delivery.STREAMED  # a retry of the retry
+    flit.ingest_until(redis_server, 0, 1)
+    stored = redis_server.conn(1).get("pred:pred_py_1")
+    assert stored is not None and stored.decode() == payloads[0]
+    # Settings never show the password.
+    assert "s3cret" not in repr(Settings(url="redis://:s3cret@h:1"))
+    with pytest.raises(ValueError) as bad:
+        FlitClient(Settings(url="redis://:s3#cret@h:1", spool_dir=str(flit.root / "s2")))
+    assert "s3" not in str(bad.value)
+    c.close()
+
+
+def test_a_process_forked_during_appends_does_not_hold_the_spool_lock(tmp_path: Path) -> None:
+    import threading
+
+    spool = Spool(str(tmp_path / "spool"))
+    stop = threading.Event()
+
+    def append_forever() -> None:
+        while not stop.is_set():
+            spool.append("transactions", ['{"transaction_id":"t"}'])
+
+    writer = threading.Thread(target=append_forever)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        child = os.fork()
+        if child == 0:
+            time.sleep(3)  # a prefork worker that lives on
+            os._exit(0)
+        started = time.perf_counter()
+        spool.append("transactions", ['{"transaction_id":"u"}'])
+        took = time.perf_counter() - started
+    finally:
+        stop.set()
+        writer.join()
+    os.waitpid(child, 0)
+    assert took < 1.0, f"the append waited {took:.1f} s on a lock the child inherited"
