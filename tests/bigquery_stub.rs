@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -70,13 +69,6 @@ struct Stub {
 
 type Shared = Arc<Mutex<Stub>>;
 
-fn bq_error(status: u16, reason: &str, message: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({"error": {"code": status, "message": message,
-        "errors": [{"domain": "global", "reason": reason, "message": message}], "status": reason.to_uppercase()}});
-    (code, axum::Json(body)).into_response()
-}
-
 fn done_status(error: Option<&str>) -> Value {
     let mut status = json!({"state": "DONE"});
     if let Some(reason) = error {
@@ -95,38 +87,37 @@ fn done(project: &str, job_id: &str, status: Value) -> Value {
 }
 
 async fn create_dataset(Path(project): Path<String>) -> Response {
-    bq_error(
+    bigquery_error(
         409,
         "duplicate",
         &format!("Already Exists: Dataset {project}"),
     )
 }
 
+/// The table as flit-cache created it: the schema from schemas/, with the
+/// legacy type names BigQuery answers with.
 async fn get_table(Path((project, dataset, table)): Path<(String, String, String)>) -> Response {
+    let schema = match table.as_str() {
+        "raw_bnpl_txs_json" => include_str!("../schemas/raw_bnpl_txs_json.json"),
+        _ => include_str!("../schemas/raw_bnpl_prediction_logs.json"),
+    }
+    .replace("\"FLOAT64\"", "\"FLOAT\"");
+    let fields: Value = serde_json::from_str(&schema).unwrap_or(Value::Null);
     axum::Json(
         json!({"kind": "bigquery#table", "id": format!("{project}:{dataset}.{table}"),
         "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
-        "schema": {"fields": []}, "timePartitioning": {"type": "DAY"}}),
+        "schema": {"fields": fields}, "timePartitioning": {"type": "DAY"}}),
     )
     .into_response()
 }
 
 /// The multipart body: a JSON job configuration, then NDJSON rows.
 async fn upload(State(stub): State<Shared>, Path(project): Path<String>, body: String) -> Response {
-    let parts: Vec<&str> = body.split("\r\n\r\n").collect();
-    let config: Value = parts
-        .get(1)
-        .and_then(|p| p.split("\r\n--").next())
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or(Value::Null);
+    let (config, data) = load_job_parts(&body);
     let job_id = config["jobReference"]["jobId"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let data = parts
-        .get(2)
-        .and_then(|p| p.split("\r\n--").next())
-        .unwrap_or_default();
     // Each row with the byte position it starts at, as BigQuery names rows.
     let mut position = 0;
     let mut rows: Vec<(usize, String, String)> = Vec::new();
@@ -152,10 +143,10 @@ async fn upload(State(stub): State<Shared>, Path(project): Path<String>, body: S
     if let Some(prefix) = stub.stuck_prefix
         && rows.iter().any(|(_, _, id)| id.starts_with(prefix))
     {
-        return bq_error(503, "backendError", "Backend error. Please try again.");
+        return bigquery_error(503, "backendError", "Backend error. Please try again.");
     }
     if stub.jobs.contains_key(&job_id) {
-        return bq_error(
+        return bigquery_error(
             409,
             "duplicate",
             &format!("Already Exists: Job {project}:US.{job_id}"),
@@ -207,9 +198,9 @@ async fn upload(State(stub): State<Shared>, Path(project): Path<String>, body: S
         Upload::CommitThen503 => {
             stub.jobs.insert(job_id.clone(), done_status(None));
             stub.rows.extend(rows);
-            bq_error(503, "backendError", "Backend error. Please try again.")
+            bigquery_error(503, "backendError", "Backend error. Please try again.")
         }
-        Upload::Fail(status, reason) => bq_error(
+        Upload::Fail(status, reason) => bigquery_error(
             status,
             reason,
             "Error while reading data, error message: JSON table encountered too many errors",
@@ -231,7 +222,7 @@ async fn get_job(
         .find(|(suffix, _)| job_id.ends_with(suffix))
     {
         Some((_, error)) => axum::Json(done_job(&project, &job_id, *error)).into_response(),
-        None => bq_error(
+        None => bigquery_error(
             404,
             "notFound",
             &format!("Not found: Job {project}:US.{job_id}"),
@@ -294,7 +285,7 @@ async fn insert_all(
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         eprintln!("stub: unreadable insertAll request, headers {headers:?}");
-        return bq_error(400, "invalid", "unreadable request");
+        return bigquery_error(400, "invalid", "unreadable request");
     };
     let rows = request["rows"].as_array().cloned().unwrap_or_default();
     let mut stub = stub.lock().expect("stub");
@@ -330,7 +321,7 @@ async fn insert_all(
         stub.rows.push((at, prediction_id));
     }
     if half {
-        return bq_error(503, "backendError", "Backend error. Please try again.");
+        return bigquery_error(503, "backendError", "Backend error. Please try again.");
     }
     axum::Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
 }

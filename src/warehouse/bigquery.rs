@@ -42,6 +42,16 @@ use crate::configuration::{WarehouseSettings, WriteMode};
 use crate::event::{EventSchema, FieldType};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+/// The fields of `table` from schemas/, as JSON for a job configuration.
+fn table_fields(table: TableSpec) -> Result<Value, SinkError> {
+    serde_json::from_str(table.schema_json).map_err(|e| {
+        SinkError::fatal(format!(
+            "schema of {} is unreadable: {e}",
+            table.qualified()
+        ))
+    })
+}
+
 /// Reasons BigQuery documents as worth retrying.
 const RETRYABLE_REASONS: [&str; 4] = [
     "backendError",
@@ -154,6 +164,64 @@ impl BigQueryWarehouse {
         })
     }
 
+    /// Brings an existing table to what schemas/ asks for, in place: new
+    /// NULLABLE columns and relaxed modes by `tables.patch`. A change
+    /// BigQuery cannot make in place sets the table aside with the reason.
+    async fn apply_schema_changes(
+        &self,
+        table: TableSpec,
+        existing: Table,
+    ) -> Result<(), SinkError> {
+        let name = table.qualified();
+        let have: Vec<Value> = existing
+            .schema
+            .fields
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                SinkError::fatal(format!("schema of {name} from BigQuery is unreadable: {e}"))
+            })?;
+        let wanted: Vec<Value> = serde_json::from_str(table.schema_json)
+            .map_err(|e| SinkError::fatal(format!("schema of {name} is unreadable: {e}")))?;
+        let plan = super::schema_change::plan(&have, &wanted).map_err(|why| {
+            SinkError::set_aside(format!("{name} cannot take schemas/ in place: {why}"))
+        })?;
+        for column in &plan.kept {
+            tracing::warn!(table = %name, column, "the table has a column schemas/ does not; kept");
+        }
+        for column in &plan.not_tightened {
+            tracing::warn!(table = %name, column, "REQUIRED in schemas/, NULLABLE in the table: BigQuery cannot tighten a mode; the door requires it of new rows");
+        }
+        if plan.changes.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<TableFieldSchema> = plan
+            .fields
+            .iter()
+            .cloned()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| SinkError::fatal(format!("new schema of {name}: {e}")))?;
+        let patch = Table::new(
+            &self.project,
+            table.dataset,
+            table.table,
+            TableSchema::new(fields),
+        );
+        self.client
+            .table()
+            .patch(&self.project, table.dataset, table.table, patch)
+            .await
+            .map_err(from_bq)?;
+        for change in &plan.changes {
+            tracing::info!(table = %name, %change, "applied a schema change from schemas/");
+        }
+        Ok(())
+    }
+
     async fn load(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
         if batch.maybe_written && self.already_loaded(batch).await? {
             return Ok(WriteOutcome::default());
@@ -223,6 +291,11 @@ impl BigQueryWarehouse {
                 "sourceFormat": "NEWLINE_DELIMITED_JSON",
                 "writeDisposition": "WRITE_APPEND",
                 "createDisposition": "CREATE_NEVER",
+                // The schema the rows follow, and leave to add what it has
+                // and the table lacks: a deploy that added a NULLABLE column
+                // loads its rows whether or not `init` ran first.
+                "schema": {"fields": table_fields(table)?},
+                "schemaUpdateOptions": ["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"],
             }},
         });
         // Built straight from the rows, once per attempt: a batch is not copied twice.
@@ -580,7 +653,7 @@ impl Warehouse for BigQueryWarehouse {
             .get(&self.project, table.dataset, table.table, None)
             .await
         {
-            Ok(_) => {}
+            Ok(existing) => self.apply_schema_changes(table, existing).await?,
             Err(err) if status_of(&err) == Some(404) => {
                 let fields: Vec<TableFieldSchema> = serde_json::from_str(table.schema_json)
                     .map_err(|e| {

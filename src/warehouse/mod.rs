@@ -5,6 +5,7 @@
 mod bigquery;
 mod local;
 pub mod rows;
+pub mod schema_change;
 
 use std::future::Future;
 

@@ -23,6 +23,32 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A multipart load-job upload as BigQuery takes it: the job configuration
+/// (JSON), then the NDJSON rows.
+pub fn load_job_parts(body: &str) -> (serde_json::Value, &str) {
+    let parts: Vec<&str> = body.split("\r\n\r\n").collect();
+    let config = parts
+        .get(1)
+        .and_then(|p| p.split("\r\n--").next())
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let data = parts
+        .get(2)
+        .and_then(|p| p.split("\r\n--").next())
+        .unwrap_or_default();
+    (config, data)
+}
+
+/// An error answer in BigQuery's documented shape.
+pub fn bigquery_error(status: u16, reason: &str, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let code = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({"error": {"code": status, "message": message,
+        "errors": [{"domain": "global", "reason": reason, "message": message}], "status": reason.to_uppercase()}});
+    (code, axum::Json(body)).into_response()
+}
+
 /// Serves `app` on a free loopback port, in a thread of its own, for the
 /// life of the test binary (HTTP stand-ins: the BigQuery stub, a webhook
 /// receiver). Returns the port.
