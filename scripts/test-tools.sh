@@ -52,10 +52,10 @@ fi
 # so the package data it carries is what is tested. Pinned: a new redis-py
 # or pytest reaches the tests by a change here, not by surprise.
 client_venv="${FLIT_TEST_CLIENT_VENV:-$PWD/.venv-client}"
-if [ ! -x "$client_venv/bin/pytest" ]; then
-  echo "==> installing redis-py and pytest into $client_venv"
+if [ ! -x "$client_venv/bin/pytest" ] || [ ! -x "$client_venv/bin/mypy" ]; then
+  echo "==> installing redis-py, pytest and mypy into $client_venv"
   python3 -m venv "$client_venv"
-  "$client_venv/bin/pip" install -q --disable-pip-version-check "redis==7.4.1" "pytest==9.2.0"
+  "$client_venv/bin/pip" install -q --disable-pip-version-check "redis==7.4.1" "pytest==9.2.0" "mypy==2.4.1"
 fi
 "$client_venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall ./clients/python
 export CLIENT_PYTHON="$client_venv/bin/python"

@@ -20,5 +20,6 @@ echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --lib --bins --tests
-echo "==> Python client tests (clients/python)"
+echo "==> Python client: mypy, then its tests (clients/python)"
+"$CLIENT_PYTHON" -m mypy --cache-dir /dev/null clients/python/flit_cache
 FLIT_BIN="$PWD/target/debug/flit-cache" "$CLIENT_PYTHON" -m pytest -q -p no:cacheprovider clients/python/tests

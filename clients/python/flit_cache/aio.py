@@ -11,6 +11,7 @@ run in a thread (`asyncio.to_thread`), off the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -273,7 +274,7 @@ class AsyncFlitClient:
                     "_replay_pools",
                     kind,
                     replay_bound(self.settings, payloads),
-                    lambda conn, k=kind, p=payloads: _xadd(conn, k, p),
+                    functools.partial(_xadd, kind=kind, payloads=payloads),
                 )
         await asyncio.to_thread(self.spool.record_progress, file, chunk[-1][0])
         return len(chunk)

@@ -14,6 +14,7 @@ breaker then skips Redis for a while), a lookup that fails returns None.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import threading
 import time
@@ -286,7 +287,7 @@ class FlitClient:
                 self._call(
                     self._replay_pools[kind],
                     replay_bound(self.settings, payloads),
-                    lambda conn, k=kind, p=payloads: self._xadd(conn, k, p),
+                    functools.partial(self._xadd, kind=kind, payloads=payloads),
                 )
         self.spool.record_progress(file, chunk[-1][0])
         sent = len(chunk)

@@ -200,7 +200,7 @@ def minify(data: bytes) -> bytes:
     into valid JSON."""
     if not _ANY_WHITESPACE.search(data):
         return bytes(data)
-    out = []
+    out: List[bytes] = []
     end = 0
     for run in _MINIFY_RUN.finditer(data):
         start = run.start()
@@ -236,6 +236,14 @@ _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _HEX4 = re.compile(r"[0-9a-fA-F]{4}")
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
+
+
+def _chunk_end(text: str, at: int) -> int:
+    """Where the run of plain string characters from `at` ends (the
+    pattern matches the empty run, so there is always a match)."""
+    found = _STRING_CHUNK.match(text, at)
+    return found.end() if found else at
+
 
 # Where one top-level field's value lies in the text: key, start, end.
 _Span = Tuple[str, int, int]
@@ -293,7 +301,7 @@ class _Reader:
     def string(self, i: int) -> Tuple[int, str]:
         """The string starting at the quote at `i`: where it ends, and its text."""
         text, n = self.text, self.n
-        j = _STRING_CHUNK.match(text, i + 1).end()
+        j = _chunk_end(text, i + 1)
         if j < n and text[j] == '"':
             return j + 1, text[i + 1 : j]
         parts = [text[i + 1 : j]]
@@ -327,9 +335,9 @@ class _Reader:
                 parts.append(chr(code))
             else:
                 self.fail("invalid escape", j)
-            m = _STRING_CHUNK.match(text, j)
-            parts.append(m.group())
-            j = m.end()
+            end = _chunk_end(text, j)
+            parts.append(text[j:end])
+            j = end
 
     def hex4(self, j: int) -> Tuple[int, int]:
         if not _HEX4.match(self.text, j):

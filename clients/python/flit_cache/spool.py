@@ -17,6 +17,7 @@ An append returns only after `fsync`: when it returns, the event is on disk.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
 import os
@@ -198,7 +199,7 @@ class Spool:
         Unreadable lines are kept in unreadable.ndjson once the file has
         been read through."""
         done = self._progress(file)
-        unreadable: list[bytes] = []
+        unreadable: list[builtins.bytes] = []
         number = 0
         with open(file.path, "rb") as lines:
             for raw in lines:
@@ -286,7 +287,7 @@ class Spool:
     def _progress_path(self, file: ReplayFile) -> str:
         return os.path.join(self.directory, PROGRESS_PREFIX + os.path.basename(file.path))
 
-    def _keep_unreadable(self, lines: list[bytes]) -> None:
+    def _keep_unreadable(self, lines: list[builtins.bytes]) -> None:
         fd = os.open(
             os.path.join(self.directory, UNREADABLE),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND,
