@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod configuration;
 pub mod event;
+pub mod files;
 pub mod generate;
 pub mod http;
 pub mod ingest;

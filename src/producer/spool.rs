@@ -13,7 +13,7 @@
 //! - `.lock`: serialises appends with the rename that starts a replay, across
 //!   processes, so a line can never be written into a file already read.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -102,7 +102,7 @@ impl Spool {
             });
         }
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
+            let mut file = crate::files::private_file()
                 .create(true)
                 .read(true)
                 .append(true)
@@ -147,7 +147,7 @@ impl Spool {
         let mut fragment = Vec::with_capacity((len - cut) as usize);
         file.seek(SeekFrom::Start(cut))?;
         file.take(len - cut).read_to_end(&mut fragment)?;
-        let mut out = OpenOptions::new()
+        let mut out = crate::files::private_file()
             .create(true)
             .append(true)
             .open(self.dir.join(UNREADABLE))?;
@@ -240,7 +240,7 @@ impl Spool {
             }
         }
         if !unreadable.is_empty() {
-            let mut out = OpenOptions::new()
+            let mut out = crate::files::private_file()
                 .create(true)
                 .append(true)
                 .open(self.dir.join(UNREADABLE))?;
@@ -269,7 +269,11 @@ impl Spool {
     pub fn record_progress(&self, file: &ReplayFile, line: u64) -> io::Result<()> {
         let target = self.progress_path(file);
         let temporary = target.with_extension("tmp");
-        let mut out = File::create(&temporary)?;
+        let mut out = crate::files::private_file()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&temporary)?;
         out.write_all(line.to_string().as_bytes())?;
         out.sync_all()?;
         fs::rename(&temporary, &target)?;
@@ -315,8 +319,8 @@ impl Spool {
     }
 
     fn lock(&self) -> io::Result<File> {
-        fs::create_dir_all(&self.dir)?;
-        let file = OpenOptions::new()
+        crate::files::private_dir(&self.dir)?;
+        let file = crate::files::private_file()
             .create(true)
             .truncate(false)
             .write(true)
@@ -342,6 +346,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn events(spool: &Spool) -> (Vec<(EventKind, String)>, u64) {
         let mut seen = Vec::new();
@@ -542,5 +548,20 @@ mod tests {
             .append(EventKind::Transaction, &[big])
             .expect_err("over the limit");
         assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_spool_is_readable_by_its_owner_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::new(root.path().join("spool"), 1 << 20);
+        spool
+            .append(EventKind::Prediction, &["{\"prediction_id\":\"p\"}".to_owned()])
+            .expect("append");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(spool.dir()), 0o700);
+        assert_eq!(mode(&spool.dir().join(ACTIVE)), 0o600);
+        let taken = spool.take_for_replay().expect("take");
+        spool.record_progress(&taken[0], 1).expect("progress");
+        assert_eq!(mode(&spool.progress_path(&taken[0])), 0o600);
     }
 }

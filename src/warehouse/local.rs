@@ -39,7 +39,7 @@ impl Warehouse for LocalWarehouse {
 
     async fn ensure_table(&self, table: TableSpec) -> Result<(), SinkError> {
         let dir = self.table_dir(table);
-        tokio::task::spawn_blocking(move || fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e)))
+        tokio::task::spawn_blocking(move || crate::files::private_dir(&dir).map_err(|e| io_error(&dir, e)))
             .await
             .map_err(|e| SinkError::fatal(e.to_string()))?
     }
@@ -143,7 +143,7 @@ fn write_once(dir: &Path, name: &str, content: &[u8], sweep: bool) -> Result<(),
     if target.exists() {
         return durable().map_err(|e| io_error(&target, e));
     }
-    fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    crate::files::private_dir(dir).map_err(|e| io_error(dir, e))?;
     let write = || -> std::io::Result<()> {
         let mut file = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
