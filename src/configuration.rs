@@ -254,12 +254,8 @@ impl Settings {
             },
             warehouse: WarehouseSettings {
                 bigquery_project: env.text("BIGQUERY_PROJECT"),
-                credentials_file: env
-                    .text("GOOGLE_APPLICATION_CREDENTIALS")
-                    .map(PathBuf::from),
-                credentials_json: env
-                    .text("GOOGLE_APPLICATION_CREDENTIALS_JSON")
-                    .map(SecretText),
+                credentials_file: env.credentials_path("GOOGLE_APPLICATION_CREDENTIALS")?,
+                credentials_json: env.credentials_json("GOOGLE_APPLICATION_CREDENTIALS_JSON")?,
                 bigquery_api_url: env
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
                 location: env.location("BIGQUERY_LOCATION", "US")?,
@@ -468,6 +464,36 @@ impl Env<'_> {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
 
+    /// A path to a key file. A key pasted here instead (it would be shown
+    /// as the "path" in every error) is refused without being echoed.
+    fn credentials_path(&self, name: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        if text.trim_start().starts_with('{') || text.contains("PRIVATE KEY") {
+            return Err(self.error(
+                name,
+                "holds what looks like the key itself (not shown), not a path to a key file: put the JSON in GOOGLE_APPLICATION_CREDENTIALS_JSON instead".to_owned(),
+            ));
+        }
+        Ok(Some(PathBuf::from(text)))
+    }
+
+    /// The key's JSON itself; anything else (a path, a fragment) is refused
+    /// without being echoed.
+    fn credentials_json(&self, name: &'static str) -> Result<Option<SecretText>, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(_)) => Ok(Some(SecretText(text))),
+            _ => Err(self.error(
+                name,
+                "is not a service-account key's JSON (not shown); a path to a key file goes in GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
+            )),
+        }
+    }
+
     /// A BigQuery location: a multi-region (US, EU) or a region
     /// (europe-west1), letters, digits and dashes.
     fn location(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -569,6 +595,21 @@ mod tests {
         assert_eq!(s.upload.uploaded, AfterUpload::Remove);
         let err = settings(&[("FLIT_KEEP_UPLOADED", "maybe")]).expect_err("not a flag");
         assert_eq!(err.variable, "FLIT_KEEP_UPLOADED");
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_variable_is_refused_without_being_shown() {
+        let key = r#"{"type":"service_account","private_key":"-----BEGIN PRIVATE KEY-----\nMIIsecret\n"}"#;
+        let err =
+            settings(&[("GOOGLE_APPLICATION_CREDENTIALS", key)]).expect_err("a key, not a path");
+        assert_eq!(err.variable, "GOOGLE_APPLICATION_CREDENTIALS");
+        assert!(!err.to_string().contains("MIIsecret"), "{err}");
+        let err = settings(&[("GOOGLE_APPLICATION_CREDENTIALS_JSON", "/secrets/key.json")])
+            .expect_err("a path, not a key");
+        assert_eq!(err.variable, "GOOGLE_APPLICATION_CREDENTIALS_JSON");
+        assert!(!err.to_string().contains("/secrets"), "{err}");
+        let fine = settings(&[("GOOGLE_APPLICATION_CREDENTIALS_JSON", key)]).expect("a key");
+        assert!(fine.warehouse.credentials_json.is_some());
     }
 
     #[test]

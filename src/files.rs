@@ -30,7 +30,11 @@ mod tests {
         let dir = root.path().join("a/b");
         private_dir(&dir).expect("dir");
         let file = dir.join("f");
-        private_file().create(true).write(true).open(&file).expect("file");
+        private_file()
+            .create(true)
+            .write(true)
+            .open(&file)
+            .expect("file");
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&root.path().join("a")), 0o700);
         assert_eq!(mode(&dir), 0o700);

@@ -555,7 +555,10 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let spool = Spool::new(root.path().join("spool"), 1 << 20);
         spool
-            .append(EventKind::Prediction, &["{\"prediction_id\":\"p\"}".to_owned()])
+            .append(
+                EventKind::Prediction,
+                &["{\"prediction_id\":\"p\"}".to_owned()],
+            )
             .expect("append");
         let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(spool.dir()), 0o700);

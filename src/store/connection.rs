@@ -43,11 +43,32 @@ impl FromStr for RedisUrl {
 
 impl RedisUrl {
     /// The URL with any password replaced by `***`, safe for logs and reports.
+    /// Covers every form redis-rs reads: a password in the userinfo
+    /// (`redis://`, `rediss://`, `valkey://`...), and the `pass` or
+    /// `password` query parameter of `unix://` and `redis+unix://` URLs.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
             Ok(mut url) => {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
+                }
+                if url.query().is_some() {
+                    let pairs: Vec<(String, String)> = url
+                        .query_pairs()
+                        .map(|(name, value)| {
+                            let secret =
+                                matches!(name.to_ascii_lowercase().as_str(), "pass" | "password");
+                            (
+                                name.into_owned(),
+                                if secret {
+                                    "***".to_owned()
+                                } else {
+                                    value.into_owned()
+                                },
+                            )
+                        })
+                        .collect();
+                    url.query_pairs_mut().clear().extend_pairs(pairs);
                 }
                 url.to_string()
             }
@@ -345,6 +366,33 @@ mod tests {
         assert!(url.redacted().contains("***"));
         let url: RedisUrl = "rediss://user:s3cret@host:6380".parse().expect("valid");
         assert!(!url.redacted().contains("s3cret"));
+        for form in [
+            "unix:///run/redis.sock?db=1&pass=s3cret",
+            "unix:///run/redis.sock?user=flit&password=s3cret",
+            "redis+unix:///run/redis.sock?pass=s3cret",
+            "redis://flit:s3cret@host:6379/?protocol=resp3",
+            "rediss://:s3cret@host",
+        ] {
+            let url: RedisUrl = form.parse().unwrap_or_else(|e| panic!("{form}: {e}"));
+            let shown = format!("{url} {url:?} {}", url.redacted());
+            assert!(!shown.contains("s3cret"), "{form} shows as {shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the password, in whichever place redis-rs reads one, it
+        /// is never shown.
+        #[test]
+        fn no_password_is_ever_shown(password in "[A-Za-z0-9]{6,20}", form in 0usize..3) {
+            let text = match form {
+                0 => format!("redis://:{password}@host:6379"),
+                1 => format!("unix:///run/redis.sock?pass={password}"),
+                _ => format!("redis+unix:///run/redis.sock?db=2&password={password}"),
+            };
+            let url: RedisUrl = text.parse().map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert!(!url.redacted().contains(&password), "{}", url.redacted());
+        }
     }
 
     #[test]

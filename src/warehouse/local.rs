@@ -39,9 +39,11 @@ impl Warehouse for LocalWarehouse {
 
     async fn ensure_table(&self, table: TableSpec) -> Result<(), SinkError> {
         let dir = self.table_dir(table);
-        tokio::task::spawn_blocking(move || crate::files::private_dir(&dir).map_err(|e| io_error(&dir, e)))
-            .await
-            .map_err(|e| SinkError::fatal(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            crate::files::private_dir(&dir).map_err(|e| io_error(&dir, e))
+        })
+        .await
+        .map_err(|e| SinkError::fatal(e.to_string()))?
     }
 
     async fn write(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
