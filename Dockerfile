@@ -28,10 +28,14 @@ WORKDIR /home/nonroot
 # Listen on every interface inside the container; spool and local warehouse
 # under the non-root user's home (mount a volume there to keep the spool
 # across restarts).
+# FLIT_SINK_REQUIRED: a container's own folder is lost at each redeploy,
+# so the image never picks a sink by itself; uploads refuse to start until
+# the deployment sets FLIT_SINK (bigquery, or local on a volume).
 ENV FLIT_HTTP_ADDR=0.0.0.0:9464 \
     FLIT_SPOOL_DIR=/home/nonroot/spool \
     FLIT_WAREHOUSE_DIR=/home/nonroot/warehouse \
-    FLIT_LOG_FORMAT=json
+    FLIT_LOG_FORMAT=json \
+    FLIT_SINK_REQUIRED=1
 EXPOSE 9464
 # nonroot in distroless.
 USER 65532:65532

@@ -25,6 +25,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where uploads go (FLIT_SINK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkChoice {
+    BigQuery,
+    /// NDJSON files under FLIT_WAREHOUSE_DIR.
+    Local,
+    /// FLIT_SINK unset where it is required (the container image sets
+    /// FLIT_SINK_REQUIRED): uploads refuse to start, ingest runs on.
+    Unset,
+}
+
 /// How rows reach BigQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -108,6 +119,9 @@ pub enum AfterUpload {
 /// Where uploads go (used by the upload commands).
 #[derive(Debug, Clone)]
 pub struct WarehouseSettings {
+    /// FLIT_SINK; unset, it follows BIGQUERY_PROJECT (the quick start),
+    /// except in the image, where it must be chosen.
+    pub sink: SinkChoice,
     pub bigquery_project: Option<String>,
     pub credentials_file: Option<PathBuf>,
     /// The service-account key itself, for platforms that hold secrets in
@@ -253,6 +267,7 @@ impl Settings {
                 spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
             },
             warehouse: WarehouseSettings {
+                sink: env.sink()?,
                 bigquery_project: env.text("BIGQUERY_PROJECT"),
                 credentials_file: env.credentials_path("GOOGLE_APPLICATION_CREDENTIALS")?,
                 credentials_json: env.credentials_json("GOOGLE_APPLICATION_CREDENTIALS_JSON")?,
@@ -464,6 +479,26 @@ impl Env<'_> {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
 
+    /// FLIT_SINK, checked against BIGQUERY_PROJECT.
+    fn sink(&self) -> Result<SinkChoice, ConfigError> {
+        let project = self.text("BIGQUERY_PROJECT");
+        match self.text("FLIT_SINK").as_deref() {
+            Some("bigquery") if project.is_some() => Ok(SinkChoice::BigQuery),
+            Some("bigquery") => Err(self.error(
+                "FLIT_SINK",
+                "is bigquery but BIGQUERY_PROJECT is not set".to_owned(),
+            )),
+            Some("local") => Ok(SinkChoice::Local),
+            Some(other) => Err(self.error(
+                "FLIT_SINK",
+                format!("{other:?} is not a sink: bigquery or local"),
+            )),
+            None if self.text("FLIT_SINK_REQUIRED").is_some() => Ok(SinkChoice::Unset),
+            None if project.is_some() => Ok(SinkChoice::BigQuery),
+            None => Ok(SinkChoice::Local),
+        }
+    }
+
     /// A path to a key file. A key pasted here instead (it would be shown
     /// as the "path" in every error) is refused without being echoed.
     fn credentials_path(&self, name: &'static str) -> Result<Option<PathBuf>, ConfigError> {
@@ -595,6 +630,28 @@ mod tests {
         assert_eq!(s.upload.uploaded, AfterUpload::Remove);
         let err = settings(&[("FLIT_KEEP_UPLOADED", "maybe")]).expect_err("not a flag");
         assert_eq!(err.variable, "FLIT_KEEP_UPLOADED");
+    }
+
+    #[test]
+    fn the_sink_is_chosen_explicitly_or_follows_bigquery_project_outside_the_image() {
+        let sink = |vars: &[(&str, &str)]| settings(vars).map(|s| s.warehouse.sink);
+        assert_eq!(sink(&[]).expect("quick start"), SinkChoice::Local);
+        assert_eq!(
+            sink(&[("BIGQUERY_PROJECT", "p")]).expect("inferred"),
+            SinkChoice::BigQuery
+        );
+        assert_eq!(
+            sink(&[("BIGQUERY_PROJECT", "p"), ("FLIT_SINK", "local")]).expect("explicit"),
+            SinkChoice::Local
+        );
+        assert_eq!(
+            sink(&[("FLIT_SINK_REQUIRED", "1"), ("BIGQUERY_PROJECT", "p")]).expect("image"),
+            SinkChoice::Unset
+        );
+        let err = sink(&[("FLIT_SINK", "bigquery")]).expect_err("no project");
+        assert_eq!(err.variable, "FLIT_SINK");
+        let err = sink(&[("FLIT_SINK", "s3")]).expect_err("unknown");
+        assert_eq!(err.variable, "FLIT_SINK");
     }
 
     #[test]

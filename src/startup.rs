@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration::Settings;
+use crate::configuration::{Settings, SinkChoice};
 use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
@@ -53,6 +53,26 @@ impl Application {
         let settings = &self.settings;
         tracing::info!(redis = %settings.redis.url, http = %self.http_addr()?,
             consumer = %settings.ingest.consumer_name, "flit-cache starting");
+        match settings.warehouse.sink {
+            SinkChoice::Unset => tracing::warn!(
+                "{}; ingest runs, scheduled uploads refuse until then",
+                crate::warehouse::UNSET_SINK
+            ),
+            SinkChoice::BigQuery => tracing::info!(
+                sink = "bigquery",
+                project = settings
+                    .warehouse
+                    .bigquery_project
+                    .as_deref()
+                    .unwrap_or_default(),
+                "upload sink"
+            ),
+            SinkChoice::Local => tracing::info!(
+                sink = "local",
+                dir = %settings.warehouse.warehouse_dir.display(),
+                "upload sink"
+            ),
+        }
 
         let mut workers = JoinSet::new();
         for kind in EventKind::ALL {

@@ -231,3 +231,37 @@ fn a_broken_key_in_a_variable_is_named_and_its_text_never_shown() {
     );
     assert!(!text.contains("s3cr3tmaterial"), "{text}");
 }
+
+/// In the image (FLIT_SINK_REQUIRED, set by the Dockerfile) no upload starts
+/// until FLIT_SINK says where rows go; records wait, ingest runs on.
+#[test]
+fn in_the_image_an_upload_refuses_to_start_until_flit_sink_is_set() {
+    let dockerfile = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"),
+    )
+    .expect("Dockerfile");
+    assert!(
+        dockerfile.contains("FLIT_SINK_REQUIRED=1"),
+        "the image is marked"
+    );
+    assert!(
+        !dockerfile.contains("FLIT_SINK="),
+        "the image sets no sink itself"
+    );
+
+    let redis = RedisServer::start();
+    let image = Env::new(&redis).set("FLIT_SINK_REQUIRED", "1");
+    ingest_generated(&redis, &image, 10);
+    let out = image.flit(&["batch-upload"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("FLIT_SINK is not set"), "{text}");
+    assert_eq!(llen(&mut redis.conn(1), "upload_queue"), 10, "records wait");
+
+    let chosen = image.set("FLIT_SINK", "local");
+    let out = chosen.flit(&["batch-upload"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("upload sink"), "the sink is named: {text}");
+    assert_eq!(llen(&mut redis.conn(1), "upload_queue"), 0);
+}

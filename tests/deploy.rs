@@ -232,6 +232,7 @@ fn the_railway_script_creates_once_and_redeploys_after() {
             .arg(mode)
             .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
             .env("RAILWAY_STATE", state.path())
+            .env("BIGQUERY_PROJECT", "my-project")
             .output()
             .expect("bash");
         assert!(out.status.success(), "{}", output_text(&out));
@@ -258,6 +259,10 @@ fn the_railway_script_creates_once_and_redeploys_after() {
         ]
     );
     assert!(calls.contains("up deploy/redis --path-as-root --service redis --detach"));
+    assert!(
+        calls.contains("FLIT_SINK=bigquery"),
+        "the sink is set: {calls}"
+    );
     assert!(calls.contains("up . --service flit-cache --detach"));
     assert!(
         calls.contains("REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379")
@@ -284,6 +289,23 @@ fn the_railway_script_creates_once_and_redeploys_after() {
     assert_eq!(created(&calls), ["add --service flit-cache-upload"]);
     assert!(calls.contains("FLIT_UPLOAD_CRON=0 0 0 31 2 *"));
     assert!(calls.contains("--path-as-root --service flit-cache-upload --detach"));
+
+    // Without a BigQuery project, the container's own folder is not taken
+    // as the warehouse unless asked for.
+    let out = Command::new("bash")
+        .arg(repository().join("deploy/railway/deploy.sh"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+        .env("RAILWAY_STATE", state.path())
+        .env_remove("BIGQUERY_PROJECT")
+        .env_remove("FLIT_SINK")
+        .output()
+        .expect("bash");
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("FLIT_SINK=local"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 /// deploy/cron runs the upload at 02:00 UTC whatever the host's zone, as

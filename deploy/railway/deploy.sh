@@ -9,7 +9,8 @@
 # Needs: the Railway CLI (https://docs.railway.com/guides/cli) and a login
 # (`railway login`, or RAILWAY_API_TOKEN for CI). Optional environment:
 #   FLIT_RAILWAY_PROJECT   project name when one is created (default flit-cache)
-#   BIGQUERY_PROJECT       set on the app services when given
+#   BIGQUERY_PROJECT       set on the app services; FLIT_SINK=bigquery then
+#   FLIT_SINK              local, to upload into the container (needs saying)
 #   GOOGLE_APPLICATION_CREDENTIALS_JSON   the service-account key, set when given
 set -euo pipefail
 
@@ -28,6 +29,17 @@ command -v railway >/dev/null 2>&1 ||
 railway whoami >/dev/null 2>&1 ||
   die "not logged in to Railway: run \`railway login\` (or set RAILWAY_API_TOKEN)"
 command -v openssl >/dev/null 2>&1 || die "openssl is needed to create the Redis password"
+
+# Where uploads go. A Railway container's own folder is lost at each
+# redeploy, so local is only ever chosen explicitly.
+if [ -n "${BIGQUERY_PROJECT:-}" ]; then
+  sink="${FLIT_SINK:-bigquery}"
+elif [ "${FLIT_SINK:-}" = local ]; then
+  sink=local
+  echo "deploy.sh: FLIT_SINK=local: rows go to files inside the container, lost at each redeploy unless FLIT_WAREHOUSE_DIR is on a volume" >&2
+else
+  die "set BIGQUERY_PROJECT (and GOOGLE_APPLICATION_CREDENTIALS_JSON) to upload to BigQuery, or FLIT_SINK=local to upload into the container's own folder"
+fi
 
 cd "$root"
 if ! railway status --json >/dev/null 2>&1; then
@@ -60,6 +72,7 @@ app_variables() {
   railway variable set --service "$service" --skip-deploys \
     'REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379' \
     'FLIT_HTTP_ADDR=[::]:9464' 'PORT=9464' >/dev/null
+  railway variable set --service "$service" --skip-deploys "FLIT_SINK=$sink" >/dev/null
   if [ -n "${BIGQUERY_PROJECT:-}" ]; then
     railway variable set --service "$service" --skip-deploys "BIGQUERY_PROJECT=$BIGQUERY_PROJECT" >/dev/null
   fi

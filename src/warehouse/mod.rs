@@ -13,7 +13,7 @@ pub use bigquery::BigQueryWarehouse;
 pub use local::LocalWarehouse;
 pub use rows::Row;
 
-use crate::configuration::Settings;
+use crate::configuration::{Settings, SinkChoice};
 use crate::keys::EventKind;
 
 /// The sink the settings choose: BigQuery when `BIGQUERY_PROJECT` is set,
@@ -23,14 +23,22 @@ pub enum Sink {
     BigQuery(Box<BigQueryWarehouse>),
 }
 
+/// The sink FLIT_SINK chose, named in the log each time one is opened (at
+/// every upload start). Refused while FLIT_SINK is unset in the image.
 pub async fn configured(settings: &Settings) -> anyhow::Result<Sink> {
-    Ok(match settings.warehouse.bigquery_project {
-        Some(_) => Sink::BigQuery(Box::new(
+    let sink = match settings.warehouse.sink {
+        SinkChoice::BigQuery => Sink::BigQuery(Box::new(
             BigQueryWarehouse::connect(&settings.warehouse).await?,
         )),
-        None => Sink::Local(LocalWarehouse::new(&settings.warehouse.warehouse_dir)),
-    })
+        SinkChoice::Local => Sink::Local(LocalWarehouse::new(&settings.warehouse.warehouse_dir)),
+        SinkChoice::Unset => anyhow::bail!("{UNSET_SINK}"),
+    };
+    tracing::info!(sink = %sink.describe(), "upload sink");
+    Ok(sink)
 }
+
+/// Why an upload in the image does not start without FLIT_SINK.
+pub const UNSET_SINK: &str = "FLIT_SINK is not set: this image uploads nowhere until it is told where. Set FLIT_SINK=bigquery (with BIGQUERY_PROJECT) or FLIT_SINK=local (files in FLIT_WAREHOUSE_DIR, lost with the container unless it is a volume)";
 
 impl Warehouse for Sink {
     fn describe(&self) -> String {
