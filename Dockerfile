@@ -2,7 +2,9 @@
 # Build: docker build -t flit-cache .      Run: docker run flit-cache run
 # Railway builds it from railway.toml.
 
-FROM rust:1.89-slim-bookworm AS build
+# Exact versions, the toolchain the test suite runs with; docs/release.md
+# pins both images by digest when a release is cut.
+FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a change in src/ does not rebuild them.
 COPY Cargo.toml Cargo.lock ./

@@ -374,3 +374,31 @@ fn the_cron_entry_runs_at_two_utc_in_every_time_zone() {
         assert_eq!(ran.exists(), runs, "at {utc} UTC: {shell}");
     }
 }
+
+/// Both systemd units carry the same hardening block, word for word.
+#[test]
+fn both_systemd_units_share_one_hardening_block() {
+    let block = |unit: &str| -> String {
+        let text =
+            std::fs::read_to_string(repository().join("deploy/systemd").join(unit)).expect("unit");
+        let start = text.find("# Hardening").expect("a hardening block");
+        text[start..]
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let service = block("flit-cache.service");
+    assert_eq!(service, block("flit-cache-upload.service"));
+    for setting in [
+        "UMask=0077",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(
+            service.lines().any(|l| l == setting),
+            "{setting} in:\n{service}"
+        );
+    }
+}
