@@ -154,6 +154,30 @@ async fn upload(State(stub): State<Shared>, Path(project): Path<String>, body: S
     let Some(mut fields) = stub.tables.get(&table).cloned() else {
         return bigquery_error(404, "notFound", "Not found: Table");
     };
+    // The job's schema must match the table's, as BigQuery checks it: every
+    // column of the table in it, no mode tightened (options only allow
+    // adding fields and relaxing modes).
+    if let Some(job_fields) = load["schema"]["fields"].as_array() {
+        for have in &fields {
+            let problem = match job_fields.iter().find(|f| f["name"] == have["name"]) {
+                None => Some(format!("Field {} is missing in new schema", have["name"])),
+                Some(f) if mode(have) == "NULLABLE" && mode(f) == "REQUIRED" => Some(format!(
+                    "Field {} has changed mode from NULLABLE to REQUIRED",
+                    have["name"]
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                let message =
+                    format!("Provided Schema does not match Table {project}:{table}. {problem}.");
+                let status = json!({"state": "DONE", "errorResult": {"reason": "invalid", "message": message},
+                    "errors": [{"reason": "invalid", "message": message}]});
+                return axum::Json(json!({"kind": "bigquery#job",
+                    "jobReference": {"projectId": project, "jobId": job_id, "location": "US"}, "status": status}))
+                .into_response();
+            }
+        }
+    }
     let adds = load["schemaUpdateOptions"]
         .as_array()
         .is_some_and(|o| o.iter().any(|v| v == "ALLOW_FIELD_ADDITION"));
@@ -402,4 +426,32 @@ fn on_the_emulator_init_patches_an_older_table_with_a_schema_bigquery_reads() {
     );
     let out = env.flit(&["init"]);
     assert!(!output_text(&out).contains("added column"), "idempotent");
+}
+
+#[test]
+fn a_table_with_a_column_schemas_dropped_and_a_mode_it_cannot_tighten_still_loads() {
+    const N: usize = 15;
+    let (port, stub) = start_warehouse(|fields| {
+        fields.push(json!({"name": "legacy_score", "type": "FLOAT", "mode": "NULLABLE"}));
+        if let Some(raw) = fields.iter_mut().find(|f| f["name"] == "raw") {
+            raw["mode"] = Value::from("NULLABLE");
+        }
+    });
+    let redis = RedisServer::start();
+    let env = env_for(&redis, port);
+    ingest_generated(&redis, &env, N);
+    let out = env.flit(&["batch-upload", "--json"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("the table has a column schemas/ does not; kept"),
+        "{text}"
+    );
+    let stub = stub.lock().expect("stub");
+    assert_eq!(
+        stub.rows["raw_bnpl_prediction_logs"].len(),
+        N,
+        "loaded with the table's own schema"
+    );
+    assert_eq!(stub.patches, 0, "nothing to change in place");
 }

@@ -11,7 +11,7 @@
 //!   its own `_ingestion_timestamp`, within its partitions only. That also
 //!   covers emulators that ignore job ids.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,7 +127,10 @@ pub struct BigQueryWarehouse {
     location: String,
     api_root: String,
     mode: WriteMode,
-    ensured: Mutex<HashSet<String>>,
+    /// Tables ensured by this process, with the fields their load jobs
+    /// carry: the table's own schema after the plan (its extra columns and
+    /// modes kept), which BigQuery requires a load's schema to match.
+    ensured: Mutex<HashMap<String, Vec<Value>>>,
 }
 
 impl BigQueryWarehouse {
@@ -160,7 +163,7 @@ impl BigQueryWarehouse {
             location: settings.location.clone(),
             api_root,
             mode: settings.write_mode,
-            ensured: Mutex::new(HashSet::new()),
+            ensured: Mutex::new(HashMap::new()),
         })
     }
 
@@ -170,22 +173,17 @@ impl BigQueryWarehouse {
     async fn apply_schema_changes(
         &self,
         table: TableSpec,
-        existing: Table,
-    ) -> Result<(), SinkError> {
+        existing: &Value,
+    ) -> Result<Vec<Value>, SinkError> {
         let name = table.qualified();
-        let have: Vec<Value> = existing
-            .schema
-            .fields
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                SinkError::fatal(format!("schema of {name} from BigQuery is unreadable: {e}"))
-            })?;
-        let wanted: Vec<Value> = serde_json::from_str(table.schema_json)
-            .map_err(|e| SinkError::fatal(format!("schema of {name} is unreadable: {e}")))?;
+        // The fields as BigQuery returned them, every attribute kept (a
+        // default value, a policy tag): the patch sends them back unchanged.
+        let have: Vec<Value> = existing["schema"]["fields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let wanted = table_fields(table)?;
+        let wanted = wanted.as_array().cloned().unwrap_or_default();
         let plan = super::schema_change::plan(&have, &wanted).map_err(|why| {
             SinkError::set_aside(format!("{name} cannot take schemas/ in place: {why}"))
         })?;
@@ -196,30 +194,69 @@ impl BigQueryWarehouse {
             tracing::warn!(table = %name, column, "REQUIRED in schemas/, NULLABLE in the table: BigQuery cannot tighten a mode; the door requires it of new rows");
         }
         if plan.changes.is_empty() {
-            return Ok(());
+            return Ok(plan.fields);
         }
-        let fields: Vec<TableFieldSchema> = plan
-            .fields
-            .iter()
-            .cloned()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| SinkError::fatal(format!("new schema of {name}: {e}")))?;
-        let patch = Table::new(
-            &self.project,
-            table.dataset,
-            table.table,
-            TableSchema::new(fields),
-        );
-        self.client
-            .table()
-            .patch(&self.project, table.dataset, table.table, patch)
-            .await
-            .map_err(from_bq)?;
+        let body = json!({"schema": {"fields": plan.fields}});
+        let mut request = self.http.patch(self.table_url(table)).json(&body);
+        // With the table's etag, a patch made from a schema someone else has
+        // changed since is refused (412) instead of undoing their change.
+        if let Some(etag) = existing["etag"].as_str() {
+            request = request.header("If-Match", etag);
+        }
+        if let Some(token) = self.credentials.token().await? {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(from_reqwest)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(from_reqwest)?;
+        if !(200..300).contains(&status) {
+            return Err(from_response(status, &text));
+        }
         for change in &plan.changes {
             tracing::info!(table = %name, %change, "applied a schema change from schemas/");
         }
-        Ok(())
+        Ok(plan.fields)
+    }
+
+    /// The fields a load into `table` carries: as ensured, or schemas/.
+    fn load_fields(&self, table: TableSpec) -> Result<Value, SinkError> {
+        let ensured = self
+            .ensured
+            .lock()
+            .ok()
+            .and_then(|set| set.get(&table.qualified()).cloned());
+        match ensured {
+            Some(fields) => Ok(Value::Array(fields)),
+            None => table_fields(table),
+        }
+    }
+
+    fn table_url(&self, table: TableSpec) -> String {
+        format!(
+            "{}/bigquery/v2/projects/{}/datasets/{}/tables/{}",
+            self.api_root, self.project, table.dataset, table.table
+        )
+    }
+
+    /// The table resource as BigQuery returns it, or None when it does not exist.
+    async fn table_resource(&self, table: TableSpec) -> Result<Option<Value>, SinkError> {
+        let mut request = self.http.get(self.table_url(table));
+        if let Some(token) = self.credentials.token().await? {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(from_reqwest)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(from_reqwest)?;
+        match status {
+            404 => Ok(None),
+            200..=299 => serde_json::from_str(&text).map(Some).map_err(|e| {
+                SinkError::fatal(format!(
+                    "unreadable table {} from BigQuery: {e}",
+                    table.qualified()
+                ))
+            }),
+            _ => Err(from_response(status, &text)),
+        }
     }
 
     async fn load(&self, batch: &RowBatch<'_>) -> Result<WriteOutcome, SinkError> {
@@ -294,7 +331,7 @@ impl BigQueryWarehouse {
                 // The schema the rows follow, and leave to add what it has
                 // and the table lacks: a deploy that added a NULLABLE column
                 // loads its rows whether or not `init` ran first.
-                "schema": {"fields": table_fields(table)?},
+                "schema": {"fields": self.load_fields(table)?},
                 "schemaUpdateOptions": ["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"],
             }},
         });
@@ -636,7 +673,7 @@ impl Warehouse for BigQueryWarehouse {
         if self
             .ensured
             .lock()
-            .map(|set| set.contains(&name))
+            .map(|set| set.contains_key(&name))
             .unwrap_or(false)
         {
             return Ok(());
@@ -647,14 +684,9 @@ impl Warehouse for BigQueryWarehouse {
             Err(err) if status_of(&err) == Some(409) => {}
             Err(err) => return Err(from_bq(err)),
         }
-        match self
-            .client
-            .table()
-            .get(&self.project, table.dataset, table.table, None)
-            .await
-        {
-            Ok(existing) => self.apply_schema_changes(table, existing).await?,
-            Err(err) if status_of(&err) == Some(404) => {
+        let load_fields = match self.table_resource(table).await? {
+            Some(existing) => self.apply_schema_changes(table, &existing).await?,
+            None => {
                 let fields: Vec<TableFieldSchema> = serde_json::from_str(table.schema_json)
                     .map_err(|e| {
                         SinkError::fatal(format!("schema of {name} is unreadable: {e}"))
@@ -676,11 +708,11 @@ impl Warehouse for BigQueryWarehouse {
                     Err(err) if status_of(&err) == Some(409) => {}
                     Err(err) => return Err(from_bq(err)),
                 }
+                table_fields(table)?.as_array().cloned().unwrap_or_default()
             }
-            Err(err) => return Err(from_bq(err)),
-        }
+        };
         if let Ok(mut set) = self.ensured.lock() {
-            set.insert(name);
+            set.insert(name, load_fields);
         }
         Ok(())
     }
