@@ -31,8 +31,9 @@ WORKDIR /home/nonroot
 # under the non-root user's home (mount a volume there to keep the spool
 # across restarts).
 # FLIT_SINK_REQUIRED: a container's own folder is lost at each redeploy,
-# so the image never picks a sink by itself; uploads refuse to start until
-# the deployment sets FLIT_SINK (bigquery, or local on a volume).
+# so the image never falls back to the local sink by itself: without
+# BIGQUERY_PROJECT, uploads refuse to start until the deployment sets
+# FLIT_SINK (local, on a volume). Ingest runs regardless.
 ENV FLIT_HTTP_ADDR=0.0.0.0:9464 \
     FLIT_SPOOL_DIR=/home/nonroot/spool \
     FLIT_WAREHOUSE_DIR=/home/nonroot/warehouse \

@@ -26,14 +26,15 @@ pub enum LogFormat {
 }
 
 /// Where uploads go (FLIT_SINK).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkChoice {
     BigQuery,
     /// NDJSON files under FLIT_WAREHOUSE_DIR.
     Local,
-    /// FLIT_SINK unset where it is required (the container image sets
-    /// FLIT_SINK_REQUIRED): uploads refuse to start, ingest runs on.
-    Unset,
+    /// No usable sink, and why (FLIT_SINK unset in the image without a
+    /// project, a typo, bigquery without a project): uploads refuse to
+    /// start with this reason; ingest runs on.
+    Refused(String),
 }
 
 /// How rows reach BigQuery.
@@ -267,7 +268,7 @@ impl Settings {
                 spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
             },
             warehouse: WarehouseSettings {
-                sink: env.sink()?,
+                sink: env.sink(),
                 bigquery_project: env.text("BIGQUERY_PROJECT"),
                 credentials_file: env.credentials_path("GOOGLE_APPLICATION_CREDENTIALS")?,
                 credentials_json: env.credentials_json("GOOGLE_APPLICATION_CREDENTIALS_JSON")?,
@@ -479,23 +480,28 @@ impl Env<'_> {
         PathBuf::from(self.text(name).unwrap_or_else(|| default.to_owned()))
     }
 
-    /// FLIT_SINK, checked against BIGQUERY_PROJECT.
-    fn sink(&self) -> Result<SinkChoice, ConfigError> {
+    /// FLIT_SINK, checked against BIGQUERY_PROJECT. A sink that cannot be
+    /// used refuses uploads with the reason; it never stops `run` from
+    /// starting, so ingest (the prediction path) goes on whatever it says.
+    fn sink(&self) -> SinkChoice {
         let project = self.text("BIGQUERY_PROJECT");
         match self.text("FLIT_SINK").as_deref() {
-            Some("bigquery") if project.is_some() => Ok(SinkChoice::BigQuery),
-            Some("bigquery") => Err(self.error(
-                "FLIT_SINK",
-                "is bigquery but BIGQUERY_PROJECT is not set".to_owned(),
+            Some("bigquery") if project.is_some() => SinkChoice::BigQuery,
+            Some("bigquery") => SinkChoice::Refused(
+                "FLIT_SINK is bigquery but BIGQUERY_PROJECT is not set".to_owned(),
+            ),
+            Some("local") => SinkChoice::Local,
+            Some(other) => SinkChoice::Refused(format!(
+                "FLIT_SINK is {other:?}, not a sink: set it to bigquery or local"
             )),
-            Some("local") => Ok(SinkChoice::Local),
-            Some(other) => Err(self.error(
-                "FLIT_SINK",
-                format!("{other:?} is not a sink: bigquery or local"),
-            )),
-            None if self.text("FLIT_SINK_REQUIRED").is_some() => Ok(SinkChoice::Unset),
-            None if project.is_some() => Ok(SinkChoice::BigQuery),
-            None => Ok(SinkChoice::Local),
+            // A project says where rows go, in the image too.
+            None if project.is_some() => SinkChoice::BigQuery,
+            // Without one, the image does not fall back to a folder inside
+            // a container that a redeploy discards.
+            None if self.text("FLIT_SINK_REQUIRED").is_some() => {
+                SinkChoice::Refused(crate::warehouse::UNSET_SINK.to_owned())
+            }
+            None => SinkChoice::Local,
         }
     }
 
@@ -633,25 +639,36 @@ mod tests {
     }
 
     #[test]
-    fn the_sink_is_chosen_explicitly_or_follows_bigquery_project_outside_the_image() {
-        let sink = |vars: &[(&str, &str)]| settings(vars).map(|s| s.warehouse.sink);
-        assert_eq!(sink(&[]).expect("quick start"), SinkChoice::Local);
+    fn the_sink_is_chosen_explicitly_or_follows_bigquery_project_but_never_a_folder_in_the_image() {
+        let sink = |vars: &[(&str, &str)]| settings(vars).expect("settings").warehouse.sink;
+        assert_eq!(sink(&[]), SinkChoice::Local, "the quick start");
+        assert_eq!(sink(&[("BIGQUERY_PROJECT", "p")]), SinkChoice::BigQuery);
         assert_eq!(
-            sink(&[("BIGQUERY_PROJECT", "p")]).expect("inferred"),
-            SinkChoice::BigQuery
-        );
-        assert_eq!(
-            sink(&[("BIGQUERY_PROJECT", "p"), ("FLIT_SINK", "local")]).expect("explicit"),
+            sink(&[("BIGQUERY_PROJECT", "p"), ("FLIT_SINK", "local")]),
             SinkChoice::Local
         );
         assert_eq!(
-            sink(&[("FLIT_SINK_REQUIRED", "1"), ("BIGQUERY_PROJECT", "p")]).expect("image"),
-            SinkChoice::Unset
+            sink(&[("FLIT_SINK_REQUIRED", "1"), ("BIGQUERY_PROJECT", "p")]),
+            SinkChoice::BigQuery,
+            "an image with a project keeps uploading"
         );
-        let err = sink(&[("FLIT_SINK", "bigquery")]).expect_err("no project");
-        assert_eq!(err.variable, "FLIT_SINK");
-        let err = sink(&[("FLIT_SINK", "s3")]).expect_err("unknown");
-        assert_eq!(err.variable, "FLIT_SINK");
+        assert!(matches!(
+            sink(&[("FLIT_SINK_REQUIRED", "1")]),
+            SinkChoice::Refused(_)
+        ));
+        assert_eq!(
+            sink(&[("FLIT_SINK_REQUIRED", "1"), ("FLIT_SINK", "local")]),
+            SinkChoice::Local
+        );
+        // Mistakes refuse uploads, by name; settings (and so ingest) still start.
+        let SinkChoice::Refused(why) = sink(&[("FLIT_SINK", "bigquery")]) else {
+            panic!("bigquery without a project")
+        };
+        assert!(why.contains("BIGQUERY_PROJECT"), "{why}");
+        let SinkChoice::Refused(why) = sink(&[("FLIT_SINK", "s3")]) else {
+            panic!("not a sink")
+        };
+        assert!(why.contains("\"s3\""), "{why}");
     }
 
     #[test]

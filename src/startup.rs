@@ -53,10 +53,9 @@ impl Application {
         let settings = &self.settings;
         tracing::info!(redis = %settings.redis.url, http = %self.http_addr()?,
             consumer = %settings.ingest.consumer_name, "flit-cache starting");
-        match settings.warehouse.sink {
-            SinkChoice::Unset => tracing::warn!(
-                "{}; ingest runs, scheduled uploads refuse until then",
-                crate::warehouse::UNSET_SINK
+        match &settings.warehouse.sink {
+            SinkChoice::Refused(why) => tracing::error!(
+                "no upload sink: {why}; ingest runs, scheduled uploads refuse until it is fixed"
             ),
             SinkChoice::BigQuery => tracing::info!(
                 sink = "bigquery",

@@ -24,21 +24,21 @@ pub enum Sink {
 }
 
 /// The sink FLIT_SINK chose, named in the log each time one is opened (at
-/// every upload start). Refused while FLIT_SINK is unset in the image.
+/// every upload start). Refused, with the reason, when none is usable.
 pub async fn configured(settings: &Settings) -> anyhow::Result<Sink> {
-    let sink = match settings.warehouse.sink {
+    let sink = match &settings.warehouse.sink {
         SinkChoice::BigQuery => Sink::BigQuery(Box::new(
             BigQueryWarehouse::connect(&settings.warehouse).await?,
         )),
         SinkChoice::Local => Sink::Local(LocalWarehouse::new(&settings.warehouse.warehouse_dir)),
-        SinkChoice::Unset => anyhow::bail!("{UNSET_SINK}"),
+        SinkChoice::Refused(why) => anyhow::bail!("no upload sink: {why}"),
     };
     tracing::info!(sink = %sink.describe(), "upload sink");
     Ok(sink)
 }
 
 /// Why an upload in the image does not start without FLIT_SINK.
-pub const UNSET_SINK: &str = "FLIT_SINK is not set: this image uploads nowhere until it is told where. Set FLIT_SINK=bigquery (with BIGQUERY_PROJECT) or FLIT_SINK=local (files in FLIT_WAREHOUSE_DIR, lost with the container unless it is a volume)";
+pub const UNSET_SINK: &str = "FLIT_SINK is not set and neither is BIGQUERY_PROJECT: this image uploads nowhere until it is told where. Set BIGQUERY_PROJECT (FLIT_SINK=bigquery), or FLIT_SINK=local (files in FLIT_WAREHOUSE_DIR, lost with the container unless it is a volume)";
 
 impl Warehouse for Sink {
     fn describe(&self) -> String {
