@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::configuration::SecretText;
-use crate::upload::{RunReport, RunStatus};
+use crate::upload::{RunReport, RunStatus, TableReport};
 
 /// Where notifications go and how long one may take.
 #[derive(Debug, Clone)]
@@ -33,19 +33,27 @@ pub enum Occasion {
     Recovered,
 }
 
-/// Whether `report` calls for a notification, given the status of the run
-/// kept before it (busy and dry runs are never kept, so they are not "the
-/// run before"). A busy run did nothing while another run held the lock,
-/// which reports for itself; a dry run changed nothing.
-pub fn occasion(report: &RunReport, previous: Option<RunStatus>) -> Option<Occasion> {
-    if report.dry_run {
+/// Whether a table kept something back in its run (the run is then
+/// partial): records left for retry, an error, or the table set aside.
+pub fn table_failed(table: &TableReport) -> bool {
+    table.kept_for_retry > 0 || !table.errors.is_empty() || table.set_aside.is_some()
+}
+
+/// Whether `report` calls for a notification, given the tables of this run
+/// whose previous run failed. A busy run did nothing while another run held
+/// the lock, which reports for itself; a dry run changed nothing.
+pub fn occasion(report: &RunReport, failed_before: &[String]) -> Option<Occasion> {
+    if report.dry_run || report.status == RunStatus::Busy {
         return None;
     }
-    match (&report.status, previous) {
-        (RunStatus::Partial, _) => Some(Occasion::Failed),
-        (RunStatus::Ok, Some(RunStatus::Partial)) => Some(Occasion::Recovered),
-        _ => None,
+    if report.status == RunStatus::Partial || report.tables.iter().any(table_failed) {
+        return Some(Occasion::Failed);
     }
+    report
+        .tables
+        .iter()
+        .any(|t| failed_before.contains(&t.table))
+        .then_some(Occasion::Recovered)
 }
 
 /// The body POSTed for `report`.
@@ -87,8 +95,10 @@ pub fn body(report: &RunReport, occasion: Occasion) -> serde_json::Value {
                 "dead_lettered": t.dead_lettered,
                 "expired": t.expired,
                 "kept_for_retry": t.kept_for_retry,
-                "set_aside": t.set_aside,
-                "errors": t.errors,
+                "set_aside": t.set_aside.as_deref().map(shorten),
+                // A warehouse's whole reply can be long: each error is
+                // shortened, and ten are enough to act on.
+                "errors": t.errors.iter().take(10).map(|e| shorten(e)).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }
     })
@@ -105,11 +115,11 @@ fn shorten(text: &str) -> String {
 
 /// Sends the notification `report` calls for, if any and if a webhook is
 /// set. Never fails: what goes wrong is logged, without the URL.
-pub async fn after_run(settings: &NotifySettings, report: &RunReport, previous: Option<RunStatus>) {
+pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_before: &[String]) {
     let Some(url) = &settings.webhook_url else {
         return;
     };
-    let Some(occasion) = occasion(report, previous) else {
+    let Some(occasion) = occasion(report, failed_before) else {
         return;
     };
     match post(&url.0, settings.timeout, &body(report, occasion)).await {
@@ -164,23 +174,28 @@ mod tests {
     }
 
     #[test]
-    fn partial_runs_and_the_first_success_after_them_are_notified() {
+    fn partial_runs_and_the_first_success_of_a_failed_table_are_notified() {
         use RunStatus::*;
-        assert_eq!(occasion(&report(Partial), None), Some(Occasion::Failed));
+        let table = ["flit_ml_raw.raw_bnpl_prediction_logs".to_owned()];
+        let ok = |status| {
+            let mut r = report(status);
+            r.tables[0].kept_for_retry = 0;
+            r.tables[0].errors.clear();
+            r
+        };
+        assert_eq!(occasion(&report(Partial), &[]), Some(Occasion::Failed));
+        assert_eq!(occasion(&report(Partial), &table), Some(Occasion::Failed));
+        assert_eq!(occasion(&ok(Ok), &table), Some(Occasion::Recovered));
+        assert_eq!(occasion(&ok(Ok), &[]), None, "a success after a success");
         assert_eq!(
-            occasion(&report(Partial), Some(Partial)),
-            Some(Occasion::Failed)
+            occasion(&ok(Ok), &["flit_bnpl_raw.raw_bnpl_txs_json".to_owned()]),
+            None,
+            "another table's failure is not this run's to clear"
         );
-        assert_eq!(
-            occasion(&report(Ok), Some(Partial)),
-            Some(Occasion::Recovered)
-        );
-        assert_eq!(occasion(&report(Ok), Some(Ok)), None);
-        assert_eq!(occasion(&report(Ok), None), None);
-        assert_eq!(occasion(&report(Busy), Some(Partial)), None);
+        assert_eq!(occasion(&report(Busy), &table), None);
         let mut dry = report(Partial);
         dry.dry_run = true;
-        assert_eq!(occasion(&dry, None), None);
+        assert_eq!(occasion(&dry, &[]), None);
     }
 
     #[test]

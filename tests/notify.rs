@@ -193,3 +193,33 @@ fn a_webhook_url_that_is_not_http_is_refused_without_being_echoed() {
     assert_eq!(code, Some(2), "a configuration error: {text}");
     assert!(text.contains("FLIT_NOTIFY_WEBHOOK_URL"), "{text}");
 }
+
+#[test]
+fn a_run_of_one_kind_does_not_announce_the_recovery_of_the_other() {
+    const N: usize = 10;
+    let redis = RedisServer::start();
+    let (url, receiver) = start_receiver(Duration::ZERO);
+    let env = Env::new(&redis)
+        .set("FLIT_NOTIFY_WEBHOOK_URL", &url)
+        .set("FLIT_UPLOAD_RETRY_MIN_MS", "20")
+        .set("FLIT_UPLOAD_ATTEMPTS", "2");
+    ingest_generated(&redis, &env, N);
+    let only = |env: &Env, kind: &str| {
+        let out = env.flit(&["batch-upload", "--json", "--only", kind]);
+        let text = output_text(&out);
+        assert!(!text.contains("SECRET"), "the webhook URL leaked: {text}");
+        out.status.code()
+    };
+    assert_eq!(only(&failing(&env, &redis), "predictions"), Some(1));
+    assert_eq!(bodies(&receiver).len(), 1, "the failure");
+    assert_eq!(only(&env, "transactions"), Some(0));
+    assert_eq!(
+        bodies(&receiver).len(),
+        1,
+        "transactions never failed: nothing to announce while predictions still wait"
+    );
+    assert_eq!(only(&env, "predictions"), Some(0));
+    let sent = bodies(&receiver);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1]["flit_cache"]["occasion"], "recovered");
+}

@@ -23,6 +23,9 @@ pub const LAYOUT: &str = "flit:layout";
 
 /// The report of the last upload run (JSON).
 pub const UPLOAD_LAST_RUN: &str = "flit:upload:last_run";
+/// Hash: table → `failed` or `ok`, its outcome in the last run that
+/// uploaded it, so a notification says when that table recovered.
+pub const UPLOAD_TABLE_OUTCOMES: &str = "flit:upload:table_outcomes";
 
 /// Reports of recent upload runs, newest first, capped.
 pub const UPLOAD_HISTORY: &str = "flit:upload:history";

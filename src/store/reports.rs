@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 
-use crate::keys::{UPLOAD_HISTORY, UPLOAD_LAST_RUN, UPLOAD_LAST_SUCCESS};
+use crate::keys::{UPLOAD_HISTORY, UPLOAD_LAST_RUN, UPLOAD_LAST_SUCCESS, UPLOAD_TABLE_OUTCOMES};
 use crate::upload::{HISTORY_LENGTH, RunReport, RunStatus};
 
 /// Keeps `report` for the monitor; dry runs change nothing and a busy run
@@ -41,18 +41,43 @@ pub async fn keep(conn: &mut MultiplexedConnection, report: &RunReport) -> redis
     pipe.exec_async(conn).await
 }
 
-/// The status of the last run kept (busy and dry runs are not kept), if any
-/// was and it can be read.
-pub async fn last_status(
+/// The tables among `tables` whose last upload run kept something back.
+pub async fn failed_before(
     state: &mut MultiplexedConnection,
-) -> redis::RedisResult<Option<RunStatus>> {
-    let text: Option<String> = redis::cmd("GET")
-        .arg(UPLOAD_LAST_RUN)
+    tables: &[String],
+) -> redis::RedisResult<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let outcomes: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(UPLOAD_TABLE_OUTCOMES)
+        .arg(tables)
         .query_async(state)
         .await?;
-    Ok(text
-        .and_then(|text| serde_json::from_str::<RunReport>(&text).ok())
-        .map(|report| report.status))
+    Ok(tables
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.as_deref() == Some("failed"))
+        .map(|(table, _)| table.clone())
+        .collect())
+}
+
+/// Notes each table's outcome in this run (`failed`: it kept something back).
+pub async fn note_outcomes(
+    state: &mut MultiplexedConnection,
+    outcomes: &[(String, bool)],
+) -> redis::RedisResult<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut command = redis::cmd("HSET");
+    command.arg(UPLOAD_TABLE_OUTCOMES);
+    for (table, failed) in outcomes {
+        command
+            .arg(table)
+            .arg(if *failed { "failed" } else { "ok" });
+    }
+    command.query_async(state).await
 }
 
 /// When the last upload run that kept nothing back finished, if any did.

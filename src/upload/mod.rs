@@ -118,10 +118,7 @@ pub async fn run_once<W: Warehouse>(
         .enumerate()
         .map(|(i, kind)| upload_table(settings, warehouse, *kind, &state, &options, locks.get(i)));
     for table_report in futures_util::future::join_all(runs).await {
-        if table_report.kept_for_retry > 0
-            || !table_report.errors.is_empty()
-            || table_report.set_aside.is_some()
-        {
+        if crate::notify::table_failed(&table_report) {
             report.status = RunStatus::Partial;
         }
         report.tables.push(table_report);
@@ -130,20 +127,32 @@ pub async fn run_once<W: Warehouse>(
     report.finished_at = Utc::now();
     service_metrics::record_upload(&report);
     let mut state = state;
-    // Read before this report replaces it: a notification says when a run
-    // is the first success after a failed one.
-    let previous = reports::last_status(&mut state)
+    // Per table, read before this run's outcomes replace them: a
+    // notification says when a table that failed has recovered, whatever
+    // other tables (or runs limited to them) did meanwhile.
+    let tables: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
+    let failed_before = reports::failed_before(&mut state, &tables)
         .await
         .unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "could not read the last upload report");
-            None
+            tracing::warn!(error = %err, "could not read the tables' last outcomes");
+            Vec::new()
         });
     if let Err(err) = reports::keep(&mut state, &report).await {
         tracing::error!(error = %err, "could not keep the upload report in Redis");
     }
+    if !report.dry_run {
+        let outcomes: Vec<(String, bool)> = report
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), crate::notify::table_failed(t)))
+            .collect();
+        if let Err(err) = reports::note_outcomes(&mut state, &outcomes).await {
+            tracing::warn!(error = %err, "could not note the tables' outcomes");
+        }
+    }
     // The lock goes first: a slow receiver must not hold back the next run.
     release_all(locks).await;
-    crate::notify::after_run(&settings.notify, &report, previous).await;
+    crate::notify::after_run(&settings.notify, &report, &failed_before).await;
     Ok(report)
 }
 
