@@ -34,7 +34,10 @@ WORKDIR /home/nonroot
 # so the image never falls back to the local sink by itself: without
 # BIGQUERY_PROJECT, uploads refuse to start until the deployment sets
 # FLIT_SINK (local, on a volume). Ingest runs regardless.
-ENV FLIT_HTTP_ADDR=0.0.0.0:9464 \
+# HTTP on every interface, on PORT (9464, or the port the platform gives
+# the container: Railway sends its health checks there).
+ENV FLIT_HTTP_HOST=0.0.0.0 \
+    PORT=9464 \
     FLIT_SPOOL_DIR=/home/nonroot/spool \
     FLIT_WAREHOUSE_DIR=/home/nonroot/warehouse \
     FLIT_LOG_FORMAT=json \

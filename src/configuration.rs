@@ -331,11 +331,7 @@ impl Settings {
                     u64::MAX,
                 )?,
             },
-            http_addr: env.parsed_with(
-                "FLIT_HTTP_ADDR",
-                "127.0.0.1:9464",
-                "an address such as 127.0.0.1:9464",
-            )?,
+            http_addr: env.http_addr()?,
             log_format: match env.text("FLIT_LOG_FORMAT").as_deref() {
                 None | Some("human") => LogFormat::Human,
                 Some("json") => LogFormat::Json,
@@ -505,6 +501,27 @@ impl Env<'_> {
         }
     }
 
+    /// FLIT_HTTP_ADDR when set; otherwise FLIT_HTTP_HOST (127.0.0.1; the
+    /// image sets 0.0.0.0) on PORT (9464), the port a platform such as
+    /// Railway gives the container and sends its health checks to, however
+    /// the service was deployed.
+    fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if self.text("FLIT_HTTP_ADDR").is_some() {
+            return self.parsed_with(
+                "FLIT_HTTP_ADDR",
+                "127.0.0.1:9464",
+                "an address such as 127.0.0.1:9464",
+            );
+        }
+        let host: std::net::IpAddr = self.parsed_with(
+            "FLIT_HTTP_HOST",
+            "127.0.0.1",
+            "an IP address such as 0.0.0.0",
+        )?;
+        let port: u16 = self.bounded("PORT", 9464, 1, u16::MAX)?;
+        Ok(SocketAddr::new(host, port))
+    }
+
     /// A path to a key file. A key pasted here instead (it would be shown
     /// as the "path" in every error) is refused without being echoed.
     fn credentials_path(&self, name: &'static str) -> Result<Option<PathBuf>, ConfigError> {
@@ -569,12 +586,28 @@ impl Env<'_> {
         }
     }
 
+    /// The BigQuery API root. The Google token goes only over https:
+    /// http:// is for an emulator on this host (loopback), which gets no
+    /// token at all.
     fn api_url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let text = self.text(name).unwrap_or_else(|| default.to_owned());
+        let loopback = |url: &url::Url| match url.host() {
+            Some(url::Host::Domain(domain)) => domain == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
         match url::Url::parse(&text) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+            Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && loopback(&url)) => {
                 Ok(text.trim_end_matches('/').to_owned())
             }
+            Ok(url) if url.scheme() == "http" => Err(self.error(
+                name,
+                format!(
+                    "is http:// to {}, not this host: the Google token is only ever sent over https (http:// is for a local emulator on 127.0.0.1)",
+                    url.host_str().unwrap_or_default()
+                ),
+            )),
             _ => Err(self.error(
                 name,
                 format!("expected an http:// or https:// root URL, got {text:?}"),
@@ -684,6 +717,39 @@ mod tests {
         assert!(!err.to_string().contains("/secrets"), "{err}");
         let fine = settings(&[("GOOGLE_APPLICATION_CREDENTIALS_JSON", key)]).expect("a key");
         assert!(fine.warehouse.credentials_json.is_some());
+    }
+
+    #[test]
+    fn the_token_goes_only_over_https_and_the_port_follows_the_platform() {
+        let api = |url: &str| {
+            settings(&[("BIGQUERY_API_URL", url)]).map(|s| s.warehouse.bigquery_api_url)
+        };
+        assert!(api("https://bigquery.example.com").is_ok());
+        assert!(api("http://127.0.0.1:9050").is_ok(), "a local emulator");
+        assert!(api("http://localhost:9050").is_ok());
+        assert!(api("http://[::1]:9050").is_ok());
+        let err = api("http://bigquery.internal:9050").expect_err("http to another host");
+        assert_eq!(err.variable, "BIGQUERY_API_URL");
+        assert!(
+            err.to_string().contains("only ever sent over https"),
+            "{err}"
+        );
+
+        let addr = |vars: &[(&str, &str)]| settings(vars).expect("settings").http_addr.to_string();
+        assert_eq!(addr(&[]), "127.0.0.1:9464");
+        assert_eq!(
+            addr(&[("PORT", "8080")]),
+            "127.0.0.1:8080",
+            "PORT alone never opens the host"
+        );
+        assert_eq!(
+            addr(&[("FLIT_HTTP_HOST", "0.0.0.0"), ("PORT", "8080")]),
+            "0.0.0.0:8080"
+        );
+        assert_eq!(
+            addr(&[("FLIT_HTTP_ADDR", "[::]:9464"), ("PORT", "8080")]),
+            "[::]:9464"
+        );
     }
 
     #[test]
