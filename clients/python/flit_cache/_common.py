@@ -11,13 +11,15 @@ import hashlib
 import json
 import os
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Iterator, Mapping, TypeVar, Union
 
 from . import door
 
 Event = Union[Mapping[str, Any], str, bytes]
+P = TypeVar("P")
 
 TRANSACTIONS = door.TRANSACTIONS
 PREDICTIONS = door.PREDICTIONS
@@ -173,10 +175,12 @@ class Settings:
             ),
             replay_spool=(env.get("FLIT_CLIENT_REPLAY_SPOOL", "").lower() in ("1", "true", "yes")),
         )
-        for name, value in overrides.items():
-            if not hasattr(settings, name):
-                raise TypeError(f"unknown setting {name!r}")
-            setattr(settings, name, value)
+        return settings.with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """A checked copy with `overrides` applied (TypeError for a name
+        that is not a setting); the original is left as it is."""
+        settings = dataclasses.replace(self, **overrides)
         settings.check()
         return settings
 
@@ -246,6 +250,50 @@ def decode_record(key: str, value: bytes | None) -> dict | None:
         return json.loads(value)
     except ValueError as err:
         raise CorruptRecord(f"{key} holds a value that is not JSON: {err}") from None
+
+
+#: Events a replay sends between two notes of its progress (as the Rust
+#: replay): what an interrupted replay may send twice...
+REPLAY_CHUNK = 200
+#: ...or fewer, once they hold this many bytes: one pipeline stays small.
+REPLAY_CHUNK_BYTES = 4 << 20
+
+
+def next_chunk(events: Iterator[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The next replay chunk of `events` (line, kind, payload): up to
+    REPLAY_CHUNK events, or fewer holding REPLAY_CHUNK_BYTES."""
+    chunk: list[tuple[int, str, str]] = []
+    size = 0
+    for item in events:
+        chunk.append(item)
+        size += len(item[2])
+        if len(chunk) == REPLAY_CHUNK or size >= REPLAY_CHUNK_BYTES:
+            break
+    return chunk
+
+
+def replay_bound(settings: "Settings", payloads: list[str]) -> float:
+    """A replayed pipeline's bound: `replay_timeout`, and a second more per
+    MiB it carries (a large chunk over a slow link is not a failure)."""
+    return settings.replay_timeout + sum(map(len, payloads)) / (1 << 20)
+
+
+def make_pool(pool_class: Callable[..., P], settings: "Settings", db: int, timeout: float) -> P:
+    """A pool (`pool_class` is redis-py's sync or asyncio `from_url`) for
+    database `db`, every socket wait bounded by `timeout`."""
+    try:
+        pool = pool_class(settings.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except ValueError:
+        # redis-py's message can quote the password (a '#' or '/' in it
+        # breaks the URL's parsing); ours names only the host part.
+        raise ValueError(
+            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
+            "percent-encode special characters of the password"
+        ) from None
+    # A database in the URL's path would win over a keyword; each kind has
+    # its own database whatever the URL says.
+    pool.connection_kwargs["db"] = db  # type: ignore[attr-defined]
+    return pool
 
 
 def redacted_url(url: str) -> str:

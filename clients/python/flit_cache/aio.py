@@ -37,13 +37,15 @@ from ._common import (
     Settings,
     decode_record,
     event_bytes,
+    make_pool,
+    next_chunk,
     prepare,
-    redacted_url,
+    replay_bound,
     record_key,
     short,
 )
 from .breaker import CircuitBreaker
-from .client import REPLAY_CHUNK, REPLAY_CHUNK_BYTES, SPOOL_LOOK_INTERVAL, RedisUnavailable, replay_bound
+from .client import SPOOL_LOOK_INTERVAL, RedisUnavailable
 from .spool import ReplayFile, Spool, SpoolError
 
 T = TypeVar("T")
@@ -56,17 +58,7 @@ _FAILURES = (redis.RedisError, OSError, RedisUnavailable, RuntimeError)
 
 
 def _pool(settings: Settings, db: int, timeout: float) -> redis.asyncio.ConnectionPool:
-    try:
-        pool = redis.asyncio.ConnectionPool.from_url(
-            settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    except ValueError:
-        raise ValueError(
-            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
-            "percent-encode special characters of the password"
-        ) from None
-    pool.connection_kwargs["db"] = db
-    return pool
+    return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout)
 
 
 async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -77,18 +69,6 @@ async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list
         pass  # the first call since Redis started: send the text once
     await conn.send_command("EVAL", script, len(keys), *keys, *args)
     return await conn.read_response()
-
-
-def _next_chunk(events: Any) -> list[tuple[int, str, str]]:
-    """Up to REPLAY_CHUNK events, or fewer holding REPLAY_CHUNK_BYTES."""
-    chunk: list[tuple[int, str, str]] = []
-    size = 0
-    for item in events:
-        chunk.append(item)
-        size += len(item[2])
-        if len(chunk) == REPLAY_CHUNK or size >= REPLAY_CHUNK_BYTES:
-            break
-    return chunk
 
 
 async def _xadd(conn: Any, kind: str, payloads: list[str]) -> None:
@@ -103,12 +83,7 @@ class AsyncFlitClient:
     Create it inside the running event loop (a FastAPI lifespan)."""
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        self.settings = settings or Settings()
-        for name, value in overrides.items():
-            if not hasattr(self.settings, name):
-                raise TypeError(f"unknown setting {name!r}")
-            setattr(self.settings, name, value)
-        self.settings.check()
+        self.settings = (settings or Settings()).with_overrides(**overrides)
         s = self.settings
         self.spool = Spool(s.spool_dir, s.spool_max_bytes)
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
@@ -258,7 +233,7 @@ class AsyncFlitClient:
                     # Read a chunk at a time in a thread: a spool file may
                     # hold a gigabyte, the loop's memory holds one chunk.
                     events = self.spool.read_events(file)
-                    while chunk := await asyncio.to_thread(_next_chunk, events):
+                    while chunk := await asyncio.to_thread(next_chunk, events):
                         report.events += await self._replay_chunk(file, chunk)
                     await asyncio.to_thread(self.spool.finish, file)
                     report.files += 1

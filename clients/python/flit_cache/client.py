@@ -41,8 +41,10 @@ from ._common import (
     ReplayReport,
     Settings,
     decode_record,
+    make_pool,
+    next_chunk,
     prepare,
-    redacted_url,
+    replay_bound,
     record_key,
     short,
 )
@@ -51,19 +53,8 @@ from .spool import Spool, SpoolError
 
 T = TypeVar("T")
 
-#: Events a replay sends between two notes of its progress (as the Rust
-#: replay): what an interrupted replay may send twice.
-REPLAY_CHUNK = 200
-#: ...or fewer, once they hold this many bytes: one pipeline stays small.
-REPLAY_CHUNK_BYTES = 4 << 20
 #: How often a send may look at the spool's size to decide on a replay.
 SPOOL_LOOK_INTERVAL = 1.0
-
-
-def replay_bound(settings: Settings, payloads: list[str]) -> float:
-    """A replayed pipeline's bound: `replay_timeout`, and a second more per
-    MiB it carries (a large chunk over a slow link is not a failure)."""
-    return settings.replay_timeout + sum(map(len, payloads)) / (1 << 20)
 
 
 class RedisUnavailable(Exception):
@@ -71,21 +62,7 @@ class RedisUnavailable(Exception):
 
 
 def _pool(settings: Settings, db: int, timeout: float) -> redis.ConnectionPool:
-    try:
-        pool = redis.ConnectionPool.from_url(
-            settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    except ValueError:
-        # redis-py's message can quote the password (a '#' or '/' in it
-        # breaks the URL's parsing); ours names only the host part.
-        raise ValueError(
-            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
-            "percent-encode special characters of the password"
-        ) from None
-    # A database in the URL's path would win over a keyword; each kind has
-    # its own database whatever the URL says.
-    pool.connection_kwargs["db"] = db
-    return pool
+    return make_pool(redis.ConnectionPool.from_url, settings, db, timeout)
 
 
 def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -106,12 +83,7 @@ class FlitClient:
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        self.settings = settings or Settings()
-        for name, value in overrides.items():
-            if not hasattr(self.settings, name):
-                raise TypeError(f"unknown setting {name!r}")
-            setattr(self.settings, name, value)
-        self.settings.check()
+        self.settings = (settings or Settings()).with_overrides(**overrides)
         self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
         self._spool_looked_at = 0.0
         self._lock = threading.Lock()
@@ -264,15 +236,8 @@ class FlitClient:
         with self._replaying:
             for file in self.spool.take_for_replay():
                 try:
-                    chunk: list[tuple[int, str, str]] = []
-                    size = 0
-                    for item in self.spool.read_events(file):
-                        chunk.append(item)
-                        size += len(item[2])
-                        if len(chunk) == REPLAY_CHUNK or size >= REPLAY_CHUNK_BYTES:
-                            report.events += self._replay_chunk(file, chunk)
-                            size = 0
-                    if chunk:
+                    events = self.spool.read_events(file)
+                    while chunk := next_chunk(events):
                         report.events += self._replay_chunk(file, chunk)
                     self.spool.finish(file)
                     report.files += 1
@@ -290,9 +255,7 @@ class FlitClient:
                     functools.partial(self._xadd, kind=kind, payloads=payloads),
                 )
         self.spool.record_progress(file, chunk[-1][0])
-        sent = len(chunk)
-        chunk.clear()
-        return sent
+        return len(chunk)
 
     # -- lookups -------------------------------------------------------------
 
