@@ -57,13 +57,27 @@ fn bodies(receiver: &Shared) -> Vec<Value> {
     receiver.lock().expect("receiver").bodies.clone()
 }
 
-/// Runs `batch-upload`, returning its exit code and everything it printed,
-/// which must not hold the secret.
-fn upload(env: &Env) -> (Option<i32>, String) {
-    let out = env.flit(&["batch-upload", "--json"]);
+/// An environment that notifies `url`, with quick retries.
+fn notifying(redis: &RedisServer, url: &str) -> Env {
+    Env::new(redis)
+        .set("FLIT_NOTIFY_WEBHOOK_URL", url)
+        .set("FLIT_UPLOAD_RETRY_MIN_MS", "20")
+        .set("FLIT_UPLOAD_ATTEMPTS", "2")
+}
+
+/// Runs `batch-upload` with `extra` arguments, returning its exit code and
+/// everything it printed, which must not hold the secret.
+fn upload_with(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["batch-upload", "--json"];
+    args.extend_from_slice(extra);
+    let out = env.flit(&args);
     let text = output_text(&out);
     assert!(!text.contains("SECRET"), "the webhook URL leaked: {text}");
     (out.status.code(), text)
+}
+
+fn upload(env: &Env) -> (Option<i32>, String) {
+    upload_with(env, &[])
 }
 
 /// An environment whose warehouse folder sits under a plain file, so that
@@ -88,10 +102,7 @@ fn a_partial_run_and_the_first_success_after_it_are_announced_once_each() {
     const N: usize = 40;
     let redis = RedisServer::start();
     let (url, receiver) = start_receiver(Duration::ZERO);
-    let env = Env::new(&redis)
-        .set("FLIT_NOTIFY_WEBHOOK_URL", &url)
-        .set("FLIT_UPLOAD_RETRY_MIN_MS", "20")
-        .set("FLIT_UPLOAD_ATTEMPTS", "2");
+    let env = notifying(&redis, &url);
     ingest_generated(&redis, &env, N);
 
     let (code, text) = upload(&failing(&env, &redis));
@@ -148,11 +159,7 @@ fn a_hung_or_missing_receiver_neither_fails_nor_stalls_the_run() {
     const N: usize = 20;
     let redis = RedisServer::start();
     let (url, receiver) = start_receiver(Duration::from_secs(60));
-    let env = Env::new(&redis)
-        .set("FLIT_NOTIFY_WEBHOOK_URL", &url)
-        .set("FLIT_NOTIFY_TIMEOUT_MS", "500")
-        .set("FLIT_UPLOAD_RETRY_MIN_MS", "20")
-        .set("FLIT_UPLOAD_ATTEMPTS", "2");
+    let env = notifying(&redis, &url).set("FLIT_NOTIFY_TIMEOUT_MS", "500");
     ingest_generated(&redis, &env, N);
 
     let started = Instant::now();
@@ -199,17 +206,9 @@ fn a_run_of_one_kind_does_not_announce_the_recovery_of_the_other() {
     const N: usize = 10;
     let redis = RedisServer::start();
     let (url, receiver) = start_receiver(Duration::ZERO);
-    let env = Env::new(&redis)
-        .set("FLIT_NOTIFY_WEBHOOK_URL", &url)
-        .set("FLIT_UPLOAD_RETRY_MIN_MS", "20")
-        .set("FLIT_UPLOAD_ATTEMPTS", "2");
+    let env = notifying(&redis, &url);
     ingest_generated(&redis, &env, N);
-    let only = |env: &Env, kind: &str| {
-        let out = env.flit(&["batch-upload", "--json", "--only", kind]);
-        let text = output_text(&out);
-        assert!(!text.contains("SECRET"), "the webhook URL leaked: {text}");
-        out.status.code()
-    };
+    let only = |env: &Env, kind: &str| upload_with(env, &["--only", kind]).0;
     assert_eq!(only(&failing(&env, &redis), "predictions"), Some(1));
     assert_eq!(bodies(&receiver).len(), 1, "the failure");
     assert_eq!(only(&env, "transactions"), Some(0));
