@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::event::{DoorRules, TimeWindow};
-use crate::store::connection::RedisUrl;
 pub use crate::store::connection::{RedisSettings, RoleTimeouts};
+use crate::store::connection::{RedisTls, RedisUrl, TlsFile};
 
 /// A variable that is set to something the service cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,7 +201,7 @@ impl Settings {
     fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Settings {
             redis: RedisSettings {
-                url: env.parsed("REDIS_URL", RedisUrl::default())?,
+                url: env.redis_url()?,
                 db_transactions: env.bounded("REDIS_DB_TRANSACTIONS", 0, 0, 15)?,
                 db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
                 ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
@@ -522,6 +522,97 @@ impl Env<'_> {
         Ok(SocketAddr::new(host, port))
     }
 
+    /// REDIS_URL, with the TLS files of a `rediss://` server: REDIS_CA_FILE
+    /// (the CAs to trust instead of the built-in roots) and
+    /// FLIT_REDIS_CERT_FILE with FLIT_REDIS_KEY_FILE (a client certificate
+    /// for mutual TLS, both or neither). The files are read and checked
+    /// here, once; a problem names the variable and the path, never the
+    /// contents.
+    fn redis_url(&self) -> Result<RedisUrl, ConfigError> {
+        let url: RedisUrl = self.parsed("REDIS_URL", RedisUrl::default())?;
+        const CA: &str = "REDIS_CA_FILE";
+        const CERT: &str = "FLIT_REDIS_CERT_FILE";
+        const KEY: &str = "FLIT_REDIS_KEY_FILE";
+        let set = |name: &str| self.text(name).is_some();
+        let both = "mutual TLS needs the client certificate and its key: set both or neither";
+        match (set(CERT), set(KEY)) {
+            (false, true) => {
+                return Err(self.error(KEY, format!("is set but {CERT} is not: {both}")));
+            }
+            (true, false) => {
+                return Err(self.error(CERT, format!("is set but {KEY} is not: {both}")));
+            }
+            _ => {}
+        }
+        let Some(first_set) = [CA, CERT].into_iter().find(|name| set(name)) else {
+            return Ok(url);
+        };
+        if !url.speaks_tls() {
+            return Err(self.error(
+                first_set,
+                format!(
+                    "is set, but REDIS_URL is {url}, not a rediss:// URL: the TLS files are only used over TLS (use rediss://host:port)"
+                ),
+            ));
+        }
+        let ca = self.pem_file(CA)?;
+        let cert = self.pem_file(CERT)?;
+        let key = self.pem_file(KEY)?;
+        let path_of = |file: TlsFile| {
+            let (name, read) = match file {
+                TlsFile::Ca => (CA, &ca),
+                TlsFile::ClientCert => (CERT, &cert),
+                TlsFile::ClientKey => (KEY, &key),
+            };
+            let path = read.as_ref().map(|(path, _)| path.display().to_string());
+            (name, path.unwrap_or_default())
+        };
+        let identity = cert.as_ref().zip(key.as_ref());
+        let tls = RedisTls::new(
+            ca.as_ref().map(|(_, bytes)| bytes.clone()),
+            identity.map(|((_, cert), (_, key))| (cert.clone(), key.clone())),
+        )
+        .map_err(|err| {
+            let (name, path) = path_of(err.file);
+            self.error(name, format!("{path} {}", err.problem))
+        })?;
+        url.with_tls(tls)
+            .map_err(|problem| self.error(first_set, format!("is set, but {problem}")))
+    }
+
+    /// The path in `name` and the file's bytes, read now; a missing or
+    /// unreadable file is an error naming both.
+    fn pem_file(&self, name: &'static str) -> Result<Option<(PathBuf, Vec<u8>)>, ConfigError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        if text.contains("-----BEGIN") {
+            return Err(self.error(
+                name,
+                "holds what looks like PEM text itself (not shown), not a path to a PEM file"
+                    .to_owned(),
+            ));
+        }
+        let path = PathBuf::from(text);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.is_empty() => {
+                Err(self.error(name, format!("{} is empty, not a PEM file", path.display())))
+            }
+            Ok(bytes) => Ok(Some((path, bytes))),
+            Err(err) => {
+                let why = match err.kind() {
+                    std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+                    std::io::ErrorKind::PermissionDenied => {
+                        "cannot be read: permission denied".to_owned()
+                    }
+                    _ if path.is_dir() => "is a folder, not a PEM file".to_owned(),
+                    _ => format!("cannot be read: {err}"),
+                };
+                Err(self.error(name, format!("{} {why}", path.display())))
+            }
+        }
+    }
+
     /// A path to a key file. A key pasted here instead (it would be shown
     /// as the "path" in every error) is refused without being echoed.
     fn credentials_path(&self, name: &'static str) -> Result<Option<PathBuf>, ConfigError> {
@@ -820,6 +911,62 @@ mod tests {
         .expect("valid");
         assert!(s.warehouse.credentials_json.is_some());
         assert!(!format!("{s:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_only_for_rediss_and_must_exist() {
+        let err = settings(&[
+            ("REDIS_URL", "rediss://host:6380"),
+            ("FLIT_REDIS_KEY_FILE", "/secrets/client.key"),
+        ])
+        .expect_err("a key without its certificate");
+        assert_eq!(err.variable, "FLIT_REDIS_KEY_FILE");
+        assert!(err.to_string().contains("FLIT_REDIS_CERT_FILE"), "{err}");
+        let err = settings(&[
+            ("REDIS_URL", "rediss://host:6380"),
+            ("FLIT_REDIS_CERT_FILE", "/secrets/client.crt"),
+        ])
+        .expect_err("a certificate without its key");
+        assert_eq!(err.variable, "FLIT_REDIS_CERT_FILE");
+        let err = settings(&[
+            ("REDIS_URL", "redis://:hunter2@host:6379"),
+            ("REDIS_CA_FILE", "/secrets/ca.pem"),
+        ])
+        .expect_err("TLS files without TLS");
+        assert_eq!(err.variable, "REDIS_CA_FILE");
+        assert!(err.to_string().contains("not a rediss:// URL"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = settings(&[
+            ("REDIS_URL", "rediss://host:6380"),
+            ("REDIS_CA_FILE", "/nowhere/ca.pem"),
+        ])
+        .expect_err("a missing file");
+        assert_eq!(err.variable, "REDIS_CA_FILE");
+        assert!(
+            err.to_string().contains("/nowhere/ca.pem does not exist"),
+            "{err}"
+        );
+        let err = settings(&[
+            ("REDIS_URL", "rediss://host:6380"),
+            ("REDIS_CA_FILE", "-----BEGIN CERTIFICATE-----\nMIIsecret"),
+        ])
+        .expect_err("PEM text, not a path");
+        assert!(!err.to_string().contains("MIIsecret"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "MIIsecret, not PEM").expect("write");
+        let path = file.display().to_string();
+        let err = settings(&[
+            ("REDIS_URL", "rediss://host:6380"),
+            ("REDIS_CA_FILE", &path),
+        ])
+        .expect_err("not PEM");
+        assert_eq!(err.variable, "REDIS_CA_FILE");
+        assert!(err.to_string().contains(&path), "{err}");
+        assert!(err.to_string().contains("not a PEM file"), "{err}");
+        assert!(!err.to_string().contains("MIIsecret"), "{err}");
+        let plain = settings(&[("REDIS_URL", "rediss://host:6380")]).expect("no TLS files");
+        assert!(plain.redis.url.tls().is_none());
     }
 
     #[test]

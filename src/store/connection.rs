@@ -3,25 +3,41 @@
 //! lookups), with that role's timeouts from configuration, so no caller
 //! picks its own and the roles can become Redis users of their own. The URL
 //! may hold a password, so it is wrapped in [`RedisUrl`], whose `Debug` and
-//! `Display` only ever show the redacted form.
+//! `Display` only ever show the redacted form. A `rediss://` URL may carry
+//! the TLS material of [`RedisTls`] (a private CA, a client certificate),
+//! so every client made from it, for every role, trusts that CA and shows
+//! that certificate.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo,
+    TlsCertificates,
+};
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::keys::EventKind;
 
-/// A Redis URL (`redis://`, `rediss://`, `unix://`), possibly with a password.
+/// A Redis URL (`redis://`, `rediss://`, `unix://`), possibly with a
+/// password, and for `rediss://` the TLS files read at start-up.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
+pub struct RedisUrl {
+    text: String,
+    tls: Option<RedisTls>,
+}
 
 impl Default for RedisUrl {
     fn default() -> Self {
-        RedisUrl("redis://127.0.0.1:6379".to_owned())
+        RedisUrl {
+            text: "redis://127.0.0.1:6379".to_owned(),
+            tls: None,
+        }
     }
 }
 
@@ -29,7 +45,10 @@ impl FromStr for RedisUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let url = RedisUrl(text.to_owned());
+        let url = RedisUrl {
+            text: text.to_owned(),
+            tls: None,
+        };
         match text.into_connection_info() {
             Ok(_) => Ok(url),
             // The parser's message may quote the URL, so it is not passed on.
@@ -47,7 +66,7 @@ impl RedisUrl {
     /// (`redis://`, `rediss://`, `valkey://`...), and the `pass` or
     /// `password` query parameter of `unix://` and `redis+unix://` URLs.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
+        match url::Url::parse(&self.text) {
             Ok(mut url) => {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
@@ -76,21 +95,296 @@ impl RedisUrl {
         }
     }
 
-    /// A client for database `db` of this server.
+    /// This URL with `tls` for its connections. Only a `rediss://` URL
+    /// speaks TLS, so for any other the TLS files would be ignored: that is
+    /// refused here rather than connecting without them.
+    pub fn with_tls(self, tls: RedisTls) -> Result<Self, String> {
+        match self.speaks_tls() {
+            true => Ok(RedisUrl {
+                tls: Some(tls),
+                ..self
+            }),
+            false => Err(format!(
+                "REDIS_URL is {}, not a rediss:// URL: the TLS files are only used over TLS (use rediss://host:port)",
+                self.redacted()
+            )),
+        }
+    }
+
+    /// What to fix when `err` is a failed TLS handshake (`": ..."`), or
+    /// nothing: the server's certificate is not trusted, or the server
+    /// wants (another) client certificate.
+    pub fn tls_hint(&self, err: &redis::RedisError) -> String {
+        if !self.speaks_tls() {
+            return String::new();
+        }
+        let text = err.to_string();
+        let has_ca = self.tls.as_ref().is_some_and(RedisTls::has_ca);
+        let has_identity = self
+            .tls
+            .as_ref()
+            .is_some_and(RedisTls::has_client_certificate);
+        let hint = if text.contains("UnknownIssuer") {
+            if has_ca {
+                "the server's certificate is not signed by a CA in REDIS_CA_FILE (which replaces the built-in roots)"
+            } else {
+                "the server's certificate is not signed by a well-known CA: set REDIS_CA_FILE to the PEM file of the CA that signed it"
+            }
+        } else if text.contains("invalid peer certificate") {
+            "the server's certificate is not valid for the host in REDIS_URL, has expired, or is not a server certificate"
+        } else if text.contains("CertificateRequired") && !has_identity {
+            "the server requires a client certificate (mutual TLS): set FLIT_REDIS_CERT_FILE and FLIT_REDIS_KEY_FILE"
+        } else if has_identity
+            && [
+                "BadCertificate",
+                "UnknownCA",
+                "CertificateUnknown",
+                "AccessDenied",
+                "DecryptError",
+            ]
+            .iter()
+            .any(|alert| text.contains(alert))
+        {
+            "the server refused the client certificate in FLIT_REDIS_CERT_FILE: is it signed by a CA the server trusts?"
+        } else {
+            return String::new();
+        };
+        format!(": {hint}")
+    }
+
+    /// Whether this is a `rediss://` URL (TLS over TCP).
+    pub fn speaks_tls(&self) -> bool {
+        self.text
+            .as_str()
+            .into_connection_info()
+            .is_ok_and(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }))
+    }
+
+    /// The TLS files of this server, if any were given.
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client for database `db` of this server, with the TLS files if any.
     pub fn client(&self, db: i64) -> anyhow::Result<Client> {
         let info =
-            self.0.as_str().into_connection_info().with_context(|| {
+            self.text.as_str().into_connection_info().with_context(|| {
                 format!("REDIS_URL {} is not a valid Redis URL", self.redacted())
             })?;
         let redis_settings = info.redis_settings().clone().set_db(db);
         let info = info.set_redis_settings(redis_settings);
-        Client::open(info).with_context(|| format!("cannot use Redis at {}", self.redacted()))
+        let client = match &self.tls {
+            None => Client::open(info),
+            Some(tls) => Client::build_with_tls(info, tls.certificates()),
+        };
+        client.with_context(|| format!("cannot use Redis at {}", self.redacted()))
     }
 }
 
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
+        match &self.tls {
+            None => write!(f, "RedisUrl({})", self.redacted()),
+            Some(tls) => write!(f, "RedisUrl({}, {tls:?})", self.redacted()),
+        }
+    }
+}
+
+/// TLS material for a `rediss://` server: the CAs to trust (`REDIS_CA_FILE`)
+/// and a client certificate with its key for mutual TLS
+/// (`FLIT_REDIS_CERT_FILE`, `FLIT_REDIS_KEY_FILE`), read once at start-up
+/// and checked then, so a wrong file is a configuration error, not a
+/// failed handshake later.
+///
+/// The CA bundle *replaces* the built-in roots: redis-rs (1.8,
+/// `TlsCertificates::root_cert`) builds an empty root store from it, so a
+/// server is then trusted only when one of these CAs signed its
+/// certificate. Without a CA file, the built-in (webpki) roots are used, with
+/// or without a client certificate.
+///
+/// `Debug` shows how many certificates each file held, never their
+/// contents; the key shows as `***`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    ca: Option<Pem>,
+    identity: Option<ClientIdentity>,
+}
+
+/// A checked PEM file and how many certificates it holds.
+#[derive(Clone, PartialEq, Eq)]
+struct Pem {
+    bytes: Arc<[u8]>,
+    certificates: usize,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct ClientIdentity {
+    chain: Pem,
+    key: Arc<[u8]>,
+}
+
+/// Which of the TLS files a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The CAs to trust (`REDIS_CA_FILE`).
+    Ca,
+    /// The client certificate chain (`FLIT_REDIS_CERT_FILE`).
+    ClientCert,
+    /// The client certificate's private key (`FLIT_REDIS_KEY_FILE`).
+    ClientKey,
+}
+
+/// What is wrong with one of the TLS files; never quotes the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFileError {
+    pub file: TlsFile,
+    pub problem: String,
+}
+
+impl RedisTls {
+    /// Checks `ca` (a PEM bundle of CA certificates) and `identity` (a PEM
+    /// certificate chain, leaf first, and its PEM private key).
+    pub fn new(
+        ca: Option<Vec<u8>>,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, TlsFileError> {
+        let ca = ca
+            .map(|bytes| {
+                let certificates = certificates(TlsFile::Ca, &bytes)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in certificates.iter().cloned() {
+                    roots.add(certificate).map_err(|_| TlsFileError {
+                        file: TlsFile::Ca,
+                        problem: "holds a certificate that cannot be used as a trusted CA (contents not shown)".to_owned(),
+                    })?;
+                }
+                Ok(Pem {
+                    bytes: bytes.into(),
+                    certificates: certificates.len(),
+                })
+            })
+            .transpose()?;
+        let identity = identity
+            .map(|(chain, key)| {
+                let certificates = certificates(TlsFile::ClientCert, &chain)?;
+                let count = certificates.len();
+                check_key(&key, certificates)?;
+                Ok(ClientIdentity {
+                    chain: Pem {
+                        bytes: chain.into(),
+                        certificates: count,
+                    },
+                    key: key.into(),
+                })
+            })
+            .transpose()?;
+        Ok(RedisTls { ca, identity })
+    }
+
+    /// Whether a CA file replaces the built-in roots.
+    pub fn has_ca(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Whether a client certificate is shown to the server (mutual TLS).
+    pub fn has_client_certificate(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The files as redis-rs takes them.
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self.identity.as_ref().map(|identity| ClientTlsConfig {
+                client_cert: identity.chain.bytes.to_vec(),
+                client_key: identity.key.to_vec(),
+            }),
+            root_cert: self.ca.as_ref().map(|ca| ca.bytes.to_vec()),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("RedisTls");
+        match &self.ca {
+            Some(ca) => out.field("ca_certificates", &ca.certificates),
+            None => out.field("ca_certificates", &"built-in roots"),
+        };
+        match &self.identity {
+            Some(identity) => out
+                .field("client_certificates", &identity.chain.certificates)
+                .field("client_key", &"***"),
+            None => out.field("client_certificates", &0usize),
+        };
+        out.finish()
+    }
+}
+
+/// The PEM sections of `bytes`, or what is wrong with them.
+fn sections(file: TlsFile, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, TlsFileError> {
+    let problem = |problem: &str| TlsFileError {
+        file,
+        problem: problem.to_owned(),
+    };
+    let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            problem("is not a valid PEM file: a BEGIN/END section is broken (contents not shown)")
+        })?;
+    if sections.is_empty() {
+        return Err(problem(
+            "is not a PEM file: it has no BEGIN/END section (contents not shown; a DER or PKCS#12 file must be converted to PEM)",
+        ));
+    }
+    Ok(sections)
+}
+
+/// The certificates of a PEM file, at least one.
+fn certificates(file: TlsFile, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let certificates: Vec<CertificateDer<'static>> = sections(file, bytes)?
+        .into_iter()
+        .filter(|(kind, _)| *kind == SectionKind::Certificate)
+        .map(|(_, der)| CertificateDer::from(der))
+        .collect();
+    if certificates.is_empty() {
+        return Err(TlsFileError {
+            file,
+            problem: "is PEM but holds no certificate (no BEGIN CERTIFICATE section; is it a key?)"
+                .to_owned(),
+        });
+    }
+    Ok(certificates)
+}
+
+/// Checks that `key` is a PEM private key rustls can sign with and that it
+/// belongs to the first certificate of `chain`.
+fn check_key(key: &[u8], chain: Vec<CertificateDer<'static>>) -> Result<(), TlsFileError> {
+    let problem = |problem: &str| TlsFileError {
+        file: TlsFile::ClientKey,
+        problem: problem.to_owned(),
+    };
+    let kinds = sections(TlsFile::ClientKey, key)?;
+    if !kinds.iter().any(|(kind, _)| {
+        matches!(
+            kind,
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+        )
+    }) {
+        return Err(problem(
+            "is PEM but holds no private key (no BEGIN PRIVATE KEY section; is it the certificate?)",
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|_| problem("holds a private key that cannot be read (contents not shown)"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(chain, key, &provider) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(problem(
+            "is not the key of the client certificate in FLIT_REDIS_CERT_FILE",
+        )),
+        Err(_) => Err(problem(
+            "holds a private key of a kind that cannot be used (RSA, ECDSA P-256/P-384 and Ed25519 can)",
+        )),
     }
 }
 
@@ -202,10 +496,13 @@ impl RedisSettings {
         // The connect timeout covers the handshake (AUTH, SELECT) too.
         match tokio::time::timeout(self.timeouts.connect + response, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(err)) => Err(anyhow::Error::new(err).context(format!(
-                "cannot reach Redis at {} (database {db})",
-                self.url
-            ))),
+            Ok(Err(err)) => {
+                let hint = self.url.tls_hint(&err);
+                Err(anyhow::Error::new(err).context(format!(
+                    "cannot reach Redis at {} (database {db}){hint}",
+                    self.url
+                )))
+            }
             Err(_) => anyhow::bail!(
                 "cannot reach Redis at {} (database {db}): no answer within {} ms",
                 self.url,
@@ -230,6 +527,7 @@ impl RedisSettings {
         let call = self.timeouts.response(role).min(limit);
         Ok(LazyConnection::new(
             self.url.client(db)?,
+            self.url.clone(),
             self.timeouts.connect.min(call),
             call,
         ))
@@ -273,6 +571,8 @@ async fn connect(
 /// wait long on a Redis that is down.
 pub struct LazyConnection {
     client: Client,
+    /// For what a failed TLS handshake means (`RedisUrl::tls_hint`).
+    url: RedisUrl,
     slot: std::sync::Mutex<Option<MultiplexedConnection>>,
     /// Bounds connecting (producers use their call timeout: a caller never
     /// waits longer than one call for a Redis that is down).
@@ -282,9 +582,10 @@ pub struct LazyConnection {
 }
 
 impl LazyConnection {
-    fn new(client: Client, connect_timeout: Duration, timeout: Duration) -> Self {
+    fn new(client: Client, url: RedisUrl, connect_timeout: Duration, timeout: Duration) -> Self {
         LazyConnection {
             client,
+            url,
             slot: std::sync::Mutex::new(None),
             connect_timeout,
             timeout,
@@ -310,7 +611,12 @@ impl LazyConnection {
                 "could not connect to Redis within {} ms",
                 self.connect_timeout.as_millis()
             )
-        })??;
+        })?
+        .map_err(|err| match self.url.tls_hint(&err) {
+            hint if hint.is_empty() => anyhow::Error::new(err),
+            hint => anyhow::Error::new(err)
+                .context(format!("cannot reach Redis at {} over TLS{hint}", self.url)),
+        })?;
         *self.lock() = Some(conn.clone());
         Ok(conn)
     }
@@ -401,6 +707,34 @@ mod tests {
             .parse::<RedisUrl>()
             .expect_err("wrong scheme");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_never_shown() {
+        let err = RedisTls::new(Some(b"MIIsecret".to_vec()), None).expect_err("not PEM");
+        assert_eq!(err.file, TlsFile::Ca);
+        assert!(!err.problem.contains("MIIsecret"), "{}", err.problem);
+        let key_only = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec();
+        let err = RedisTls::new(Some(key_only.clone()), None).expect_err("no certificate");
+        assert!(
+            err.problem.contains("holds no certificate"),
+            "{}",
+            err.problem
+        );
+        let err = RedisTls::new(None, Some((key_only.clone(), key_only))).expect_err("no cert");
+        assert_eq!(err.file, TlsFile::ClientCert);
+        let none = RedisTls::new(None, None).expect("nothing to check");
+        assert!(!none.has_ca() && !none.has_client_certificate());
+        let url: RedisUrl = "rediss://:s3cret@host:6380".parse().expect("valid");
+        let url = url.with_tls(none).expect("rediss");
+        assert!(url.client(2).is_ok());
+        let shown = format!("{url:?}");
+        assert!(
+            shown.contains("RedisTls") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let plain: RedisUrl = "redis://host:6379".parse().expect("valid");
+        assert!(plain.with_tls(RedisTls::default()).is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! run against it as a service or as a one-shot command.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod corpus;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -86,6 +88,8 @@ pub struct RedisServer {
     dir: TempDir,
     child: Option<Child>,
     password: Option<String>,
+    /// The ACL user `url()` names; empty for the default user.
+    user: String,
     extra: Vec<String>,
     /// A configuration file that replaces the test defaults (AOF always...).
     config: Option<PathBuf>,
@@ -103,6 +107,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             password: password.map(str::to_owned),
+            user: String::new(),
             extra: Vec::new(),
             config: None,
         };
@@ -117,6 +122,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             password: None,
+            user: String::new(),
             extra: args.iter().map(|a| a.to_string()).collect(),
             config: None,
         };
@@ -125,13 +131,15 @@ impl RedisServer {
     }
 
     /// A server that loads `config` as it is, with only its port and data
-    /// folder set here; `password` is what the configuration requires.
-    pub fn start_with_config(config: &Path, password: &str) -> Self {
+    /// folder set here; `user` and `password` are what `url()` signs in
+    /// with (the configuration's users).
+    pub fn start_with_config(config: &Path, user: &str, password: &str) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             password: Some(password.to_owned()),
+            user: user.to_owned(),
             extra: Vec::new(),
             config: Some(config.to_owned()),
         };
@@ -194,7 +202,7 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            Some(password) => format!("redis://{}:{password}@127.0.0.1:{}", self.user, self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
         }
     }
