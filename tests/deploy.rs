@@ -1,6 +1,6 @@
 //! The deployment files, checked for real: deploy/redis/redis.conf loaded
-//! by a real redis-server (only its port, data folder and the password file
-//! it includes are local to the test) must need a password, keep every
+//! by a real redis-server (only its port, data folder and the users file
+//! it loads are local to the test) must need a user, keep every
 //! record on disk, never evict, and be reported healthy by `monitor`; the
 //! memory a record costs must stay within what its maxmemory comment
 //! assumes. deploy.sh must stop with a clear message without the Railway CLI,
@@ -10,36 +10,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use support::acl::{self, repository};
 use support::*;
-
-const PASSWORD: &str = "test-only-redis-password-0123456789";
-
-fn repository() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// redis.conf with its `include` pointed at a password file in `dir`.
-fn production_config(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repository().join("deploy/redis/redis.conf"))
-        .expect("deploy/redis/redis.conf");
-    let include = "include /etc/redis/flit-cache-secret.conf";
-    assert!(
-        text.contains(include),
-        "redis.conf includes the password file"
-    );
-    let secret = dir.join("flit-cache-secret.conf");
-    std::fs::write(&secret, format!("requirepass {PASSWORD}\n")).expect("secret");
-    let config = dir.join("redis.conf");
-    std::fs::write(
-        &config,
-        text.replace(include, &format!("include {}", secret.display())),
-    )
-    .expect("config");
-    config
-}
 
 fn config_get(conn: &mut redis::Connection, name: &str) -> String {
     let pair: Vec<String> = redis::cmd("CONFIG")
@@ -58,9 +32,9 @@ fn used_memory(conn: &mut redis::Connection) -> u64 {
 #[test]
 fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
     let files = tempfile::tempdir().expect("tempdir");
-    let redis = RedisServer::start_with_config(&production_config(files.path()), PASSWORD);
+    let redis = acl::production_redis(files.path(), "flit-service");
 
-    // A password is required.
+    // A user and password are required: the default user is off.
     let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
         .expect("client")
         .get_connection()
@@ -97,7 +71,7 @@ fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
     assert_eq!(report["redis"]["aof_enabled"], true);
     assert_eq!(report["redis"]["maxmemory_policy"], "noeviction");
     let text = output_text(&env.flit(&["monitor"]));
-    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(!text.contains(acl::password("flit-service")), "{text}");
 
     let out = env.flit(&["batch-upload"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -123,10 +97,10 @@ fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
 }
 
 #[test]
-fn redis_does_not_start_without_its_password_file() {
+fn redis_does_not_start_without_its_users_file() {
     let files = tempfile::tempdir().expect("tempdir");
-    let config = production_config(files.path());
-    std::fs::remove_file(files.path().join("flit-cache-secret.conf")).expect("remove");
+    let config = acl::production_config(files.path());
+    std::fs::remove_file(files.path().join("users.acl")).expect("remove");
     let out = Command::new("redis-server")
         .arg(&config)
         .args(["--port", &free_port().to_string()])
@@ -205,7 +179,21 @@ case "$1" in
     done
     echo ']' ;;
   variable)
-    case "$*" in *--stdin*) cat > "$state/stdin.$(echo "$*" | tr ' /' '__')" ;; esac ;;
+    case "$*" in
+      *--stdin*)
+        cat > "$state/stdin.$(echo "$*" | tr ' /' '__')"
+        # variable set --service S --skip-deploys NAME --stdin
+        touch "$state/var.$4.$6" ;;
+      "variable list --service "*)
+        printf '{'
+        sep=''
+        for v in "$state"/var."$4".*; do
+          [ -e "$v" ] || continue
+          printf '%s"%s": "a-value"' "$sep" "${v##*/var.$4.}"
+          sep=','
+        done
+        echo '}' ;;
+    esac ;;
   add)
     while [ $# -gt 0 ]; do
       [ "$1" = --service ] && touch "$state/service.$2"
@@ -264,24 +252,52 @@ fn the_railway_script_creates_once_and_redeploys_after() {
         "the sink is set: {calls}"
     );
     assert!(calls.contains("up . --service flit-cache --detach"));
-    assert!(
-        calls.contains("REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379")
-    );
-    let set_password = "variable set --service redis --skip-deploys REDIS_PASSWORD --stdin";
-    assert!(calls.contains(set_password), "{calls}");
-    let password = std::fs::read_to_string(
-        state
+    assert!(calls.contains(
+        "REDIS_URL=redis://flit-service:${{redis.REDIS_SERVICE_PASSWORD}}@redis.railway.internal:6379"
+    ));
+    let mut passwords = Vec::new();
+    for (user, _) in acl::ROLES {
+        let variable = acl::password_variable(user);
+        let set_password =
+            format!("variable set --service redis --skip-deploys {variable} --stdin");
+        assert!(calls.contains(&set_password), "{variable}: {calls}");
+        let password = std::fs::read_to_string(
+            state
+                .path()
+                .join(format!("stdin.{}", set_password.replace([' ', '/'], "_"))),
+        )
+        .expect("the password came on stdin");
+        assert_eq!(password.trim().len(), 64, "32 random bytes, hex");
+        assert!(!calls.contains(password.trim()), "never on a command line");
+        assert!(!output.contains(password.trim()), "never printed");
+        passwords.push(password);
+    }
+    passwords.sort();
+    passwords.dedup();
+    assert_eq!(passwords.len(), acl::ROLES.len(), "one password per user");
+
+    // An upgrade from the single REDIS_PASSWORD: only what is missing is made.
+    for (user, _) in &acl::ROLES[1..] {
+        let var = state
             .path()
-            .join(format!("stdin.{}", set_password.replace([' ', '/'], "_"))),
-    )
-    .expect("the password came on stdin");
-    assert_eq!(password.trim().len(), 64, "32 random bytes, hex");
-    assert!(!calls.contains(password.trim()), "never on a command line");
-    assert!(!output.contains(password.trim()), "never printed");
+            .join(format!("var.redis.{}", acl::password_variable(user)));
+        std::fs::remove_file(var).expect("forget");
+    }
+    let (calls, _) = run("service");
+    let made: Vec<&str> = calls.lines().filter(|c| c.contains("--stdin")).collect();
+    assert_eq!(made.len(), acl::ROLES.len() - 1, "{calls}");
+    assert!(
+        !calls.contains("REDIS_SERVICE_PASSWORD --stdin"),
+        "kept: {calls}"
+    );
 
     // Again: nothing created, everything deployed.
     let (calls, _) = run("service");
     assert!(created(&calls).is_empty(), "{calls}");
+    assert!(
+        !calls.contains("--stdin"),
+        "no password made again: {calls}"
+    );
     assert!(calls.contains("up . --service flit-cache --detach"));
 
     // Cron mode adds the upload service, moves the schedule off the run service.

@@ -28,7 +28,7 @@ command -v railway >/dev/null 2>&1 ||
   die "the Railway CLI is not installed: see https://docs.railway.com/guides/cli (npm i -g @railway/cli, or brew install railway)"
 railway whoami >/dev/null 2>&1 ||
   die "not logged in to Railway: run \`railway login\` (or set RAILWAY_API_TOKEN)"
-command -v openssl >/dev/null 2>&1 || die "openssl is needed to create the Redis password"
+command -v openssl >/dev/null 2>&1 || die "openssl is needed to create the Redis passwords"
 
 # Where uploads go. A Railway container's own folder is lost at each
 # redeploy, so local is only ever chosen explicitly.
@@ -51,26 +51,39 @@ has_service() {
   railway service list --json 2>/dev/null | grep -Eq "\"name\": *\"$1\""
 }
 
-# Redis, configured by deploy/redis/redis.conf, on a volume. The password is
-# made once; running this again keeps it.
+# Redis, configured by deploy/redis/redis.conf, on a volume, with one user
+# per role (deploy/redis/users.acl). Each password is made once, when it is
+# missing (an upgrade from the single REDIS_PASSWORD gets them too); running
+# this again keeps them.
 if ! has_service redis; then
-  echo "==> adding the redis service (password generated, stored as a Railway variable)"
+  echo "==> adding the redis service"
   railway add --service redis
-  # Through stdin: a command line is visible to every local user.
-  openssl rand -hex 32 |
-    railway variable set --service redis --skip-deploys REDIS_PASSWORD --stdin >/dev/null
   railway volume add --service redis --mount-path /data
 fi
+# Only the names are looked at; the listing also holds values, so it is
+# never printed.
+redis_variables="$(railway variable list --service redis --json 2>/dev/null || true)"
+for role in SERVICE PRODUCER READER MONITOR ADMIN; do
+  name="REDIS_${role}_PASSWORD"
+  if ! printf '%s' "$redis_variables" | grep -Eq "\"$name\" *:"; then
+    echo "==> generating $name (stored as a Railway variable of the redis service)"
+    # Through stdin: a command line is visible to every local user.
+    openssl rand -hex 32 |
+      railway variable set --service redis --skip-deploys "$name" --stdin >/dev/null
+  fi
+done
+unset redis_variables
 echo "==> deploying redis from deploy/redis"
 railway up deploy/redis --path-as-root --service redis --detach
 
-# What both app services need. ${{redis.REDIS_PASSWORD}} is a Railway
-# reference: the value stays in Railway, never in this script or its output.
+# What both app services need: the flit-service user.
+# ${{redis.REDIS_SERVICE_PASSWORD}} is a Railway reference: the value stays
+# in Railway, never in this script or its output.
 app_variables() {
   local service="$1"
   # shellcheck disable=SC2016 # ${{...}} is Railway's syntax, not the shell's
   railway variable set --service "$service" --skip-deploys \
-    'REDIS_URL=redis://:${{redis.REDIS_PASSWORD}}@redis.railway.internal:6379' \
+    'REDIS_URL=redis://flit-service:${{redis.REDIS_SERVICE_PASSWORD}}@redis.railway.internal:6379' \
     'FLIT_HTTP_ADDR=[::]:9464' 'PORT=9464' >/dev/null
   railway variable set --service "$service" --skip-deploys "FLIT_SINK=$sink" >/dev/null
   if [ -n "${BIGQUERY_PROJECT:-}" ]; then
@@ -111,9 +124,12 @@ if [ "$mode" = cron ]; then
   railway redeploy --service flit-cache --yes >/dev/null 2>&1 || true
 fi
 
-cat <<DONE
+cat <<'DONE'
 ==> done. A deploy goes live once /readyz answers (Redis reachable). Next:
   railway logs --service flit-cache     # "stream worker started" for both kinds
-Producers (the ML API) in this project write to redis.railway.internal:6379
-with the redis service's REDIS_PASSWORD; see README "Producing events".
+Producers (the ML API) in this project send as flit-producer and look up as
+flit-reader at redis.railway.internal:6379, with the redis service's
+REDIS_PRODUCER_PASSWORD and REDIS_READER_PASSWORD as Railway references
+(redis://flit-producer:${{redis.REDIS_PRODUCER_PASSWORD}}@redis.railway.internal:6379);
+see README "Redis users".
 DONE

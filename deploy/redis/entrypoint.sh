@@ -1,15 +1,15 @@
 #!/bin/sh
-# Writes the password file redis.conf includes, then runs Redis as the redis
-# user on the data volume, listening on the container's network (the
-# password guards it).
+# Renders the Redis users (deploy/redis/users.acl, passwords from
+# REDIS_<ROLE>_PASSWORD, only their hashes written) into the ACL file
+# redis.conf loads, then runs Redis as the redis user on the data volume,
+# listening on the container's network (the users guard it).
 set -eu
-if [ -z "${REDIS_PASSWORD:-}" ]; then
-  echo "REDIS_PASSWORD is not set: refusing to start Redis without a password" >&2
+if [ -n "${REDIS_PASSWORD:-}" ] && [ -z "${REDIS_SERVICE_PASSWORD:-}" ]; then
+  echo "REDIS_PASSWORD is no longer used: Redis has one user per role; set REDIS_SERVICE_PASSWORD, REDIS_PRODUCER_PASSWORD, REDIS_READER_PASSWORD and REDIS_MONITOR_PASSWORD (README, \"Redis users\")" >&2
   exit 2
 fi
-umask 077
-printf 'requirepass %s\n' "$REDIS_PASSWORD" > /etc/redis/flit-cache-secret.conf
-chown redis:redis /etc/redis/flit-cache-secret.conf
+/usr/local/bin/flit-render-acl /etc/redis/users.acl.template /etc/redis/users.acl
+chown redis:redis /etc/redis/users.acl
 # Platform volumes are often mounted root-owned.
 chown -R redis:redis /data
 # REDIS_MAXMEMORY: when the container is not the 2 GB redis.conf assumes

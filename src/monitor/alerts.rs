@@ -298,6 +298,18 @@ fn stream_alerts(
             "arrival stamps are safe (the workers stamp with the Redis clock); to reset the ids follow README, \"A stream id in the future\"",
         ));
     }
+    if let Some(deleted) = &stream.deleted_before_read {
+        alerts.push(alert(
+            "stream_deleted_before_read",
+            format!(
+                "entries of {} were deleted before flit-cache read them (XDEL, or XADD with MAXLEN/MINID, by a client): those events are lost",
+                kind.kind.stream()
+            ),
+            format!("deleted up to {deleted}"),
+            "no entry deleted before the group's last delivered id",
+            "find the client (Redis's ACL LOG or MONITOR); producers send XADD without MAXLEN, MINID or an id, and only as flit-producer",
+        ));
+    }
     if stream.dead_letters_last_hour > limits.alert_dead_letters_per_hour {
         alerts.push(alert(
             "dead_letters_recent",
@@ -591,6 +603,7 @@ mod tests {
         stream.last_id_ahead_ms = Some(3_600_000);
         stream.dead_letters_last_hour = 101;
         stream.dead_letter_bytes = 20 * MIB;
+        stream.deleted_before_read = Some("1700000000000-3".into());
         report
             .redis
             .server
@@ -601,6 +614,7 @@ mod tests {
             codes(&report),
             [
                 "stream_id_in_future",
+                "stream_deleted_before_read",
                 "dead_letters_recent",
                 "dead_letters_memory"
             ]

@@ -64,10 +64,10 @@ impl RecordCache {
             EventKind::Prediction => self.predictions.clone(),
         };
         let text: Option<String> = scripts::CACHE_LOOKUP
-            .key(&key)
             .key(CACHE_STATS)
             .arg(self.state_db)
             .arg(kind.name())
+            .arg(&key)
             .invoke_async(&mut conn)
             .await?;
         text.map(|text| {

@@ -11,7 +11,8 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
 /// A script from `lua/<file>` behind the flags line `#!lua<flags>`.
 macro_rules! script {
@@ -46,6 +47,62 @@ macro_rules! fenced {
 
 type Lazy = LazyLock<Script>;
 
+/// A `no-writes` script, run with `EVALSHA_RO`. Redis's ACL checks the keys
+/// an `EVALSHA` declares for reading and writing, those of `EVALSHA_RO` for
+/// reading only, so a read-only user (flit-monitor, keys `%R~*`) may run
+/// it. redis-rs's `Script` only sends `EVALSHA`.
+pub struct ReadOnlyScript(LazyLock<Script>);
+
+/// One call of a [`ReadOnlyScript`]: its keys and arguments.
+pub struct ReadOnlyCall<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ReadOnlyScript {
+    pub fn key(&self, key: impl ToRedisArgs) -> ReadOnlyCall<'_> {
+        ReadOnlyCall {
+            script: &self.0,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+        .key(key)
+    }
+}
+
+impl ReadOnlyCall<'_> {
+    pub fn key(mut self, key: impl ToRedisArgs) -> Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// `EVALSHA_RO`, loading the script first when Redis does not know it
+    /// (a restart, `SCRIPT FLUSH`), as `Script::invoke_async` does.
+    pub async fn invoke_async<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<T> {
+        let mut call = redis::cmd("EVALSHA_RO");
+        call.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        match call.query_async(conn).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await?;
+                call.query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
 // Ingest. The commit is built twice: without allow-oom Redis refuses it at
 // maxmemory before it runs (the worker then waits for an upload); with it,
 // for the one batch past the limit that a stream full of entries needs.
@@ -57,8 +114,10 @@ pub static LAYOUT_CLAIM: Lazy = script!(" flags=allow-oom", "layout_claim.lua");
 
 // Lookups and operators.
 pub static CACHE_LOOKUP: Lazy = script!(" flags=allow-oom", "cache_lookup.lua");
-pub static STREAM_FACTS: Lazy = script!(" flags=no-writes", "stream_facts.lua");
-pub static CACHE_STATS: Lazy = script!(" flags=no-writes", "cache_stats.lua");
+pub static STREAM_FACTS: ReadOnlyScript =
+    ReadOnlyScript(script!(" flags=no-writes", "stream_facts.lua"));
+pub static CACHE_STATS: ReadOnlyScript =
+    ReadOnlyScript(script!(" flags=no-writes", "cache_stats.lua"));
 // Not allow-oom: at maxmemory a redrive is refused before it moves anything
 // (its XADD would grow memory), and the operator retries after an upload.
 pub static REDRIVE: Lazy = script!("", "redrive.lua");

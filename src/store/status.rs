@@ -251,6 +251,27 @@ pub async fn record_volume(
     })
 }
 
+/// The memory records kept for their whole TTL will take, as `monitor`
+/// and /metrics project it: records stored in the last 24 hours x bytes per
+/// record x TTL in days, summed over the kinds; `None` when no kind could
+/// be sampled (a kind with nothing to sample holds no records: it adds
+/// nothing).
+pub fn projected_memory<'a>(
+    volumes: impl IntoIterator<Item = &'a RecordVolume>,
+    ttl_seconds: u64,
+) -> Option<u64> {
+    let days = ttl_seconds as f64 / 86_400.0;
+    let sampled: Vec<(u64, u64)> = volumes
+        .into_iter()
+        .filter_map(|v| Some((v.stored_last_24h, v.bytes_per_record?)))
+        .collect();
+    if sampled.is_empty() {
+        return None;
+    }
+    let per_day: f64 = sampled.iter().map(|(n, bytes)| (n * bytes) as f64).sum();
+    Some((per_day * days) as u64)
+}
+
 /// What an uploaded mark takes when none can be measured (MEMORY USAGE of
 /// a one-version mark on Redis 7.0).
 const MARK_BYTES: u64 = 120;
@@ -273,6 +294,10 @@ pub struct StreamState {
     pub last_id_ahead_ms: Option<i64>,
     /// The stream's last generated id.
     pub last_generated_id: Option<String>,
+    /// The stream's max-deleted-entry-id, when it is past the group's last
+    /// delivered id: entries were deleted before flit-cache read them (a
+    /// producer's XDEL; XADD MAXLEN/MINID trims where Redis records them).
+    pub deleted_before_read: Option<String>,
     /// Dead letters of the last hour, counted up to the alert threshold + 1.
     pub dead_letters_last_hour: u64,
     /// Dead letters the stream's cap removed, since the counter began.
@@ -295,13 +320,14 @@ pub async fn stream_state(
         .arg(kind.dead_letter_stream())
         .query_async(conn)
         .await?;
-    let (now_ms, last_id, recent, trimmed, dead_letter_bytes, unread): (
+    let (now_ms, last_id, recent, trimmed, dead_letter_bytes, unread, deleted): (
         i64,
         String,
         u64,
         u64,
         u64,
         u8,
+        String,
     ) = scripts::STREAM_FACTS
         .key(kind.stream())
         .key(kind.dead_letter_stream())
@@ -320,6 +346,7 @@ pub async fn stream_state(
         dead_letter_length,
         last_id_ahead_ms,
         last_generated_id: (!last_id.is_empty()).then_some(last_id),
+        deleted_before_read: (!deleted.is_empty()).then_some(deleted),
         dead_letters_last_hour: recent,
         dead_letters_trimmed: trimmed,
         dead_letter_bytes,

@@ -131,8 +131,12 @@ class Settings:
     """How the client reaches Redis and where it spools. `from_env` reads
     the variables the Rust side reads, with its defaults."""
 
-    #: Not in repr: it may hold the Redis password.
+    #: Not in repr: it may hold the Redis password. Sends and spool replays
+    #: use it (as the flit-producer user, deploy/redis/users.acl).
     url: str = field(default="redis://127.0.0.1:6379", repr=False)
+    #: Lookups, stats and health checks (as flit-reader), when they sign in
+    #: as another user than sends (FLIT_LOOKUP_REDIS_URL); unset: `url`.
+    lookup_url: str | None = field(default=None, repr=False)
     spool_dir: str = "./spool"
     spool_max_bytes: int = 1 << 30
     #: Hard bound of one send's Redis part (FLIT_PRODUCER_TIMEOUT_MS).
@@ -154,12 +158,20 @@ class Settings:
     replay_spool: bool = False
     #: Bound of one replayed chunk of events.
     replay_timeout: float = 5.0
+    #: TLS files for a rediss:// URL, as the Rust side reads them: the CAs
+    #: to trust (REDIS_CA_FILE), and a client
+    #: certificate chain with its key for mutual TLS (FLIT_REDIS_CERT_FILE,
+    #: FLIT_REDIS_KEY_FILE; both or neither). Paths to PEM files.
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = os.environ if env is None else env
         settings = cls(
             url=env.get("REDIS_URL") or cls.url,
+            lookup_url=env.get("FLIT_LOOKUP_REDIS_URL") or None,
             spool_dir=env.get("FLIT_SPOOL_DIR") or cls.spool_dir,
             spool_max_bytes=_int(env, "FLIT_SPOOL_MAX_BYTES", cls.spool_max_bytes),
             send_timeout=_millis(env, "FLIT_PRODUCER_TIMEOUT_MS", 100),
@@ -174,6 +186,9 @@ class Settings:
                 seconds=_int(env, "FLIT_MAX_EVENT_AHEAD_SECONDS", int(door.MAX_EVENT_AHEAD.total_seconds()))
             ),
             replay_spool=(env.get("FLIT_CLIENT_REPLAY_SPOOL", "").lower() in ("1", "true", "yes")),
+            ssl_ca_certs=(env.get("REDIS_CA_FILE") or "").strip() or None,
+            ssl_certfile=(env.get("FLIT_REDIS_CERT_FILE") or "").strip() or None,
+            ssl_keyfile=(env.get("FLIT_REDIS_KEY_FILE") or "").strip() or None,
         )
         return settings.with_overrides(**overrides)
 
@@ -190,6 +205,65 @@ class Settings:
         for name in ("send_timeout", "lookup_timeout", "breaker_cooldown", "replay_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """The TLS files as the Rust side checks them: each a readable PEM
+        file of the right kind, the certificate and key both or neither,
+        and only for a rediss:// URL. Messages name the variable and the
+        path, never the contents."""
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError(
+                "FLIT_REDIS_KEY_FILE is set but FLIT_REDIS_CERT_FILE is not: mutual TLS needs "
+                "the client certificate and its key, set both or neither"
+            )
+        if self.ssl_certfile and not self.ssl_keyfile:
+            raise ValueError(
+                "FLIT_REDIS_CERT_FILE is set but FLIT_REDIS_KEY_FILE is not: mutual TLS needs "
+                "the client certificate and its key, set both or neither"
+            )
+        files = [
+            ("REDIS_CA_FILE", self.ssl_ca_certs, b"CERTIFICATE-----", "holds no certificate"),
+            ("FLIT_REDIS_CERT_FILE", self.ssl_certfile, b"CERTIFICATE-----", "holds no certificate"),
+            ("FLIT_REDIS_KEY_FILE", self.ssl_keyfile, b"PRIVATE KEY-----", "holds no private key"),
+        ]
+        given = [(name, path, marker, missing) for name, path, marker, missing in files if path]
+        if not given:
+            return
+        if not self.url.startswith("rediss://"):
+            raise ValueError(
+                f"{given[0][0]} is set, but REDIS_URL is {redacted_url(self.url)}, not a rediss:// URL: "
+                "the TLS files are only used over TLS (use rediss://host:port)"
+            )
+        for name, path, marker, missing in given:
+            if "-----BEGIN" in path:
+                raise ValueError(f"{name} holds what looks like PEM text itself (not shown), not a path")
+            try:
+                with open(path, "rb") as file:
+                    text = file.read()
+            except FileNotFoundError:
+                raise ValueError(f"{name}: {path} does not exist") from None
+            except OSError as err:
+                raise ValueError(f"{name}: {path} cannot be read: {err.strerror}") from None
+            if b"-----BEGIN " not in text:
+                raise ValueError(f"{name}: {path} is not a PEM file (contents not shown)")
+            if marker not in text:
+                raise ValueError(f"{name}: {path} is PEM but {missing}")
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """redis-py's connection keywords for the TLS files (none unless
+        the URL is rediss://). redis-py adds the CA file to the system's
+        CAs (the Rust side trusts only the file's); the server's certificate
+        and name are always checked."""
+        if not self.url.startswith("rediss://"):
+            return {}
+        kwargs: dict[str, Any] = {}
+        if self.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = self.ssl_ca_certs
+        if self.ssl_certfile and self.ssl_keyfile:
+            kwargs["ssl_certfile"] = self.ssl_certfile
+            kwargs["ssl_keyfile"] = self.ssl_keyfile
+        return kwargs
 
     def db_for(self, kind: str) -> int:
         return self.db_transactions if kind == TRANSACTIONS else self.db_predictions
@@ -278,16 +352,22 @@ def replay_bound(settings: "Settings", payloads: list[str]) -> float:
     return settings.replay_timeout + sum(map(len, payloads)) / (1 << 20)
 
 
-def make_pool(pool_class: Callable[..., P], settings: "Settings", db: int, timeout: float) -> P:
+def make_pool(
+    pool_class: Callable[..., P], settings: "Settings", db: int, timeout: float, lookups: bool = False
+) -> P:
     """A pool (`pool_class` is redis-py's sync or asyncio `from_url`) for
-    database `db`, every socket wait bounded by `timeout`."""
+    database `db`, every socket wait bounded by `timeout`; for lookups, on
+    `lookup_url` when it is set."""
+    url, variable = settings.url, "REDIS_URL"
+    if lookups and settings.lookup_url:
+        url, variable = settings.lookup_url, "FLIT_LOOKUP_REDIS_URL"
     try:
-        pool = pool_class(settings.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        pool = pool_class(url, socket_timeout=timeout, socket_connect_timeout=timeout, **settings.tls_kwargs())
     except ValueError:
         # redis-py's message can quote the password (a '#' or '/' in it
         # breaks the URL's parsing); ours names only the host part.
         raise ValueError(
-            f"REDIS_URL is not a Redis URL redis-py reads ({redacted_url(settings.url)}); "
+            f"{variable} is not a Redis URL redis-py reads ({redacted_url(url)}); "
             "percent-encode special characters of the password"
         ) from None
     # A database in the URL's path would win over a keyword; each kind has

@@ -57,8 +57,8 @@ LARGE_EVENT_BYTES = 64 * 1024
 _FAILURES = (redis.RedisError, OSError, RedisUnavailable, RuntimeError)
 
 
-def _pool(settings: Settings, db: int, timeout: float) -> redis.asyncio.ConnectionPool:
-    return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout)
+def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) -> redis.asyncio.ConnectionPool:
+    return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
 async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -99,7 +99,7 @@ class AsyncFlitClient:
     def _make_pools(self) -> None:
         s = self.settings
         self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
-        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
+        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout, lookups=True) for k in KINDS}
         self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
 
     def _on_this_loop(self) -> None:
@@ -274,7 +274,7 @@ class AsyncFlitClient:
                 kind,
                 self.settings.lookup_timeout,
                 lambda conn: _evalsha(
-                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
+                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [CACHE_STATS], [state_db, kind, key]
                 ),
             )
         except _FAILURES:

@@ -61,8 +61,8 @@ class RedisUnavailable(Exception):
     """Redis did not answer within the bound (or the breaker is open)."""
 
 
-def _pool(settings: Settings, db: int, timeout: float) -> redis.ConnectionPool:
-    return make_pool(redis.ConnectionPool.from_url, settings, db, timeout)
+def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) -> redis.ConnectionPool:
+    return make_pool(redis.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
 def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -107,7 +107,7 @@ class FlitClient:
             max_workers=16, thread_name_prefix="flit-cache"
         )
         self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
-        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout) for k in KINDS}
+        self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout, lookups=True) for k in KINDS}
         self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
 
     def _check_fork(self) -> None:
@@ -278,7 +278,7 @@ class FlitClient:
                 self._lookup_pools[kind],
                 self.settings.lookup_timeout,
                 lambda conn: _evalsha(
-                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [key, CACHE_STATS], [state_db, kind]
+                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [CACHE_STATS], [state_db, kind, key]
                 ),
             )
         except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):

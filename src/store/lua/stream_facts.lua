@@ -16,11 +16,29 @@
 --          group's last delivered one exists (or there is no group), else 0}
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local last, unread = '', 0
+-- Whether stream id a comes after b. Ids are two 64-bit decimals, past
+-- what a Lua number holds exactly: compared as digit strings.
+local function after(a, b)
+  local function parts(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return ms or '0', seq or '0'
+  end
+  local function greater(x, y)
+    if #x ~= #y then return #x > #y end
+    return x > y
+  end
+  local am, as = parts(a)
+  local bm, bs = parts(b)
+  if am ~= bm then return greater(am, bm) end
+  return greater(as, bs)
+end
+local last, unread, deleted = '', 0, ''
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  local max_deleted = '0-0'
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then last = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then max_deleted = info[i + 1] end
   end
   local delivered = nil
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -39,9 +57,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
       and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
     unread = 1
   end
+  if after(max_deleted, delivered or '0-0') then deleted = max_deleted end
 end
 local since = string.format('%.0f', math.max(now_ms - tonumber(ARGV[1]), 0))
 local recent = #redis.call('XRANGE', KEYS[2], since, '+', 'COUNT', tonumber(ARGV[2]))
 local trimmed = tonumber(redis.call('GET', KEYS[3]) or '0')
 local bytes = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5) or 0
-return {now_ms, last, recent, trimmed, bytes, unread}
+return {now_ms, last, recent, trimmed, bytes, unread, deleted}
