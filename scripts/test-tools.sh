@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, once: redis-server from
 # the OS packages, the BigQuery emulator, dbt and the linters into venvs of
-# the project's own. Sourced by scripts/test.sh and scripts/soak.sh; it
-# exports BQEMULATOR_BIN and DBT_BIN.
+# the project's own, promtool from the OS packages. Sourced by
+# scripts/test.sh and scripts/soak.sh; it exports BQEMULATOR_BIN, DBT_BIN
+# and PROMTOOL_BIN.
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -12,6 +13,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
 fi
 redis-server --version
+
+# promtool checks and tests the Prometheus alert rules (deploy/prometheus/);
+# Debian ships it in the prometheus package.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> installing promtool (prometheus) from the OS packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+PROMTOOL_BIN=$(command -v promtool)
+export PROMTOOL_BIN
+"$PROMTOOL_BIN" --version 2>&1 | sed -n 1p
 
 # The BigQuery emulator (PyPI bqemulator) in a venv of the project's own. It
 # needs DuckDB's spatial extension and cannot download it here, so the copy

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (redis-server from the OS packages, the BigQuery emulator and dbt into
-# venvs), checks formatting and lints, then runs
+# (redis-server and promtool from the OS packages, the BigQuery emulator
+# and dbt into venvs), checks formatting and lints, the Prometheus alert
+# rules with promtool, then runs
 # unit and integration tests. Each integration test starts its own
 # redis-server on a free port with its own data folder.
 set -euo pipefail
@@ -12,7 +13,11 @@ source scripts/test-tools.sh
 
 echo "==> hadolint, shellcheck"
 "$lint_venv/bin/hadolint" Dockerfile deploy/redis/Dockerfile
-"$lint_venv/bin/shellcheck" scripts/*.sh deploy/railway/deploy.sh deploy/redis/entrypoint.sh .ci/run
+"$lint_venv/bin/shellcheck" scripts/*.sh deploy/railway/deploy.sh deploy/redis/entrypoint.sh deploy/redis/render-acl.sh .ci/run
+
+echo "==> promtool: the Prometheus alert rules and their tests"
+"$PROMTOOL_BIN" check rules deploy/prometheus/flit-cache-alerts.yml
+"$PROMTOOL_BIN" test rules deploy/prometheus/flit-cache-alerts.test.yml
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

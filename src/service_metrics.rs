@@ -14,7 +14,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::cache::lookup_counts;
-use crate::configuration::Settings;
+use crate::configuration::{AfterUpload, Settings};
 use crate::ingest::CommitOutcome;
 use crate::keys::EventKind;
 use crate::producer::Spool;
@@ -41,12 +41,30 @@ pub const DEAD_LETTERS_LAST_HOUR: &str = "flit_dead_letters_last_hour";
 pub const DEAD_LETTER_BYTES: &str = "flit_dead_letter_bytes";
 pub const DEAD_LETTERS_TRIMMED: &str = "flit_dead_letters_trimmed_total";
 pub const STREAM_LAST_ID_AHEAD: &str = "flit_stream_last_id_ahead_seconds";
+pub const STREAM_DELETED_BEFORE_READ: &str = "flit_stream_deleted_before_read";
 pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
 pub const CACHE_HIT_RATIO: &str = "flit_cache_hit_ratio";
 pub const CACHE_LOOKUPS_LAST_HOUR: &str = "flit_cache_lookups_last_hour";
 pub const REDIS_UP: &str = "flit_redis_up";
 pub const REDIS_USED_MEMORY: &str = "flit_redis_used_memory_bytes";
 pub const SPOOL_BYTES: &str = "flit_spool_bytes";
+// What `monitor` judges, read at each scrape from the same status report.
+pub const REDIS_MAXMEMORY: &str = "flit_redis_maxmemory_bytes";
+pub const REDIS_MAXMEMORY_POLICY: &str = "flit_redis_maxmemory_policy";
+pub const REDIS_EVICTED_KEYS: &str = "flit_redis_evicted_keys";
+pub const REDIS_PERSISTENCE_ENABLED: &str = "flit_redis_persistence_enabled";
+pub const REDIS_PERSISTENCE_ERRORS: &str = "flit_redis_persistence_errors";
+pub const REDIS_PROJECTED_MEMORY: &str = "flit_redis_projected_memory_bytes";
+pub const QUEUE_OLDEST_TTL: &str = "flit_upload_queue_oldest_ttl_seconds";
+pub const IN_FLIGHT_RECORDS: &str = "flit_upload_in_flight_records";
+pub const PARKED_RECORDS: &str = "flit_upload_parked_records";
+pub const PARKED_EXPIRES_IN: &str = "flit_upload_parked_expires_in_seconds";
+pub const PARKED_MAX_FAILURES: &str = "flit_upload_parked_max_failures";
+pub const RECENT_RUNS: &str = "flit_upload_recent_runs";
+pub const RECENT_FAILURES: &str = "flit_upload_recent_failures";
+pub const HISTORY_EXPIRED: &str = "flit_upload_history_expired_records";
+pub const HISTORY_SINCE: &str = "flit_upload_history_since_timestamp_seconds";
+pub const TABLE_SET_ASIDE: &str = "flit_upload_table_set_aside";
 
 fn describe_all() {
     describe_counter!(
@@ -130,6 +148,10 @@ fn describe_all() {
         Unit::Seconds,
         "How far the stream's last generated id is ahead of the Redis clock (negative: behind, as it should be), per kind."
     );
+    describe_gauge!(
+        STREAM_DELETED_BEFORE_READ,
+        "1 when the stream's max-deleted-entry-id is past the consumer group's last delivered id: a client deleted entries before flit-cache read them, per kind."
+    );
     describe_counter!(
         CACHE_LOOKUPS,
         "Record lookups (get_transaction, get_prediction) by every process, per kind and result (hit, miss)."
@@ -148,6 +170,72 @@ fn describe_all() {
         SPOOL_BYTES,
         Unit::Bytes,
         "Events spooled to this host's disk while Redis refused them."
+    );
+    describe_gauge!(
+        REDIS_MAXMEMORY,
+        Unit::Bytes,
+        "Redis maxmemory (0: no limit)."
+    );
+    describe_gauge!(
+        REDIS_MAXMEMORY_POLICY,
+        "1 for Redis's current maxmemory-policy (label policy), 0 for a policy it had before."
+    );
+    describe_gauge!(
+        REDIS_EVICTED_KEYS,
+        "Keys Redis has evicted since it started (INFO evicted_keys)."
+    );
+    describe_gauge!(
+        REDIS_PERSISTENCE_ENABLED,
+        "1 when Redis keeps data on disk (AOF or RDB save points), 0 when neither; absent when CONFIG GET is refused."
+    );
+    describe_gauge!(
+        REDIS_PERSISTENCE_ERRORS,
+        "Redis persistence status fields that are not ok (rdb_last_bgsave_status, aof_last_write_status, aof_last_bgrewrite_status)."
+    );
+    describe_gauge!(
+        REDIS_PROJECTED_MEMORY,
+        Unit::Bytes,
+        "Memory records will take once a TTL's worth is kept: last 24 hours' records x bytes per record x TTL in days, both kinds (with FLIT_KEEP_UPLOADED on; NaN when nothing could be sampled)."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_TTL,
+        Unit::Seconds,
+        "TTL left to the oldest queued record behind the in-flight batch, per kind; -1: it expired before upload; NaN: queue empty; +Inf: no TTL."
+    );
+    describe_gauge!(
+        IN_FLIGHT_RECORDS,
+        "Queue entries of the batch in flight (0: none), per kind."
+    );
+    describe_gauge!(PARKED_RECORDS, "Records in parked batches, per kind.");
+    describe_gauge!(
+        PARKED_EXPIRES_IN,
+        Unit::Seconds,
+        "Time until the first records of a parked batch expire, per kind (NaN: nothing parked)."
+    );
+    describe_gauge!(
+        PARKED_MAX_FAILURES,
+        "Runs the most-failed parked batch failed in, per kind (0: nothing parked)."
+    );
+    describe_gauge!(
+        RECENT_RUNS,
+        "Upload runs by any process among the kept reports' latest 20: the failure rate's weight."
+    );
+    describe_gauge!(
+        RECENT_FAILURES,
+        "Upload runs among those that kept records back (status partial)."
+    );
+    describe_gauge!(
+        HISTORY_EXPIRED,
+        "Records that expired in Redis before upload, over the kept run reports (the last 100 runs)."
+    );
+    describe_gauge!(
+        HISTORY_SINCE,
+        Unit::Seconds,
+        "Start of the oldest kept run report, the window of the expired count (Unix time)."
+    );
+    describe_gauge!(
+        TABLE_SET_ASIDE,
+        "1 when the last upload run set the table aside (a quota, the day's load-job budget, credentials), else 0, per table."
     );
 }
 
@@ -251,6 +339,17 @@ pub struct ScrapeSources {
     ttl_seconds: u64,
     /// Dead letters of the last hour are counted up to this.
     dead_letter_limit: u64,
+    /// Records stay for their TTL after upload: memory is projected.
+    keep_uploaded: bool,
+    /// Label values set to 1 at an earlier scrape, set to 0 when they no
+    /// longer hold (a gauge series cannot be removed).
+    shown: std::sync::Mutex<Shown>,
+}
+
+#[derive(Default)]
+struct Shown {
+    policy: Option<String>,
+    tables: std::collections::BTreeSet<String>,
 }
 
 impl ScrapeSources {
@@ -270,6 +369,8 @@ impl ScrapeSources {
             ),
             ttl_seconds: settings.redis.ttl_seconds,
             dead_letter_limit: settings.monitor.alert_dead_letters_per_hour.max(1000) + 1,
+            keep_uploaded: settings.upload.uploaded == AfterUpload::Keep,
+            shown: std::sync::Mutex::new(Shown::default()),
         })
     }
 
@@ -288,38 +389,33 @@ impl ScrapeSources {
 
     async fn read_redis(&self) -> anyhow::Result<()> {
         let mut state = self.state.get().await?;
-        // The same reading `monitor` judges.
+        let timeout = self.state.timeout();
+        // The same readings `monitor` judges (src/store/status.rs).
         let server = self
             .state
-            .bounded(self.state.timeout(), status::server_facts(&mut state))
+            .bounded(timeout, status::server_facts(&mut state))
             .await?;
-        gauge!(REDIS_USED_MEMORY).set(server.used_memory_bytes as f64);
-        let last_success = self
+        self.server_gauges(&server);
+        let uploads = self
             .state
-            .bounded(self.state.timeout(), status::last_success(&mut state))
+            .bounded(timeout, status::upload_state(&mut state))
             .await?;
-        if let Some(at) = last_success {
-            gauge!(UPLOAD_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
-        }
+        self.upload_gauges(&uploads);
+        let now = chrono::Utc::now();
+        let mut volumes = Vec::new();
         for (kind, records) in &self.records {
             let name = kind.name();
             let mut conn = records.get().await?;
             let queue = records
                 .bounded(
-                    self.state.timeout(),
+                    timeout,
                     status::queue_state(&mut conn, *kind, self.ttl_seconds),
                 )
                 .await?;
-            gauge!(QUEUE_LENGTH, "kind" => name).set(queue.length as f64);
-            gauge!(QUEUE_OLDEST_AGE, "kind" => name)
-                .set(queue.oldest_age_seconds.unwrap_or(0) as f64);
-            gauge!(PARKED_BATCHES, "kind" => name).set(queue.parked.len() as f64);
-            gauge!(IN_FLIGHT_AGE, "kind" => name).set(queue.in_flight_since.map_or(0.0, |since| {
-                (chrono::Utc::now() - since).num_seconds() as f64
-            }));
+            queue_gauges(name, &queue, now);
             let stream = records
                 .bounded(
-                    self.state.timeout(),
+                    timeout,
                     status::stream_state(&mut conn, *kind, self.dead_letter_limit),
                 )
                 .await?;
@@ -331,13 +427,23 @@ impl ScrapeSources {
             gauge!(DEAD_LETTER_LENGTH, "kind" => name).set(stream.dead_letter_length as f64);
             gauge!(DEAD_LETTERS_LAST_HOUR, "kind" => name)
                 .set(stream.dead_letters_last_hour as f64);
+            gauge!(DEAD_LETTER_BYTES, "kind" => name).set(stream.dead_letter_bytes as f64);
             counter!(DEAD_LETTERS_TRIMMED, "kind" => name).absolute(stream.dead_letters_trimmed);
             if let Some(ahead) = stream.last_id_ahead_ms {
                 gauge!(STREAM_LAST_ID_AHEAD, "kind" => name).set(ahead as f64 / 1000.0);
             }
+            gauge!(STREAM_DELETED_BEFORE_READ, "kind" => name)
+                .set(f64::from(u8::from(stream.deleted_before_read.is_some())));
+            if self.keep_uploaded {
+                volumes.push(
+                    records
+                        .bounded(timeout, status::record_volume(&mut conn, *kind, now))
+                        .await?,
+                );
+            }
             let lookups = self
                 .state
-                .bounded(self.state.timeout(), lookup_counts(&mut state, *kind))
+                .bounded(timeout, lookup_counts(&mut state, *kind))
                 .await?;
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "hit").absolute(lookups.hits);
             counter!(CACHE_LOOKUPS, "kind" => name, "result" => "miss").absolute(lookups.misses);
@@ -346,6 +452,102 @@ impl ScrapeSources {
             // comparison in an alert rule holds for it.
             gauge!(CACHE_HIT_RATIO, "kind" => name).set(lookups.hit_rate.unwrap_or(f64::NAN));
         }
+        if self.keep_uploaded {
+            gauge!(REDIS_PROJECTED_MEMORY).set(
+                status::projected_memory(&volumes, self.ttl_seconds).map_or(f64::NAN, |b| b as f64),
+            );
+        }
         Ok(())
     }
+
+    fn shown(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.shown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn server_gauges(&self, server: &status::ServerFacts) {
+        gauge!(REDIS_USED_MEMORY).set(server.used_memory_bytes as f64);
+        gauge!(REDIS_MAXMEMORY).set(server.maxmemory_bytes as f64);
+        gauge!(REDIS_EVICTED_KEYS).set(server.evicted_keys as f64);
+        if let Some(off) = server.persistence_off() {
+            gauge!(REDIS_PERSISTENCE_ENABLED).set(if off { 0.0 } else { 1.0 });
+        }
+        gauge!(REDIS_PERSISTENCE_ERRORS).set(server.persistence_errors.len() as f64);
+        let policy = server.maxmemory_policy.clone();
+        let mut shown = self.shown();
+        if let Some(before) = shown.policy.take().filter(|before| *before != policy) {
+            gauge!(REDIS_MAXMEMORY_POLICY, "policy" => before).set(0.0);
+        }
+        gauge!(REDIS_MAXMEMORY_POLICY, "policy" => policy.clone()).set(1.0);
+        shown.policy = Some(policy);
+    }
+
+    fn upload_gauges(&self, uploads: &status::UploadState) {
+        if let Some(at) = uploads.last_success_at {
+            gauge!(UPLOAD_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
+        }
+        gauge!(RECENT_RUNS).set(uploads.recent_runs as f64);
+        gauge!(RECENT_FAILURES).set(uploads.recent_failures as f64);
+        gauge!(HISTORY_EXPIRED).set(uploads.expired_in_history as f64);
+        if let Some(since) = uploads.history_since {
+            gauge!(HISTORY_SINCE).set(since.timestamp_millis() as f64 / 1000.0);
+        }
+        // Every table starts at 0, so a set-aside table shows as a change.
+        let mut set_aside: std::collections::BTreeMap<String, bool> = EventKind::ALL
+            .into_iter()
+            .map(|kind| {
+                (
+                    crate::warehouse::TableSpec::for_kind(kind).qualified(),
+                    false,
+                )
+            })
+            .collect();
+        let mut shown = self.shown();
+        set_aside.extend(shown.tables.iter().map(|table| (table.clone(), false)));
+        for table in uploads
+            .last_run
+            .iter()
+            .flat_map(|run| &run.tables)
+            .filter(|t| !t.table.is_empty())
+        {
+            set_aside.insert(table.table.clone(), table.set_aside.is_some());
+        }
+        for (table, aside) in set_aside {
+            gauge!(TABLE_SET_ASIDE, "table" => table.clone()).set(if aside { 1.0 } else { 0.0 });
+            shown.tables.insert(table);
+        }
+    }
+}
+
+/// One kind's upload queue, in flight and parked batches.
+fn queue_gauges(
+    name: &'static str,
+    queue: &status::QueueState,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    gauge!(QUEUE_LENGTH, "kind" => name).set(queue.length as f64);
+    gauge!(QUEUE_OLDEST_AGE, "kind" => name).set(queue.oldest_age_seconds.unwrap_or(0) as f64);
+    // `monitor`'s queued_record_expired (negative) and _expiring (under 24 h).
+    gauge!(QUEUE_OLDEST_TTL, "kind" => name).set(match queue.oldest_expires_in_seconds {
+        None => f64::NAN,
+        Some(i64::MAX) => f64::INFINITY,
+        Some(left) => left as f64,
+    });
+    gauge!(PARKED_BATCHES, "kind" => name).set(queue.parked.len() as f64);
+    gauge!(PARKED_RECORDS, "kind" => name)
+        .set(queue.parked.iter().map(|p| p.records).sum::<usize>() as f64);
+    gauge!(PARKED_MAX_FAILURES, "kind" => name)
+        .set(queue.parked.iter().map(|p| p.failures).max().unwrap_or(0) as f64);
+    gauge!(PARKED_EXPIRES_IN, "kind" => name).set(
+        queue
+            .parked_expires_at
+            .map_or(f64::NAN, |at| (at - now).num_seconds() as f64),
+    );
+    gauge!(IN_FLIGHT_RECORDS, "kind" => name).set(queue.in_flight as f64);
+    gauge!(IN_FLIGHT_AGE, "kind" => name).set(
+        queue
+            .in_flight_since
+            .map_or(0.0, |since| (now - since).num_seconds() as f64),
+    );
 }

@@ -119,7 +119,10 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
         Err(err) => report.redis.error = Some(crate::telemetry::error_text(&err)),
     }
     if settings.upload.uploaded == AfterUpload::Keep {
-        report.projected_memory_bytes = projected_memory(&report.kinds, settings.redis.ttl_seconds);
+        report.projected_memory_bytes = status::projected_memory(
+            report.kinds.iter().filter_map(|k| k.volume.as_ref()),
+            settings.redis.ttl_seconds,
+        );
     }
     if with_warehouse && report.redis.reachable {
         report.warehouse = Some(read_warehouse(settings, generated_at).await);
@@ -127,22 +130,6 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
     report.alerts = evaluate(&report, &settings.monitor);
     report.healthy = report.alerts.is_empty();
     report
-}
-
-/// Records stored in the last 24 hours × bytes per record × TTL in days.
-fn projected_memory(kinds: &[KindHealth], ttl_seconds: u64) -> Option<u64> {
-    // A kind with nothing to sample holds no records: it adds nothing.
-    let days = ttl_seconds as f64 / 86_400.0;
-    let sampled: Vec<(u64, u64)> = kinds
-        .iter()
-        .filter_map(|k| k.volume.as_ref())
-        .filter_map(|v| Some((v.stored_last_24h, v.bytes_per_record?)))
-        .collect();
-    if sampled.is_empty() {
-        return None;
-    }
-    let per_day: f64 = sampled.iter().map(|(n, bytes)| (n * bytes) as f64).sum();
-    Some((per_day * days) as u64)
 }
 
 async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {

@@ -81,7 +81,7 @@ pub async fn note_outcomes(
 }
 
 /// When the last upload run that kept nothing back finished, if any did.
-/// `/metrics` and the schedule read this key alone, not the whole history.
+/// The schedule's catch-up reads this key alone, not the whole history.
 pub async fn last_success(
     state: &mut MultiplexedConnection,
 ) -> redis::RedisResult<Option<DateTime<Utc>>> {
