@@ -157,6 +157,9 @@ pub struct MonitorSettings {
     pub alert_hit_rate: f64,
     /// ...once the hour saw at least this many lookups of the kind.
     pub alert_hit_rate_min_lookups: u64,
+    /// How often `run` reads the warehouse's freshness for /metrics (one
+    /// small query per table); `None`: never.
+    pub warehouse_check_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +333,15 @@ impl Settings {
                     1,
                     u64::MAX,
                 )?,
+                warehouse_check_interval: match env.bounded(
+                    "FLIT_WAREHOUSE_CHECK_SECONDS",
+                    3_600,
+                    0,
+                    7 * 86_400,
+                )? {
+                    0 => None,
+                    seconds => Some(Duration::from_secs(seconds)),
+                },
             },
             http_addr: env.http_addr()?,
             log_format: match env.text("FLIT_LOG_FORMAT").as_deref() {

@@ -42,6 +42,11 @@ pub const DEAD_LETTER_BYTES: &str = "flit_dead_letter_bytes";
 pub const DEAD_LETTERS_TRIMMED: &str = "flit_dead_letters_trimmed_total";
 pub const STREAM_LAST_ID_AHEAD: &str = "flit_stream_last_id_ahead_seconds";
 pub const STREAM_DELETED_BEFORE_READ: &str = "flit_stream_deleted_before_read";
+pub const WAREHOUSE_UP: &str = "flit_warehouse_up";
+pub const WAREHOUSE_HAS_RECENT_EVENTS: &str = "flit_warehouse_has_recent_events";
+pub const WAREHOUSE_NEWEST_EVENT: &str = "flit_warehouse_newest_event_timestamp_seconds";
+pub const WAREHOUSE_ROWS_LAST_24H: &str = "flit_warehouse_rows_last_24h";
+pub const WAREHOUSE_CHECKED: &str = "flit_warehouse_checked_timestamp_seconds";
 pub const CACHE_LOOKUPS: &str = "flit_cache_lookups_total";
 pub const CACHE_HIT_RATIO: &str = "flit_cache_hit_ratio";
 pub const CACHE_LOOKUPS_LAST_HOUR: &str = "flit_cache_lookups_last_hour";
@@ -147,6 +152,28 @@ fn describe_all() {
         STREAM_LAST_ID_AHEAD,
         Unit::Seconds,
         "How far the stream's last generated id is ahead of the Redis clock (negative: behind, as it should be), per kind."
+    );
+    describe_gauge!(
+        WAREHOUSE_UP,
+        "1 when the last warehouse check (every FLIT_WAREHOUSE_CHECK_SECONDS) could read the table, else 0, per table."
+    );
+    describe_gauge!(
+        WAREHOUSE_HAS_RECENT_EVENTS,
+        "1 when the last warehouse check found events in the table's recent partitions (the record TTL + a day), per table."
+    );
+    describe_gauge!(
+        WAREHOUSE_NEWEST_EVENT,
+        Unit::Seconds,
+        "The newest event time in the table's recent partitions at the last warehouse check, per table."
+    );
+    describe_gauge!(
+        WAREHOUSE_ROWS_LAST_24H,
+        "Rows the table received (by _ingestion_timestamp) in the 24 hours before the last warehouse check, per table."
+    );
+    describe_gauge!(
+        WAREHOUSE_CHECKED,
+        Unit::Seconds,
+        "When the last warehouse check finished."
     );
     describe_gauge!(
         STREAM_DELETED_BEFORE_READ,
@@ -290,6 +317,53 @@ pub async fn keep_up(handle: PrometheusHandle, stop: tokio_util::sync::Cancellat
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Reads each table's freshness every `interval` (`monitor --bigquery`'s
+/// reading: one small query per table over its recent partitions, so
+/// never per scrape) and keeps it in the warehouse gauges, so the alert
+/// rules can judge `warehouse_unreachable` and `warehouse_stale`.
+pub async fn watch_warehouse(
+    settings: std::sync::Arc<Settings>,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let tables = tokio::select! {
+            tables = crate::monitor::read_warehouse(&settings, chrono::Utc::now()) => tables,
+            _ = stop.cancelled() => return,
+        };
+        record_warehouse(&tables, chrono::Utc::now());
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Sets the warehouse gauges from one check of every table.
+pub fn record_warehouse(
+    tables: &[crate::monitor::TableFreshness],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    for table in tables {
+        let name = table.table.clone();
+        let readable = table.error.is_none();
+        gauge!(WAREHOUSE_UP, "table" => name.clone()).set(f64::from(u8::from(readable)));
+        if !readable {
+            continue;
+        }
+        gauge!(WAREHOUSE_HAS_RECENT_EVENTS, "table" => name.clone())
+            .set(f64::from(u8::from(table.newest_event_at.is_some())));
+        gauge!(WAREHOUSE_NEWEST_EVENT, "table" => name.clone()).set(
+            table
+                .newest_event_at
+                .map_or(f64::NAN, |at| at.timestamp_micros() as f64 / 1e6),
+        );
+        gauge!(WAREHOUSE_ROWS_LAST_24H, "table" => name)
+            .set(table.rows_last_24h.unwrap_or(0) as f64);
+    }
+    gauge!(WAREHOUSE_CHECKED).set(now.timestamp() as f64);
 }
 
 /// A worker committed a batch read `elapsed` ago; `rejected` are its reason codes.

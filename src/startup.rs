@@ -106,6 +106,14 @@ impl Application {
         )?;
         let handle = service_metrics::install()?;
         let upkeep = tokio::spawn(service_metrics::keep_up(handle.clone(), shutdown.clone()));
+        // An unusable sink reads as unreachable tables: the rules alert.
+        let warehouse_watch = settings.monitor.warehouse_check_interval.map(|interval| {
+            tokio::spawn(service_metrics::watch_warehouse(
+                Arc::new(settings.clone()),
+                interval,
+                shutdown.clone(),
+            ))
+        });
         let app = http::router(HttpState {
             redis: Arc::new(readiness),
             metrics: Arc::new(MetricsEndpoint {
@@ -130,6 +138,9 @@ impl Application {
         uploads.await.context("the upload schedule failed")??;
         server.await.context("the HTTP server failed")??;
         upkeep.await.context("the metrics upkeep failed")?;
+        if let Some(watch) = warehouse_watch {
+            watch.await.context("the warehouse check failed")?;
+        }
         tracing::info!("stopped");
         Ok(totals)
     }

@@ -493,6 +493,7 @@ mod tests {
             alert_batch_failures: 3,
             alert_hit_rate: 0.8,
             alert_hit_rate_min_lookups: 100,
+            warehouse_check_interval: None,
         }
     }
 

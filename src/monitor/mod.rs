@@ -190,7 +190,9 @@ async fn read_kind(
     health
 }
 
-async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<TableFreshness> {
+/// Each table's freshness (`monitor --bigquery`, and `run`'s periodic
+/// check for /metrics); a table that cannot be read carries its error.
+pub async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<TableFreshness> {
     let sink = match warehouse::configured(settings).await {
         Ok(sink) => sink,
         Err(err) => {
