@@ -30,10 +30,10 @@ WORKDIR /home/nonroot
 # Listen on every interface inside the container; spool and local warehouse
 # under the non-root user's home (mount a volume there to keep the spool
 # across restarts).
-# FLIT_SINK_REQUIRED: a container's own folder is lost at each redeploy,
-# so the image never falls back to the local sink by itself: without
-# BIGQUERY_PROJECT, uploads refuse to start until the deployment sets
-# FLIT_SINK (local, on a volume). Ingest runs regardless.
+# FLIT_SINK_REQUIRED: the image never picks a sink by itself (a container's
+# own folder is lost at each redeploy): uploads refuse to start until the
+# deployment sets FLIT_SINK (bigquery, or local on a volume), even with
+# BIGQUERY_PROJECT set. Ingest runs regardless.
 # HTTP on every interface, on PORT (9464, or the port the platform gives
 # the container: Railway sends its health checks there).
 ENV FLIT_HTTP_HOST=0.0.0.0 \

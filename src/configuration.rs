@@ -502,13 +502,14 @@ impl Env<'_> {
             Some(other) => SinkChoice::Refused(format!(
                 "FLIT_SINK is {other:?}, not a sink: set it to bigquery or local"
             )),
-            // A project says where rows go, in the image too.
-            None if project.is_some() => SinkChoice::BigQuery,
-            // Without one, the image does not fall back to a folder inside
-            // a container that a redeploy discards.
+            // The image is told, never guesses: not a folder inside a
+            // container that a redeploy discards, nor a project's warehouse
+            // a deployment did not choose.
             None if self.text("FLIT_SINK_REQUIRED").is_some() => {
                 SinkChoice::Refused(crate::warehouse::UNSET_SINK.to_owned())
             }
+            // Outside it (the quick start), a project says where rows go.
+            None if project.is_some() => SinkChoice::BigQuery,
             None => SinkChoice::Local,
         }
     }
@@ -783,10 +784,20 @@ mod tests {
             sink(&[("BIGQUERY_PROJECT", "p"), ("FLIT_SINK", "local")]),
             SinkChoice::Local
         );
+        assert!(
+            matches!(
+                sink(&[("FLIT_SINK_REQUIRED", "1"), ("BIGQUERY_PROJECT", "p")]),
+                SinkChoice::Refused(_)
+            ),
+            "in the image a project alone does not choose the sink"
+        );
         assert_eq!(
-            sink(&[("FLIT_SINK_REQUIRED", "1"), ("BIGQUERY_PROJECT", "p")]),
-            SinkChoice::BigQuery,
-            "an image with a project keeps uploading"
+            sink(&[
+                ("FLIT_SINK_REQUIRED", "1"),
+                ("BIGQUERY_PROJECT", "p"),
+                ("FLIT_SINK", "bigquery")
+            ]),
+            SinkChoice::BigQuery
         );
         assert!(matches!(
             sink(&[("FLIT_SINK_REQUIRED", "1")]),

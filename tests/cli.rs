@@ -258,7 +258,14 @@ fn in_the_image_an_upload_refuses_to_start_until_flit_sink_is_set() {
     assert!(text.contains("FLIT_SINK is not set"), "{text}");
     assert_eq!(llen(&mut redis.conn(1), "upload_queue"), 10, "records wait");
 
-    let chosen = image.set("FLIT_SINK", "local");
+    // A project alone does not choose for the image either.
+    let with_project = image.set("BIGQUERY_PROJECT", "some-project");
+    let out = with_project.flit(&["batch-upload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("FLIT_SINK is not set"));
+    assert_eq!(llen(&mut redis.conn(1), "upload_queue"), 10, "records wait");
+
+    let chosen = with_project.set("FLIT_SINK", "local");
     let out = chosen.flit(&["batch-upload"]);
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");

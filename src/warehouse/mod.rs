@@ -38,7 +38,7 @@ pub async fn configured(settings: &Settings) -> anyhow::Result<Sink> {
 }
 
 /// Why an upload in the image does not start without FLIT_SINK.
-pub const UNSET_SINK: &str = "FLIT_SINK is not set and neither is BIGQUERY_PROJECT: this image uploads nowhere until it is told where. Set BIGQUERY_PROJECT (FLIT_SINK=bigquery), or FLIT_SINK=local (files in FLIT_WAREHOUSE_DIR, lost with the container unless it is a volume)";
+pub const UNSET_SINK: &str = "FLIT_SINK is not set: this image uploads nowhere until it is told where. Set FLIT_SINK=bigquery (with BIGQUERY_PROJECT), or FLIT_SINK=local (files in FLIT_WAREHOUSE_DIR, lost with the container unless it is a volume)";
 
 impl Warehouse for Sink {
     fn describe(&self) -> String {
