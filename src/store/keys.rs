@@ -33,9 +33,50 @@ pub const UPLOAD_HISTORY: &str = "flit:upload:history";
 /// Finish time (RFC 3339) of the last upload run that kept nothing back.
 pub const UPLOAD_LAST_SUCCESS: &str = "flit:upload:last_success";
 
-/// Hits and misses of record lookups (`RecordCache`), a hash with fields
-/// `<kind>:hits` and `<kind>:misses`, kept by every process that looks up.
-pub const CACHE_STATS: &str = "flit:cache:stats";
+/// Whether a record lookup found its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    Hit,
+    Miss,
+}
+
+impl LookupResult {
+    pub const ALL: [LookupResult; 2] = [LookupResult::Hit, LookupResult::Miss];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LookupResult::Hit => "hits",
+            LookupResult::Miss => "misses",
+        }
+    }
+}
+
+/// Lookups of `kind` with `result` since the counters began, an integer in
+/// the state database kept by every process that looks up (`RecordCache`,
+/// the Python client): `flit:cache:<kind>:<hits|misses>`.
+pub fn lookup_total_key(kind: EventKind, result: LookupResult) -> String {
+    format!("flit:cache:{}:{}", kind.name(), result.name())
+}
+
+/// Lookups of `kind` with `result` in minute `minute` of the hour (0-59),
+/// `flit:cache:<kind>:<hits|misses>:<MM>`: an integer that expires
+/// [`LOOKUP_MINUTE_TTL_SECONDS`] after the minute's first lookup, so it is
+/// gone before the clock comes back to that minute, and the minutes that
+/// exist are the last hour's. The counters are plain integers under names
+/// from a closed set, so the lookup user (flit-reader) may INCR them and
+/// can grow Redis by no more than these 244 keys.
+pub fn lookup_minute_key(kind: EventKind, result: LookupResult, minute: u32) -> String {
+    format!(
+        "flit:cache:{}:{}:{:02}",
+        kind.name(),
+        result.name(),
+        minute % 60
+    )
+}
+
+/// How long a minute's lookup counter lives: 59 minutes, so one made at
+/// the last second of its minute is gone before that minute comes again.
+pub const LOOKUP_MINUTE_TTL_SECONDS: i64 = 59 * 60;
 
 /// The batch of `kind` being uploaded, until it is settled or parked (a
 /// string, in the kind's database; today's binary kept it in database 0).

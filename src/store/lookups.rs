@@ -1,8 +1,12 @@
 //! Lookups of cached records by id, for programs that use the library (the
-//! ML API reading a transaction, a support tool reading a prediction). Every
-//! lookup counts as a hit or a miss in `flit:cache:stats`, in the same round
-//! trip as the read (totals, and a per-minute ring for the last hour), so
-//! `monitor` and `/metrics` show the hit rate of all processes together.
+//! ML API reading a transaction, a support tool reading a prediction). A
+//! lookup is a plain GET; it then counts as a hit or a miss in the state
+//! database (a total, and the current minute's counter, which expires within
+//! the hour: `keys::lookup_minute_key`), so `monitor` and `/metrics` show the
+//! hit rate of all processes together. The counters take INCR and EXPIRE
+//! only, on names from a closed set: the lookup user needs no script, and
+//! cannot grow Redis or run code. A count that fails (a full Redis refuses
+//! INCR) is dropped; the record is still returned.
 
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -10,9 +14,10 @@ use serde_json::Value;
 
 use crate::configuration::Settings;
 use crate::event::{Rejection, check_id_text};
-use crate::keys::{CACHE_STATS, EventKind};
+use crate::keys::{
+    EventKind, LOOKUP_MINUTE_TTL_SECONDS, LookupResult, lookup_minute_key, lookup_total_key,
+};
 use crate::store::connection::Role;
-use crate::store::scripts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -29,7 +34,6 @@ pub enum LookupError {
 pub struct RecordCache {
     transactions: MultiplexedConnection,
     predictions: MultiplexedConnection,
-    state_db: i64,
 }
 
 impl RecordCache {
@@ -42,7 +46,6 @@ impl RecordCache {
             predictions: redis
                 .open(Role::Lookups, redis.db_for(EventKind::Prediction))
                 .await?,
-            state_db: redis.db_transactions,
         })
     }
 
@@ -63,13 +66,16 @@ impl RecordCache {
             EventKind::Transaction => self.transactions.clone(),
             EventKind::Prediction => self.predictions.clone(),
         };
-        let text: Option<String> = scripts::CACHE_LOOKUP
-            .key(CACHE_STATS)
-            .arg(self.state_db)
-            .arg(kind.name())
-            .arg(&key)
-            .invoke_async(&mut conn)
-            .await?;
+        let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        let result = match text {
+            Some(_) => LookupResult::Hit,
+            None => LookupResult::Miss,
+        };
+        // Counted on the state database (the transactions connection); a
+        // count that fails costs the statistics one lookup, not the caller.
+        if let Err(err) = count_lookup(&mut self.transactions.clone(), kind, result).await {
+            tracing::debug!(error = %err, "lookup not counted");
+        }
         text.map(|text| {
             serde_json::from_str(&text).map_err(|e| LookupError::Corrupt {
                 key,
@@ -111,17 +117,62 @@ impl LookupCounts {
     }
 }
 
-/// Reads the lookup counters of `kind` from the state database.
+/// Counts one lookup of `kind` in the state database `state`: its total,
+/// and the current minute's counter, given its expiry when it is new, in
+/// one MULTI so that no minute counter outlives its hour.
+pub async fn count_lookup(
+    state: &mut MultiplexedConnection,
+    kind: EventKind,
+    result: LookupResult,
+) -> redis::RedisResult<()> {
+    let minute = minute_of_hour(chrono::Utc::now());
+    let slot = lookup_minute_key(kind, result, minute);
+    redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg(lookup_total_key(kind, result))
+        .ignore()
+        .cmd("INCR")
+        .arg(&slot)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(&slot)
+        .arg(LOOKUP_MINUTE_TTL_SECONDS)
+        .arg("NX")
+        .ignore()
+        .query_async(state)
+        .await
+}
+
+/// The minute of the hour (0-59) a lookup at `at` counts in. Each process
+/// reads its own clock: a skewed one only counts in a neighbouring minute
+/// of the same hour.
+fn minute_of_hour(at: chrono::DateTime<chrono::Utc>) -> u32 {
+    (at.timestamp().rem_euclid(3_600) / 60) as u32
+}
+
+/// Reads the lookup counters of `kind` from the state database: the
+/// totals, and the minute counters that still exist (the last hour's).
 pub async fn lookup_counts(
     state: &mut MultiplexedConnection,
     kind: EventKind,
 ) -> redis::RedisResult<LookupCounts> {
-    let (hits, misses, hour_hits, hour_misses): (u64, u64, u64, u64) = scripts::CACHE_STATS
-        .key(CACHE_STATS)
-        .arg(kind.name())
-        .invoke_async(state)
-        .await?;
-    Ok(LookupCounts::new(hits, misses, hour_hits, hour_misses))
+    let mut keys = Vec::with_capacity(122);
+    for result in LookupResult::ALL {
+        keys.push(lookup_total_key(kind, result));
+        keys.extend((0..60).map(|minute| lookup_minute_key(kind, result, minute)));
+    }
+    let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(state).await?;
+    let sum = |range: std::ops::Range<usize>| -> u64 {
+        values[range].iter().map(|v| v.unwrap_or(0)).sum()
+    };
+    // Per result: its total, then its 60 minutes.
+    Ok(LookupCounts::new(
+        values[0].unwrap_or(0),
+        values[61].unwrap_or(0),
+        sum(1..61),
+        sum(62..122),
+    ))
 }
 
 #[cfg(test)]
@@ -132,5 +183,25 @@ mod tests {
     fn the_hit_rate_is_the_last_hours_and_absent_when_it_saw_no_lookup() {
         assert_eq!(LookupCounts::new(9, 9, 0, 0).hit_rate, None);
         assert_eq!(LookupCounts::new(100, 0, 3, 1).hit_rate, Some(0.75));
+    }
+
+    #[test]
+    fn minute_counters_have_names_from_a_closed_set() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(minute_of_hour(at("2026-12-03T15:00:00Z")), 0);
+        assert_eq!(minute_of_hour(at("2026-12-03T15:59:59Z")), 59);
+        assert_eq!(minute_of_hour(at("1969-12-31T23:59:00Z")), 59);
+        assert_eq!(
+            lookup_minute_key(EventKind::Prediction, LookupResult::Miss, 7),
+            "flit:cache:predictions:misses:07"
+        );
+        assert_eq!(
+            lookup_minute_key(EventKind::Transaction, LookupResult::Hit, 67),
+            "flit:cache:transactions:hits:07"
+        );
     }
 }

@@ -61,6 +61,13 @@ pub struct ReadOnlyCall<'a> {
 }
 
 impl ReadOnlyScript {
+    /// Puts the script in Redis's script cache. flit-monitor may run it
+    /// (EVALSHA_RO) but not load it: flit-service loads it when a worker
+    /// connects and at every trim (`load_for_monitor`).
+    pub async fn load_async(&self, conn: &mut impl ConnectionLike) -> RedisResult<()> {
+        self.0.load_async(conn).await.map(drop)
+    }
+
     pub fn key(&self, key: impl ToRedisArgs) -> ReadOnlyCall<'_> {
         ReadOnlyCall {
             script: &self.0,
@@ -112,12 +119,17 @@ pub static CREATE_GROUP: Lazy = script!(" flags=allow-oom", "create_group.lua");
 pub static TRIM_STREAM: Lazy = script!(" flags=allow-oom", "trim_stream.lua");
 pub static LAYOUT_CLAIM: Lazy = script!(" flags=allow-oom", "layout_claim.lua");
 
-// Lookups and operators.
-pub static CACHE_LOOKUP: Lazy = script!(" flags=allow-oom", "cache_lookup.lua");
+// Operators (monitor, /metrics).
 pub static STREAM_FACTS: ReadOnlyScript =
     ReadOnlyScript(script!(" flags=no-writes", "stream_facts.lua"));
-pub static CACHE_STATS: ReadOnlyScript =
-    ReadOnlyScript(script!(" flags=no-writes", "cache_stats.lua"));
+
+/// Loads the read-only scripts `monitor` runs, which its user may not load
+/// itself: after a Redis restart (an empty script cache) the first worker
+/// that connects, or the next trim, makes them available again.
+pub async fn load_for_monitor(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    STREAM_FACTS.load_async(conn).await
+}
+
 // Not allow-oom: at maxmemory a redrive is refused before it moves anything
 // (its XADD would grow memory), and the operator retries after an upload.
 pub static REDRIVE: Lazy = script!("", "redrive.lua");

@@ -7,13 +7,11 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
-import hashlib
 import json
 import os
 import uuid
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Callable, Iterator, Mapping, TypeVar, Union
 
 from . import door
@@ -29,20 +27,50 @@ KINDS = (TRANSACTIONS, PREDICTIONS)
 STREAMS = {TRANSACTIONS: "stream:transactions", PREDICTIONS: "stream:predictions"}
 RECORD_PREFIX = {TRANSACTIONS: "tx:", PREDICTIONS: "pred:"}
 DATA_FIELD = "data"
-CACHE_STATS = "flit:cache:stats"
+#: Lookup counters in the state database (src/store/keys.rs,
+#: `lookup_total_key`/`lookup_minute_key`): a total per kind and result, and
+#: one integer per minute of the hour that expires within the hour, so the
+#: minutes that exist are the last hour's. Names from a closed set, values
+#: integers: what the flit-reader user may INCR.
+LOOKUP_RESULTS = ("hits", "misses")
+LOOKUP_MINUTE_TTL_SECONDS = 59 * 60
 
 
-def _script(name: str, flags: str) -> str:
-    # The same flags line the Rust side writes before the same file
-    # (src/store/scripts.rs), so both load one script with one SHA.
-    text = resources.files("flit_cache").joinpath(name).read_text(encoding="utf-8")
-    return f"#!lua{flags}\n{text}"
+def lookup_total_key(kind: str, result: str) -> str:
+    return f"flit:cache:{kind}:{result}"
 
 
-LOOKUP_SCRIPT = _script("cache_lookup.lua", " flags=allow-oom")
-STATS_SCRIPT = _script("cache_stats.lua", " flags=no-writes")
-LOOKUP_SHA = hashlib.sha1(LOOKUP_SCRIPT.encode("utf-8")).hexdigest()
-STATS_SHA = hashlib.sha1(STATS_SCRIPT.encode("utf-8")).hexdigest()
+def lookup_minute_key(kind: str, result: str, minute: int) -> str:
+    return f"flit:cache:{kind}:{result}:{minute % 60:02d}"
+
+
+def count_commands(kind: str, hit: bool, now: float) -> list[tuple[Any, ...]]:
+    """One lookup counted, as the Rust side counts it: its total and the
+    current minute's counter, given its expiry when new, in one MULTI."""
+    result = "hits" if hit else "misses"
+    slot = lookup_minute_key(kind, result, int(now // 60) % 60)
+    return [
+        ("MULTI",),
+        ("INCR", lookup_total_key(kind, result)),
+        ("INCR", slot),
+        ("EXPIRE", slot, LOOKUP_MINUTE_TTL_SECONDS, "NX"),
+        ("EXEC",),
+    ]
+
+
+def stats_keys(kind: str) -> list[str]:
+    """The counters `stats_from` reads: per result, its total, then its 60
+    minutes (the order of the Rust side's `lookup_counts`)."""
+    keys = []
+    for result in LOOKUP_RESULTS:
+        keys.append(lookup_total_key(kind, result))
+        keys.extend(lookup_minute_key(kind, result, minute) for minute in range(60))
+    return keys
+
+
+def stats_from(values: list[Any]) -> "LookupStats":
+    numbers = [int(v) if v is not None else 0 for v in values]
+    return LookupStats(numbers[0], numbers[61], sum(numbers[1:61]), sum(numbers[62:122]))
 
 
 class Delivery(str, enum.Enum):
@@ -230,9 +258,13 @@ class Settings:
         given = [(name, path, marker, missing) for name, path, marker, missing in files if path]
         if not given:
             return
-        if not self.url.startswith("rediss://"):
+        urls = [("REDIS_URL", self.url)]
+        if self.lookup_url:
+            urls.append(("FLIT_LOOKUP_REDIS_URL", self.lookup_url))
+        if not any(url.startswith("rediss://") for _, url in urls):
+            variable, url = urls[0]
             raise ValueError(
-                f"{given[0][0]} is set, but REDIS_URL is {redacted_url(self.url)}, not a rediss:// URL: "
+                f"{given[0][0]} is set, but {variable} is {redacted_url(url)}, not a rediss:// URL: "
                 "the TLS files are only used over TLS (use rediss://host:port)"
             )
         for name, path, marker, missing in given:
@@ -250,12 +282,14 @@ class Settings:
             if marker not in text:
                 raise ValueError(f"{name}: {path} is PEM but {missing}")
 
-    def tls_kwargs(self) -> dict[str, Any]:
-        """redis-py's connection keywords for the TLS files (none unless
-        the URL is rediss://). redis-py adds the CA file to the system's
-        CAs (the Rust side trusts only the file's); the server's certificate
-        and name are always checked."""
-        if not self.url.startswith("rediss://"):
+    def tls_kwargs(self, url: str | None = None) -> dict[str, Any]:
+        """redis-py's connection keywords for the TLS files on `url` (this
+        settings' `url` unless given): none unless it is rediss://, so a
+        plain lookup URL beside a TLS send URL (or the other way round)
+        gets what its scheme takes. redis-py adds the CA file to the
+        system's CAs (the Rust side trusts only the file's); the server's
+        certificate and name are always checked."""
+        if not (url or self.url).startswith("rediss://"):
             return {}
         kwargs: dict[str, Any] = {}
         if self.ssl_ca_certs:
@@ -362,7 +396,7 @@ def make_pool(
     if lookups and settings.lookup_url:
         url, variable = settings.lookup_url, "FLIT_LOOKUP_REDIS_URL"
     try:
-        pool = pool_class(url, socket_timeout=timeout, socket_connect_timeout=timeout, **settings.tls_kwargs())
+        pool = pool_class(url, socket_timeout=timeout, socket_connect_timeout=timeout, **settings.tls_kwargs(url))
     except ValueError:
         # redis-py's message can quote the password (a '#' or '/' in it
         # breaks the URL's parsing); ours names only the host part.

@@ -19,14 +19,9 @@ import redis
 import redis.asyncio
 
 from ._common import (
-    CACHE_STATS,
     DATA_FIELD,
     KINDS,
-    LOOKUP_SCRIPT,
-    LOOKUP_SHA,
     PREDICTIONS,
-    STATS_SCRIPT,
-    STATS_SHA,
     STREAMS,
     TRANSACTIONS,
     Delivery,
@@ -43,6 +38,9 @@ from ._common import (
     replay_bound,
     record_key,
     short,
+    stats_from,
+    stats_keys,
+    count_commands,
 )
 from .breaker import CircuitBreaker
 from .client import SPOOL_LOOK_INTERVAL, RedisUnavailable
@@ -61,13 +59,22 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-async def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
-    await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-    try:
-        return await conn.read_response()
-    except redis.exceptions.NoScriptError:
-        pass  # the first call since Redis started: send the text once
-    await conn.send_command("EVAL", script, len(keys), *keys, *args)
+async def _get(conn: Any, key: str) -> Any:
+    await conn.send_command("GET", key)
+    return await conn.read_response()
+
+
+async def _count(conn: Any, kind: str, hit: bool) -> None:
+    commands = count_commands(kind, hit, time.time())
+    await conn.send_packed_command(conn.pack_commands(commands))
+    # MULTI, three QUEUED, EXEC: every reply read, or the connection is
+    # dropped (by `_call`) with its replies unread.
+    for _ in commands:
+        await conn.read_response()
+
+
+async def _mget(conn: Any, keys: list[str]) -> Any:
+    await conn.send_command("MGET", *keys)
     return await conn.read_response()
 
 
@@ -267,29 +274,30 @@ class AsyncFlitClient:
         key = record_key(kind, record_id)
         if not self.lookup_breaker.allow():
             return None
-        state_db = self.settings.db_transactions
         try:
             value = await self._call(
-                "_lookup_pools",
-                kind,
-                self.settings.lookup_timeout,
-                lambda conn: _evalsha(
-                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [CACHE_STATS], [state_db, kind, key]
-                ),
+                "_lookup_pools", kind, self.settings.lookup_timeout, lambda conn: _get(conn, key)
             )
         except _FAILURES:
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
+        # As FlitClient.get: counted in the state database; a failed count
+        # costs the statistics one lookup, never the caller its record.
+        try:
+            await self._call(
+                "_lookup_pools",
+                TRANSACTIONS,
+                self.settings.lookup_timeout,
+                lambda conn: _count(conn, kind, value is not None),
+            )
+        except _FAILURES:
+            pass
         return decode_record(key, value)
 
     async def stats(self) -> dict[str, LookupStats] | None:
         async def read(conn: Any) -> dict[str, LookupStats]:
-            out = {}
-            for kind in KINDS:
-                counts = await _evalsha(conn, STATS_SCRIPT, STATS_SHA, [CACHE_STATS], [kind])
-                out[kind] = LookupStats(*(int(n) for n in counts))
-            return out
+            return {kind: stats_from(await _mget(conn, stats_keys(kind))) for kind in KINDS}
 
         try:
             return await self._call("_lookup_pools", TRANSACTIONS, self.settings.lookup_timeout, read)

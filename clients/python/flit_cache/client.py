@@ -24,14 +24,9 @@ import redis
 
 from . import door
 from ._common import (
-    CACHE_STATS,
     DATA_FIELD,
     KINDS,
-    LOOKUP_SCRIPT,
-    LOOKUP_SHA,
     PREDICTIONS,
-    STATS_SCRIPT,
-    STATS_SHA,
     STREAMS,
     TRANSACTIONS,
     Delivery,
@@ -47,6 +42,9 @@ from ._common import (
     replay_bound,
     record_key,
     short,
+    stats_from,
+    stats_keys,
+    count_commands,
 )
 from .breaker import CircuitBreaker
 from .spool import Spool, SpoolError
@@ -65,13 +63,22 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-def _evalsha(conn: Any, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
-    conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-    try:
-        return conn.read_response()
-    except redis.exceptions.NoScriptError:
-        pass  # the first call since Redis started: send the text once
-    conn.send_command("EVAL", script, len(keys), *keys, *args)
+def _get(conn: Any, key: str) -> Any:
+    conn.send_command("GET", key)
+    return conn.read_response()
+
+
+def _count(conn: Any, kind: str, hit: bool) -> None:
+    commands = count_commands(kind, hit, time.time())
+    conn.send_packed_command(conn.pack_commands(commands))
+    # MULTI, three QUEUED, EXEC: every reply read, or the connection is
+    # dropped (by `_call`) with its replies unread.
+    for _ in commands:
+        conn.read_response()
+
+
+def _mget(conn: Any, keys: list[str]) -> Any:
+    conn.send_command("MGET", *keys)
     return conn.read_response()
 
 
@@ -272,29 +279,32 @@ class FlitClient:
         key = record_key(kind, record_id)  # raises door.Rejected for a bad id
         if not self.lookup_breaker.allow():
             return None
-        state_db = self.settings.db_transactions
         try:
             value = self._call(
-                self._lookup_pools[kind],
-                self.settings.lookup_timeout,
-                lambda conn: _evalsha(
-                    conn, LOOKUP_SCRIPT, LOOKUP_SHA, [CACHE_STATS], [state_db, kind, key]
-                ),
+                self._lookup_pools[kind], self.settings.lookup_timeout, lambda conn: _get(conn, key)
             )
         except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
+        # Counted in the state database (the transactions pool's); a count
+        # that fails (a full Redis refuses INCR) costs the statistics one
+        # lookup, never the caller its record.
+        try:
+            self._call(
+                self._lookup_pools[TRANSACTIONS],
+                self.settings.lookup_timeout,
+                lambda conn: _count(conn, kind, value is not None),
+            )
+        except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
+            pass
         return decode_record(key, value)
 
     def stats(self) -> dict[str, LookupStats] | None:
         """Lookup counts of every process, per kind; None when Redis does
         not answer."""
         def read(conn: Any) -> dict[str, LookupStats]:
-            return {
-                kind: LookupStats(*(int(n) for n in _evalsha(conn, STATS_SCRIPT, STATS_SHA, [CACHE_STATS], [kind])))
-                for kind in KINDS
-            }
+            return {kind: stats_from(_mget(conn, stats_keys(kind))) for kind in KINDS}
 
         try:
             return self._call(self._lookup_pools[TRANSACTIONS], self.settings.lookup_timeout, read)

@@ -226,3 +226,12 @@ def test_wrong_tls_settings_name_the_variable_and_never_the_contents(tls_redis: 
     plain = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379"})
     assert plain.tls_kwargs() == {}
     assert Settings.from_env(env).tls_kwargs()["ssl_ca_certs"] == str(tls_redis.ca)
+    # Sends and lookups on different URLs: each gets what its scheme takes.
+    mixed = Settings.from_env(dict(env, FLIT_LOOKUP_REDIS_URL="redis://127.0.0.1:6379"))
+    assert mixed.tls_kwargs(mixed.lookup_url) == {}
+    assert mixed.tls_kwargs()["ssl_ca_certs"] == str(tls_redis.ca)
+    lookups_over_tls = Settings.from_env(
+        dict(env, REDIS_URL="redis://127.0.0.1:6379", FLIT_LOOKUP_REDIS_URL=env["REDIS_URL"])
+    )
+    assert lookups_over_tls.tls_kwargs() == {}
+    assert lookups_over_tls.tls_kwargs(lookups_over_tls.lookup_url)["ssl_ca_certs"] == str(tls_redis.ca)

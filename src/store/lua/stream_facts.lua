@@ -57,7 +57,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
       and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
     unread = 1
   end
-  if after(max_deleted, delivered or '0-0') then deleted = max_deleted end
+  -- A max-deleted id past the last generated one is what an id reset
+  -- leaves behind (XSETID lowers the last id), not a deletion.
+  if after(max_deleted, delivered or '0-0') and not after(max_deleted, last) then
+    deleted = max_deleted
+  end
 end
 local since = string.format('%.0f', math.max(now_ms - tonumber(ARGV[1]), 0))
 local recent = #redis.call('XRANGE', KEYS[2], since, '+', 'COUNT', tonumber(ARGV[2]))
