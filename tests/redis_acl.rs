@@ -203,8 +203,25 @@ fn each_role_is_refused_what_it_does_not_need() {
     ] {
         assert_refused(&redis, "flit-producer", args);
     }
-    // The reader: GET and the lookup scripts on records, nothing else.
+    // The reader: GET on records, INCR and EXPIRE on the lookup counters'
+    // closed set of names, nothing else: no script (no code of its own to
+    // hold Redis busy), no value but an integer, no key beyond that set.
     assert_allowed(&redis, "flit-reader", &["GET", "tx:1"]);
+    assert_allowed(
+        &redis,
+        "flit-reader",
+        &["INCR", "flit:cache:transactions:hits:07"],
+    );
+    assert_allowed(
+        &redis,
+        "flit-reader",
+        &["EXPIRE", "flit:cache:predictions:misses:59", "60", "NX"],
+    );
+    assert_allowed(
+        &redis,
+        "flit-reader",
+        &["INCR", "flit:cache:predictions:hits"],
+    );
     for args in [
         &["GET", "tx!1"][..],
         &["GET", "flit:upload:last_success"],
@@ -213,24 +230,23 @@ fn each_role_is_refused_what_it_does_not_need() {
         &["XADD", "stream:transactions", "*", "data", "{}"],
         &["XRANGE", "stream:transactions", "-", "+"],
         &["LRANGE", "upload_queue", "0", "-1"],
-        &[
-            "EVAL",
-            "return redis.call('SET', KEYS[1], 'x')",
-            "1",
-            "tx:1",
-        ],
-        &[
-            "EVAL",
-            "return redis.call('DEL', KEYS[1])",
-            "1",
-            "flit:cache:stats",
-        ],
+        &["EVAL", "return 1", "0"],
+        &["EVAL", "local i = 0 while true do i = i + 1 end", "0"],
+        &["SCRIPT", "LOAD", "return 1"],
+        &["SET", "flit:cache:transactions:hits", "a long text"],
+        &["APPEND", "flit:cache:transactions:hits:07", "more"],
+        &["HSET", "flit:cache:stats", "field", "a long text"],
+        &["INCR", "flit:cache:transactions:hits:60"],
+        &["INCR", "flit:cache:transactions:hits:7x"],
+        &["INCR", "flit:cache:anything"],
+        &["DEL", "flit:cache:transactions:hits"],
         &["INFO"],
     ] {
         assert_refused(&redis, "flit-reader", args);
     }
 
-    // The monitor reads everything and writes nothing, scripts included.
+    // The monitor reads everything but DUMP and writes nothing, and runs no
+    // code of its own (EVALSHA_RO of what flit-service loaded only).
     assert_allowed(
         &redis,
         "flit-monitor",
@@ -252,6 +268,10 @@ fn each_role_is_refused_what_it_does_not_need() {
             "1",
             "tx:1",
         ],
+        &["EVAL", "return 1", "0"],
+        &["EVAL_RO", "local i = 0 while true do i = i + 1 end", "0"],
+        &["SCRIPT", "LOAD", "return 1"],
+        &["DUMP", "tx:1"],
     ] {
         assert_refused(&redis, "flit-monitor", args);
     }
@@ -443,6 +463,41 @@ fn monitor_alerts_when_entries_are_deleted_before_the_group_reads_them() {
         !codes(&monitor).contains(&"stream_deleted_before_read".to_owned()),
         "cleared once read past"
     );
+
+    // A producer's far-future id, read, deleted, then reset to the clock
+    // (README, "A stream id in the future"): nothing was lost unread, and
+    // monitor does not say so.
+    let future = xadd_with_id(
+        &mut admin,
+        "99999999999999-0",
+        b"{\"transaction_id\":\"tx_future\",\"amount\":1}",
+    );
+    ingest_until_queued(&redis, &env, 3, 0);
+    let _: u64 = redis::cmd("XDEL")
+        .arg("stream:transactions")
+        .arg(&future)
+        .query(&mut admin)
+        .expect("XDEL");
+    let reset: String = redis::Script::new(include_str!("../deploy/redis/reset-stream-id.lua"))
+        .key("stream:transactions")
+        .invoke(&mut admin)
+        .expect("reset-stream-id.lua");
+    assert!(reset < future, "{reset}");
+    let after_reset = codes(&monitor);
+    assert!(
+        !after_reset.contains(&"stream_deleted_before_read".to_owned()),
+        "{after_reset:?}"
+    );
+}
+
+fn xadd_with_id(conn: &mut redis::Connection, id: &str, data: &[u8]) -> String {
+    redis::cmd("XADD")
+        .arg("stream:transactions")
+        .arg(id)
+        .arg("data")
+        .arg(data)
+        .query(conn)
+        .expect("XADD with an id")
 }
 
 #[test]
@@ -498,4 +553,45 @@ fn the_users_file_holds_hashes_only_and_refuses_what_would_not_work() {
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(output_text(&out).contains("REDIS_SERVICE_PASSWORD"));
     assert!(!output_text(&out).contains("an-old-single-password"));
+}
+
+/// Redis 7.0 and 7.2 replay the AOF's script effects (MULTI/EXEC) checked
+/// against the default user: with that user off and without rights, every
+/// commit would be refused at restart and lost. The shipped users keep it.
+#[test]
+fn every_record_survives_a_restart_with_the_shipped_users() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let mut redis = acl::production_redis(files.path(), "flit-service");
+    let env = Env::new(&redis).set("FLIT_SINK", "local");
+    env.generate(&["--count", "150"]);
+    ingest_until_queued(&redis, &env, 150, 150);
+    let before: Vec<u64> = (0..2)
+        .map(|db| {
+            let mut conn = redis.conn(db);
+            redis::cmd("DBSIZE").query(&mut conn).expect("dbsize")
+        })
+        .collect();
+
+    for restart in ["SIGTERM", "SIGKILL"] {
+        match restart {
+            "SIGTERM" => redis.stop(),
+            _ => {
+                // appendfsync everysec: wait for the last second to reach disk.
+                std::thread::sleep(Duration::from_millis(1_500));
+                redis.kill()
+            }
+        }
+        redis.restart();
+        for (db, expected) in before.iter().enumerate() {
+            let mut conn = redis.conn(db as i64);
+            let size: u64 = redis::cmd("DBSIZE").query(&mut conn).expect("dbsize");
+            assert_eq!(size, *expected, "database {db} after {restart}");
+        }
+        assert_exactly_once(&redis, 0, "tx:", "stream:transactions", 150);
+        assert_exactly_once(&redis, 1, "pred:", "stream:predictions", 150);
+    }
+    let out = env.flit(&["batch-upload"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(warehouse_rows(&env, TX_TABLE).len(), 150);
+    assert_eq!(warehouse_rows(&env, PRED_TABLE).len(), 150);
 }

@@ -62,7 +62,10 @@ if ! has_service redis; then
 fi
 # Only the names are looked at; the listing also holds values, so it is
 # never printed.
-redis_variables="$(railway variable list --service redis --json 2>/dev/null || true)"
+# A listing that fails must not read as "no passwords yet": making new ones
+# would lock out every running client.
+redis_variables="$(railway variable list --service redis --json 2>/dev/null)" ||
+  die "cannot list the redis service's variables (railway variable list --service redis); no password was changed"
 for role in SERVICE PRODUCER READER MONITOR ADMIN; do
   name="REDIS_${role}_PASSWORD"
   if ! printf '%s' "$redis_variables" | grep -Eq "\"$name\" *:"; then

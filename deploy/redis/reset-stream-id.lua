@@ -35,7 +35,11 @@ end
 local time = redis.call('TIME')
 local id = time[1] .. string.format('%03d', math.floor(tonumber(time[2]) / 1000)) .. '-0'
 redis.call('XTRIM', stream, 'MAXLEN', 0)
-redis.call('XSETID', stream, id)
+-- MAXDELETEDID 0-0: every entry was read and acknowledged (checked above),
+-- so none was deleted unread; a max-deleted id left in the future would
+-- read as entries deleted before the group read them (monitor's
+-- stream_deleted_before_read) until the clock got there.
+redis.call('XSETID', stream, id, 'MAXDELETEDID', '0-0')
 for _, group in ipairs(groups) do
   for f = 1, #group, 2 do
     if group[f] == 'name' then redis.call('XGROUP', 'SETID', stream, group[f + 1], id) end
