@@ -1,6 +1,6 @@
 //! The gauges that let Prometheus raise what `monitor` raises, scraped from
 //! the real service against a real Redis; and the dashboard and alert rules
-//! in deploy/ checked against the names src/service_metrics.rs exports, so
+//! in deploy/ checked against the names src/telemetry/metrics.rs exports, so
 //! neither can drift from /metrics.
 // Tests and benches set up, break and inspect Redis directly (see clippy.toml).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -410,7 +410,7 @@ fn read(path: &str) -> String {
 }
 
 fn exported() -> BTreeSet<String> {
-    let source = read("src/service_metrics.rs");
+    let source = read("src/telemetry/metrics.rs");
     source
         .split('"')
         .skip(1)
@@ -433,7 +433,7 @@ fn assert_exported(used: &BTreeSet<String>, exported: &BTreeSet<String>, file: &
         .collect();
     assert!(
         unknown.is_empty(),
-        "{file} uses series src/service_metrics.rs does not export: {unknown:?}"
+        "{file} uses series src/telemetry/metrics.rs does not export: {unknown:?}"
     );
 }
 
