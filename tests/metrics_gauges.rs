@@ -420,6 +420,23 @@ fn exported() -> BTreeSet<String> {
         .collect()
 }
 
+/// The metrics module is a leaf: components emit its events with plain
+/// values, and it reaches into none of them, so metrics never sit on both
+/// sides of the module graph.
+#[test]
+fn the_metrics_module_imports_no_component() {
+    let source = read("src/telemetry/metrics.rs");
+    let reaching: Vec<&str> = source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| line.contains("crate::") || line.contains("super::"))
+        .collect();
+    assert!(
+        reaching.is_empty(),
+        "src/telemetry/metrics.rs reaches into the crate: {reaching:?}"
+    );
+}
+
 fn assert_exported(used: &BTreeSet<String>, exported: &BTreeSet<String>, file: &str) {
     let unknown: Vec<&String> = used
         .iter()
