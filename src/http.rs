@@ -12,8 +12,11 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
-use crate::service_metrics::ScrapeSources;
 use crate::store::connection::LazyConnection;
+
+pub mod scrape;
+
+use scrape::ScrapeSources;
 
 #[derive(Clone)]
 pub struct HttpState {

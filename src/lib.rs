@@ -12,7 +12,6 @@ pub mod monitor;
 pub mod notify;
 pub mod producer;
 pub mod schedule;
-pub mod service_metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -13,12 +13,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{Settings, SinkChoice};
+use crate::http::scrape::{self, ScrapeSources};
 use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
 use crate::schedule;
-use crate::service_metrics::{self, ScrapeSources};
 use crate::store::Role;
 
 /// How long `/readyz` waits for Redis: a probe must answer fast.
@@ -104,11 +104,11 @@ impl Application {
             settings.redis.db_transactions,
             READINESS_TIMEOUT,
         )?;
-        let handle = service_metrics::install()?;
-        let upkeep = tokio::spawn(service_metrics::keep_up(handle.clone(), shutdown.clone()));
+        let handle = scrape::install()?;
+        let upkeep = tokio::spawn(scrape::keep_up(handle.clone(), shutdown.clone()));
         // An unusable sink reads as unreachable tables: the rules alert.
         let warehouse_watch = settings.monitor.warehouse_check_interval.map(|interval| {
-            tokio::spawn(service_metrics::watch_warehouse(
+            tokio::spawn(scrape::watch_warehouse(
                 Arc::new(settings.clone()),
                 interval,
                 shutdown.clone(),

@@ -1,7 +1,10 @@
 //! Logging set-up: human-readable lines by default, JSON lines with
 //! `FLIT_LOG_FORMAT=json`, filtered by `RUST_LOG` (default `info`). Logs go to
 //! stderr so command output on stdout stays machine-readable. Also how an
-//! error reads in a log line or a report (`error_text`).
+//! error reads in a log line or a report (`error_text`). The metrics are in
+//! `metrics`, a leaf that components emit events into.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

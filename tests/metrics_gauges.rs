@@ -1,6 +1,6 @@
 //! The gauges that let Prometheus raise what `monitor` raises, scraped from
 //! the real service against a real Redis; and the dashboard and alert rules
-//! in deploy/ checked against the names src/service_metrics.rs exports, so
+//! in deploy/ checked against the names src/telemetry/metrics.rs exports, so
 //! neither can drift from /metrics.
 // Tests and benches set up, break and inspect Redis directly (see clippy.toml).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -410,7 +410,7 @@ fn read(path: &str) -> String {
 }
 
 fn exported() -> BTreeSet<String> {
-    let source = read("src/service_metrics.rs");
+    let source = read("src/telemetry/metrics.rs");
     source
         .split('"')
         .skip(1)
@@ -418,6 +418,23 @@ fn exported() -> BTreeSet<String> {
         .filter(|s| s.starts_with("flit_"))
         .map(str::to_owned)
         .collect()
+}
+
+/// The metrics module is a leaf: components emit its events with plain
+/// values, and it reaches into none of them, so metrics never sit on both
+/// sides of the module graph.
+#[test]
+fn the_metrics_module_imports_no_component() {
+    let source = read("src/telemetry/metrics.rs");
+    let reaching: Vec<&str> = source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| line.contains("crate::") || line.contains("super::"))
+        .collect();
+    assert!(
+        reaching.is_empty(),
+        "src/telemetry/metrics.rs reaches into the crate: {reaching:?}"
+    );
 }
 
 fn assert_exported(used: &BTreeSet<String>, exported: &BTreeSet<String>, file: &str) {
@@ -433,7 +450,7 @@ fn assert_exported(used: &BTreeSet<String>, exported: &BTreeSet<String>, file: &
         .collect();
     assert!(
         unknown.is_empty(),
-        "{file} uses series src/service_metrics.rs does not export: {unknown:?}"
+        "{file} uses series src/telemetry/metrics.rs does not export: {unknown:?}"
     );
 }
 

@@ -15,13 +15,13 @@ use crate::configuration::{DeadLetterSettings, IngestSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
 use crate::keys::{DATA_FIELD, EventKind};
-use crate::service_metrics;
 use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
 use crate::store::event_stream::{self, ReadFrom};
 use crate::store::stream_entries::StreamEntry;
 use crate::store::{RedisSettings, upload_queue};
+use crate::telemetry::metrics::{BatchCommitted, EventRejected};
 
 /// Upper bounds of one commit call, so that it runs about a millisecond in
 /// Redis (a script blocks every other client, the producers' XADDs
@@ -334,13 +334,19 @@ impl StreamWorker {
         for entry in rejected.iter() {
             tracing::warn!(kind = %self.kind, entry = %entry.entry_id, reason = entry.rejection.code(),
                 detail = %entry.rejection, "event dead-lettered");
+            EventRejected {
+                kind: self.kind.name(),
+                reason: entry.rejection.code(),
+            }
+            .emit();
         }
-        service_metrics::record_commit(
-            self.kind,
-            &outcome,
-            rejected.iter().map(|entry| entry.rejection.code()),
-            read_at.elapsed(),
-        );
+        BatchCommitted {
+            kind: self.kind.name(),
+            stored: outcome.stored,
+            duplicates: outcome.duplicates,
+            elapsed: read_at.elapsed(),
+        }
+        .emit();
         totals.committed += outcome;
         totals.batches += 1;
         tracing::debug!(kind = %self.kind, ?outcome, "batch committed");

@@ -34,8 +34,8 @@ pub use crate::store::upload_queue::{
 
 use crate::configuration::Settings;
 use crate::keys::EventKind;
-use crate::service_metrics;
 use crate::store::{Role, reports, upload_queue};
+use crate::telemetry::metrics::{UploadRunFinished, UploadStatus, UploadTableSettled};
 use crate::warehouse::{Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
 
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,7 @@ pub async fn run_once<W: Warehouse>(
     }
 
     report.finished_at = Utc::now();
-    service_metrics::record_upload(&report);
+    emit_metrics(&report);
     let mut state = state;
     // Per table, read before this run's outcomes replace them: a
     // notification says when a table that failed has recovered, whatever
@@ -154,6 +154,31 @@ pub async fn run_once<W: Warehouse>(
     release_all(locks).await;
     crate::notify::after_run(&settings.notify, &report, &failed_before).await;
     Ok(report)
+}
+
+/// The run as this process's metrics count it: the run, then what it
+/// settled per table (a table report without a table name is not counted).
+fn emit_metrics(report: &RunReport) {
+    UploadRunFinished {
+        status: match report.status {
+            RunStatus::Ok => UploadStatus::Ok,
+            RunStatus::Partial => UploadStatus::Partial,
+            RunStatus::Busy => UploadStatus::Busy,
+        },
+        started_at: report.started_at,
+        finished_at: report.finished_at,
+    }
+    .emit();
+    for table in report.tables.iter().filter(|t| !t.table.is_empty()) {
+        UploadTableSettled {
+            table: &table.table,
+            uploaded: table.rows_uploaded,
+            dead_lettered: table.dead_lettered,
+            expired: table.expired,
+            kept_for_retry: table.kept_for_retry,
+        }
+        .emit();
+    }
 }
 
 /// Releases a run's locks. A lock expires by itself; failing to release it
