@@ -531,9 +531,12 @@ fn every_monitor_alert_has_a_rule_and_a_promtool_case() {
         missing.is_empty(),
         "monitor codes without a rule: {missing:?}"
     );
+    // What only Prometheus can see: flit-cache itself gone (monitor is
+    // flit-cache, and says nothing when it does not run).
+    let prometheus_only = ["service_down"];
     let unknown: Vec<&&str> = ruled
         .iter()
-        .filter(|code| !codes.contains(**code))
+        .filter(|code| !codes.contains(**code) && !prometheus_only.contains(*code))
         .collect();
     assert!(unknown.is_empty(), "rules for no monitor code: {unknown:?}");
 
