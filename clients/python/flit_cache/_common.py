@@ -44,18 +44,25 @@ def lookup_minute_key(kind: str, result: str, minute: int) -> str:
     return f"flit:cache:{kind}:{result}:{minute % 60:02d}"
 
 
-def count_commands(kind: str, hit: bool, now: float) -> list[tuple[Any, ...]]:
+def count_commands(
+    kind: str, hit: bool, now: float, state_db: int | None = None, kind_db: int | None = None
+) -> list[tuple[Any, ...]]:
     """One lookup counted, as the Rust side counts it: its total and the
-    current minute's counter, given its expiry when new, in one MULTI."""
+    current minute's counter, given its expiry when new, in one MULTI. On a
+    connection to `kind_db`, the MULTI selects `state_db` (where the
+    counters are) and back, so the lookup and its count take one
+    connection; a refused MULTI (a full Redis) runs none of it, SELECTs
+    included."""
     result = "hits" if hit else "misses"
     slot = lookup_minute_key(kind, result, int(now // 60) % 60)
-    return [
-        ("MULTI",),
+    counted: list[tuple[Any, ...]] = [
         ("INCR", lookup_total_key(kind, result)),
         ("INCR", slot),
         ("EXPIRE", slot, LOOKUP_MINUTE_TTL_SECONDS, "NX"),
-        ("EXEC",),
     ]
+    if state_db is not None and kind_db is not None and state_db != kind_db:
+        counted = [("SELECT", state_db), *counted, ("SELECT", kind_db)]
+    return [("MULTI",), *counted, ("EXEC",)]
 
 
 def stats_keys(kind: str) -> list[str]:

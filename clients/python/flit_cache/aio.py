@@ -59,18 +59,20 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-async def _get(conn: Any, key: str) -> Any:
+async def _lookup(conn: Any, key: str, kind: str, state_db: int, kind_db: int) -> Any:
+    """GET `key`, then count the lookup on the same connection. Every reply
+    of the count is read, errors included (a full Redis refuses the MULTI:
+    the lookup is then not counted), so the connection stays in step."""
     await conn.send_command("GET", key)
-    return await conn.read_response()
-
-
-async def _count(conn: Any, kind: str, hit: bool) -> None:
-    commands = count_commands(kind, hit, time.time())
+    value = await conn.read_response()
+    commands = count_commands(kind, value is not None, time.time(), state_db, kind_db)
     await conn.send_packed_command(conn.pack_commands(commands))
-    # MULTI, three QUEUED, EXEC: every reply read, or the connection is
-    # dropped (by `_call`) with its replies unread.
     for _ in commands:
-        await conn.read_response()
+        try:
+            await conn.read_response()
+        except redis.exceptions.ResponseError:
+            pass
+    return value
 
 
 async def _mget(conn: Any, keys: list[str]) -> Any:
@@ -274,25 +276,18 @@ class AsyncFlitClient:
         key = record_key(kind, record_id)
         if not self.lookup_breaker.allow():
             return None
+        state_db, kind_db = self.settings.db_transactions, self.settings.db_for(kind)
         try:
             value = await self._call(
-                "_lookup_pools", kind, self.settings.lookup_timeout, lambda conn: _get(conn, key)
+                "_lookup_pools",
+                kind,
+                self.settings.lookup_timeout,
+                lambda conn: _lookup(conn, key, kind, state_db, kind_db),
             )
         except _FAILURES:
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
-        # As FlitClient.get: counted in the state database; a failed count
-        # costs the statistics one lookup, never the caller its record.
-        try:
-            await self._call(
-                "_lookup_pools",
-                TRANSACTIONS,
-                self.settings.lookup_timeout,
-                lambda conn: _count(conn, kind, value is not None),
-            )
-        except _FAILURES:
-            pass
         return decode_record(key, value)
 
     async def stats(self) -> dict[str, LookupStats] | None:

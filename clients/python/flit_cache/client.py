@@ -63,18 +63,20 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-def _get(conn: Any, key: str) -> Any:
+def _lookup(conn: Any, key: str, kind: str, state_db: int, kind_db: int) -> Any:
+    """GET `key`, then count the lookup on the same connection. Every reply
+    of the count is read, errors included (a full Redis refuses the MULTI:
+    the lookup is then not counted), so the connection stays in step."""
     conn.send_command("GET", key)
-    return conn.read_response()
-
-
-def _count(conn: Any, kind: str, hit: bool) -> None:
-    commands = count_commands(kind, hit, time.time())
+    value = conn.read_response()
+    commands = count_commands(kind, value is not None, time.time(), state_db, kind_db)
     conn.send_packed_command(conn.pack_commands(commands))
-    # MULTI, three QUEUED, EXEC: every reply read, or the connection is
-    # dropped (by `_call`) with its replies unread.
     for _ in commands:
-        conn.read_response()
+        try:
+            conn.read_response()
+        except redis.exceptions.ResponseError:
+            pass
+    return value
 
 
 def _mget(conn: Any, keys: list[str]) -> Any:
@@ -279,25 +281,17 @@ class FlitClient:
         key = record_key(kind, record_id)  # raises door.Rejected for a bad id
         if not self.lookup_breaker.allow():
             return None
+        state_db, kind_db = self.settings.db_transactions, self.settings.db_for(kind)
         try:
             value = self._call(
-                self._lookup_pools[kind], self.settings.lookup_timeout, lambda conn: _get(conn, key)
+                self._lookup_pools[kind],
+                self.settings.lookup_timeout,
+                lambda conn: _lookup(conn, key, kind, state_db, kind_db),
             )
         except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
-        # Counted in the state database (the transactions pool's); a count
-        # that fails (a full Redis refuses INCR) costs the statistics one
-        # lookup, never the caller its record.
-        try:
-            self._call(
-                self._lookup_pools[TRANSACTIONS],
-                self.settings.lookup_timeout,
-                lambda conn: _count(conn, kind, value is not None),
-            )
-        except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
-            pass
         return decode_record(key, value)
 
     def stats(self) -> dict[str, LookupStats] | None:
