@@ -239,6 +239,7 @@ fn each_role_is_refused_what_it_does_not_need() {
         &["INCR", "flit:cache:transactions:hits:60"],
         &["INCR", "flit:cache:transactions:hits:7x"],
         &["INCR", "flit:cache:anything"],
+        &["MULTI"],
         &["DEL", "flit:cache:transactions:hits"],
         &["INFO"],
     ] {

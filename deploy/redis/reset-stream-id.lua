@@ -4,7 +4,8 @@
 -- XADD * fails). Run it once `flit-cache monitor` shows the stream's lag and
 -- pending at 0 (README, "A stream id in the future"):
 --
---   redis-cli -n 1 --eval deploy/redis/reset-stream-id.lua stream:predictions
+--   REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user flit-admin -n 1 \
+--     --eval deploy/redis/reset-stream-id.lua stream:predictions
 --
 -- It refuses, changing nothing, while any group still has entries to read or
 -- to acknowledge. Otherwise, in one step: it removes the read entries, sets
@@ -35,11 +36,11 @@ end
 local time = redis.call('TIME')
 local id = time[1] .. string.format('%03d', math.floor(tonumber(time[2]) / 1000)) .. '-0'
 redis.call('XTRIM', stream, 'MAXLEN', 0)
--- MAXDELETEDID 0-0: every entry was read and acknowledged (checked above),
+-- MAXDELETEDID 0-1 (Redis 7.0 ignores 0-0): every entry was read and acknowledged (checked above),
 -- so none was deleted unread; a max-deleted id left in the future would
 -- read as entries deleted before the group read them (monitor's
 -- stream_deleted_before_read) until the clock got there.
-redis.call('XSETID', stream, id, 'MAXDELETEDID', '0-0')
+redis.call('XSETID', stream, id, 'MAXDELETEDID', '0-1')
 for _, group in ipairs(groups) do
   for f = 1, #group, 2 do
     if group[f] == 'name' then redis.call('XGROUP', 'SETID', stream, group[f + 1], id) end

@@ -5,8 +5,9 @@
 //! the hour: `keys::lookup_minute_key`), so `monitor` and `/metrics` show the
 //! hit rate of all processes together. The counters take INCR and EXPIRE
 //! only, on names from a closed set: the lookup user needs no script, and
-//! cannot grow Redis or run code. A count that fails (a full Redis refuses
-//! INCR) is dropped; the record is still returned.
+//! cannot grow Redis or run code. A count that fails or waits (a full Redis
+//! refuses INCR, a write pause holds it) is dropped; the record is still
+//! returned.
 
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -34,7 +35,14 @@ pub enum LookupError {
 pub struct RecordCache {
     transactions: MultiplexedConnection,
     predictions: MultiplexedConnection,
+    /// Counts go on a connection of their own to the state database, so a
+    /// count held up (a write pause, a full Redis) never delays a GET.
+    counts: MultiplexedConnection,
 }
+
+/// How long a lookup waits for its count before dropping it: statistics
+/// never cost the caller more than this.
+const COUNT_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl RecordCache {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
@@ -46,6 +54,7 @@ impl RecordCache {
             predictions: redis
                 .open(Role::Lookups, redis.db_for(EventKind::Prediction))
                 .await?,
+            counts: redis.open(Role::Lookups, redis.db_transactions).await?,
         })
     }
 
@@ -71,10 +80,17 @@ impl RecordCache {
             Some(_) => LookupResult::Hit,
             None => LookupResult::Miss,
         };
-        // Counted on the state database (the transactions connection); a
-        // count that fails costs the statistics one lookup, not the caller.
-        if let Err(err) = count_lookup(&mut self.transactions.clone(), kind, result).await {
-            tracing::debug!(error = %err, "lookup not counted");
+        // A count that fails or waits past COUNT_BOUND costs the statistics
+        // one lookup, not the caller its record.
+        match tokio::time::timeout(
+            COUNT_BOUND,
+            count_lookup(&mut self.counts.clone(), kind, result),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "lookup not counted"),
+            Err(_) => tracing::debug!("lookup not counted: Redis did not answer in time"),
         }
         text.map(|text| {
             serde_json::from_str(&text).map_err(|e| LookupError::Corrupt {
@@ -118,8 +134,11 @@ impl LookupCounts {
 }
 
 /// Counts one lookup of `kind` in the state database `state`: its total,
-/// and the current minute's counter, given its expiry when it is new, in
-/// one MULTI so that no minute counter outlives its hour.
+/// and the current minute's counter, given its expiry when it has none
+/// (`EXPIRE NX`, sent with every count: a count cut off between the two
+/// leaves a counter without one only until the next count of that minute).
+/// No MULTI: the lookup user may not queue commands, which would let it
+/// grow Redis.
 pub async fn count_lookup(
     state: &mut MultiplexedConnection,
     kind: EventKind,
@@ -128,7 +147,6 @@ pub async fn count_lookup(
     let minute = minute_of_hour(chrono::Utc::now());
     let slot = lookup_minute_key(kind, result, minute);
     redis::pipe()
-        .atomic()
         .cmd("INCR")
         .arg(lookup_total_key(kind, result))
         .ignore()
@@ -145,8 +163,9 @@ pub async fn count_lookup(
 }
 
 /// The minute of the hour (0-59) a lookup at `at` counts in. Each process
-/// reads its own clock: a skewed one only counts in a neighbouring minute
-/// of the same hour.
+/// reads its own clock: one that is off by s seconds counts in a minute
+/// that many seconds away, which can be the last or the next hour's; the
+/// hour's rate is off by that much, no more.
 fn minute_of_hour(at: chrono::DateTime<chrono::Utc>) -> u32 {
     (at.timestamp().rem_euclid(3_600) / 60) as u32
 }

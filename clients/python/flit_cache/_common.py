@@ -44,25 +44,24 @@ def lookup_minute_key(kind: str, result: str, minute: int) -> str:
     return f"flit:cache:{kind}:{result}:{minute % 60:02d}"
 
 
-def count_commands(
-    kind: str, hit: bool, now: float, state_db: int | None = None, kind_db: int | None = None
-) -> list[tuple[Any, ...]]:
-    """One lookup counted, as the Rust side counts it: its total and the
-    current minute's counter, given its expiry when new, in one MULTI. On a
-    connection to `kind_db`, the MULTI selects `state_db` (where the
-    counters are) and back, so the lookup and its count take one
-    connection; a refused MULTI (a full Redis) runs none of it, SELECTs
-    included."""
+def count_commands(kind: str, hit: bool, now: float) -> list[tuple[Any, ...]]:
+    """One lookup counted, as the Rust side counts it (`count_lookup`): its
+    total and the current minute's counter, with `EXPIRE NX` sent every time
+    so that a counter cut off from its expiry gets one at the next count. No
+    MULTI: the lookup user may not queue commands."""
     result = "hits" if hit else "misses"
     slot = lookup_minute_key(kind, result, int(now // 60) % 60)
-    counted: list[tuple[Any, ...]] = [
+    return [
         ("INCR", lookup_total_key(kind, result)),
         ("INCR", slot),
         ("EXPIRE", slot, LOOKUP_MINUTE_TTL_SECONDS, "NX"),
     ]
-    if state_db is not None and kind_db is not None and state_db != kind_db:
-        counted = [("SELECT", state_db), *counted, ("SELECT", kind_db)]
-    return [("MULTI",), *counted, ("EXEC",)]
+
+
+#: Counts waiting to be sent, per client; past this, new ones are dropped
+#: (a Redis that holds writes, a write pause): statistics, never lookups,
+#: pay for it.
+MAX_PENDING_COUNTS = 1000
 
 
 def stats_keys(kind: str) -> list[str]:

@@ -41,6 +41,7 @@ from ._common import (
     stats_from,
     stats_keys,
     count_commands,
+    MAX_PENDING_COUNTS,
 )
 from .breaker import CircuitBreaker
 from .client import SPOOL_LOOK_INTERVAL, RedisUnavailable
@@ -59,20 +60,21 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.asyncio.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-async def _lookup(conn: Any, key: str, kind: str, state_db: int, kind_db: int) -> Any:
-    """GET `key`, then count the lookup on the same connection. Every reply
-    of the count is read, errors included (a full Redis refuses the MULTI:
-    the lookup is then not counted), so the connection stays in step."""
+async def _get(conn: Any, key: str) -> Any:
     await conn.send_command("GET", key)
-    value = await conn.read_response()
-    commands = count_commands(kind, value is not None, time.time(), state_db, kind_db)
+    return await conn.read_response()
+
+
+async def _count(conn: Any, kind: str, hit: bool) -> None:
+    commands = count_commands(kind, hit, time.time())
     await conn.send_packed_command(conn.pack_commands(commands))
+    # Every reply read, errors included (a full Redis refuses INCR), so the
+    # connection stays in step.
     for _ in commands:
         try:
             await conn.read_response()
         except redis.exceptions.ResponseError:
             pass
-    return value
 
 
 async def _mget(conn: Any, keys: list[str]) -> Any:
@@ -97,9 +99,11 @@ class AsyncFlitClient:
         self.spool = Spool(s.spool_dir, s.spool_max_bytes)
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         # Lookups have their own: a full Redis refuses XADD but still
-        # answers lookups (the script is allow-oom).
+        # answers GET.
         self.lookup_breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Lookup counts sent behind the lookups (see `_count_later`).
+        self._pending_counts: set[asyncio.Task[None]] = set()
         self._make_pools()
         self._replaying = asyncio.Lock()
         self._replay_task: asyncio.Task[Any] | None = None
@@ -126,6 +130,7 @@ class AsyncFlitClient:
         return cls(Settings.from_env(**overrides))
 
     async def close(self) -> None:
+        await self._flush_counts()
         if self._replay_task is not None:
             self._replay_task.cancel()
         for pools in (self._send_pools, self._lookup_pools, self._replay_pools):
@@ -276,21 +281,46 @@ class AsyncFlitClient:
         key = record_key(kind, record_id)
         if not self.lookup_breaker.allow():
             return None
-        state_db, kind_db = self.settings.db_transactions, self.settings.db_for(kind)
         try:
             value = await self._call(
-                "_lookup_pools",
-                kind,
-                self.settings.lookup_timeout,
-                lambda conn: _lookup(conn, key, kind, state_db, kind_db),
+                "_lookup_pools", kind, self.settings.lookup_timeout, lambda conn: _get(conn, key)
             )
         except _FAILURES:
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
+        self._count_later(kind, value is not None)
         return decode_record(key, value)
 
+    def _count_later(self, kind: str, hit: bool) -> None:
+        """As `FlitClient._count_later`: the count goes out in a task of its
+        own, bounded by `lookup_timeout`, dropped past MAX_PENDING_COUNTS or
+        when it fails; a count held up never holds up a lookup."""
+        if len(self._pending_counts) >= MAX_PENDING_COUNTS:
+            return
+
+        async def run() -> None:
+            try:
+                await self._call(
+                    "_lookup_pools",
+                    TRANSACTIONS,
+                    self.settings.lookup_timeout,
+                    lambda conn: _count(conn, kind, hit),
+                )
+            except _FAILURES:
+                pass
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending_counts.add(task)
+        task.add_done_callback(self._pending_counts.discard)
+
+    async def _flush_counts(self) -> None:
+        pending = [t for t in self._pending_counts if t.get_loop() is asyncio.get_running_loop()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.lookup_timeout)
+
     async def stats(self) -> dict[str, LookupStats] | None:
+        await self._flush_counts()
         async def read(conn: Any) -> dict[str, LookupStats]:
             return {kind: stats_from(await _mget(conn, stats_keys(kind))) for kind in KINDS}
 

@@ -45,6 +45,7 @@ from ._common import (
     stats_from,
     stats_keys,
     count_commands,
+    MAX_PENDING_COUNTS,
 )
 from .breaker import CircuitBreaker
 from .spool import Spool, SpoolError
@@ -63,20 +64,21 @@ def _pool(settings: Settings, db: int, timeout: float, lookups: bool = False) ->
     return make_pool(redis.ConnectionPool.from_url, settings, db, timeout, lookups)
 
 
-def _lookup(conn: Any, key: str, kind: str, state_db: int, kind_db: int) -> Any:
-    """GET `key`, then count the lookup on the same connection. Every reply
-    of the count is read, errors included (a full Redis refuses the MULTI:
-    the lookup is then not counted), so the connection stays in step."""
+def _get(conn: Any, key: str) -> Any:
     conn.send_command("GET", key)
-    value = conn.read_response()
-    commands = count_commands(kind, value is not None, time.time(), state_db, kind_db)
+    return conn.read_response()
+
+
+def _count(conn: Any, kind: str, hit: bool) -> None:
+    commands = count_commands(kind, hit, time.time())
     conn.send_packed_command(conn.pack_commands(commands))
+    # Every reply read, errors included (a full Redis refuses INCR), so the
+    # connection stays in step.
     for _ in commands:
         try:
             conn.read_response()
         except redis.exceptions.ResponseError:
             pass
-    return value
 
 
 def _mget(conn: Any, keys: list[str]) -> Any:
@@ -110,11 +112,18 @@ class FlitClient:
         self._replaying = threading.Lock()
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         # Lookups have their own: a full Redis refuses XADD but still
-        # answers lookups (the script is allow-oom).
+        # answers GET.
         self.lookup_breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix="flit-cache"
         )
+        # Lookup counts go out behind the lookups, one at a time: a count
+        # held up never holds up a lookup or a thread a lookup needs.
+        self._count_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="flit-cache-count"
+        )
+        self._counts_lock = threading.Lock()
+        self._pending_counts: set[concurrent.futures.Future[None]] = set()
         self._send_pools = {k: _pool(s, s.db_for(k), s.send_timeout) for k in KINDS}
         self._lookup_pools = {k: _pool(s, s.db_for(k), s.lookup_timeout, lookups=True) for k in KINDS}
         self._replay_pools = {k: _pool(s, s.db_for(k), s.replay_timeout) for k in KINDS}
@@ -129,6 +138,8 @@ class FlitClient:
                     self._start()
 
     def close(self) -> None:
+        self._flush_counts()
+        self._count_executor.shutdown(wait=False)
         self._executor.shutdown(wait=False)
         for pools in (self._send_pools, self._lookup_pools, self._replay_pools):
             for pool in pools.values():
@@ -281,22 +292,56 @@ class FlitClient:
         key = record_key(kind, record_id)  # raises door.Rejected for a bad id
         if not self.lookup_breaker.allow():
             return None
-        state_db, kind_db = self.settings.db_transactions, self.settings.db_for(kind)
         try:
             value = self._call(
-                self._lookup_pools[kind],
-                self.settings.lookup_timeout,
-                lambda conn: _lookup(conn, key, kind, state_db, kind_db),
+                self._lookup_pools[kind], self.settings.lookup_timeout, lambda conn: _get(conn, key)
             )
         except (redis.RedisError, OSError, RedisUnavailable, RuntimeError):
             self.lookup_breaker.record_failure()
             return None
         self.lookup_breaker.record_success()
+        self._count_later(kind, value is not None)
         return decode_record(key, value)
 
+    def _count_later(self, kind: str, hit: bool) -> None:
+        """Counts a lookup in the state database, behind it (`count_commands`);
+        dropped past MAX_PENDING_COUNTS or when it fails."""
+        pool = self._lookup_pools[TRANSACTIONS]
+
+        def run() -> None:
+            conn = pool.get_connection()
+            try:
+                _count(conn, kind, hit)
+            except BaseException:
+                conn.disconnect()
+            finally:
+                pool.release(conn)
+
+        with self._counts_lock:
+            if len(self._pending_counts) >= MAX_PENDING_COUNTS:
+                return
+            try:
+                future = self._count_executor.submit(run)
+            except RuntimeError:  # closed
+                return
+            self._pending_counts.add(future)
+        future.add_done_callback(self._count_done)
+
+    def _count_done(self, future: "concurrent.futures.Future[None]") -> None:
+        with self._counts_lock:
+            self._pending_counts.discard(future)
+
+    def _flush_counts(self) -> None:
+        """Waits, at most `lookup_timeout`, for this client's counts to be sent."""
+        with self._counts_lock:
+            pending = list(self._pending_counts)
+        if pending:
+            concurrent.futures.wait(pending, timeout=self.settings.lookup_timeout)
+
     def stats(self) -> dict[str, LookupStats] | None:
-        """Lookup counts of every process, per kind; None when Redis does
-        not answer."""
+        """Lookup counts of every process, per kind (this client's own
+        lookups sent first); None when Redis does not answer."""
+        self._flush_counts()
         def read(conn: Any) -> dict[str, LookupStats]:
             return {kind: stats_from(_mget(conn, stats_keys(kind))) for kind in KINDS}
 
