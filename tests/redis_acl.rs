@@ -247,7 +247,7 @@ fn each_role_is_refused_what_it_does_not_need() {
     }
 
     // The monitor reads everything but DUMP and writes nothing, and runs no
-    // code of its own (EVALSHA_RO of what flit-service loaded only).
+    // code at all.
     assert_allowed(
         &redis,
         "flit-monitor",
@@ -590,6 +590,16 @@ fn every_record_survives_a_restart_with_the_shipped_users() {
         }
         assert_exactly_once(&redis, 0, "tx:", "stream:transactions", 150);
         assert_exactly_once(&redis, 1, "pred:", "stream:predictions", 150);
+        // Before any worker connects again: the monitor user reads every
+        // section with plain commands (no script cache to wait for).
+        let monitor = Env::new(&redis).set("REDIS_URL", &url_for(&redis, "flit-monitor"));
+        let out = monitor.flit(&["monitor", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+        for kind in report["kinds"].as_array().expect("kinds") {
+            assert_eq!(kind["errors"], serde_json::json!([]), "{report:#}");
+            assert_eq!(kind["stream"]["lag"], 0, "{report:#}");
+        }
     }
     let out = env.flit(&["batch-upload"]);
     assert!(out.status.success(), "{}", output_text(&out));

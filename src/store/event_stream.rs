@@ -36,7 +36,6 @@ pub async fn append(
 /// Creates the consumer group at the start of the stream (so events pushed
 /// before the first start are processed), and the stream if needed; a
 /// group that exists is left as it is. Works at maxmemory (see the script).
-/// Also loads the scripts `monitor` runs but its user may not load.
 pub async fn ensure_group(
     conn: &mut MultiplexedConnection,
     kind: EventKind,
@@ -47,10 +46,9 @@ pub async fn ensure_group(
         .invoke_async(conn)
         .await;
     match created {
-        Err(err) if err.code() == Some("BUSYGROUP") => {}
-        other => other?,
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
     }
-    scripts::load_for_monitor(conn).await
 }
 
 /// Where a group read starts.
@@ -164,13 +162,10 @@ pub async fn trim(
     kind: EventKind,
     stale: Duration,
 ) -> redis::RedisResult<u64> {
-    let trimmed = scripts::TRIM_STREAM
+    scripts::TRIM_STREAM
         .key(kind.stream())
         .arg(CONSUMER_GROUP)
         .arg(stale.as_millis() as u64)
         .invoke_async(conn)
-        .await?;
-    // A SCRIPT FLUSH without a restart empties the cache too.
-    scripts::load_for_monitor(conn).await?;
-    Ok(trimmed)
+        .await
 }

@@ -11,8 +11,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+use redis::Script;
 
 /// A script from `lua/<file>` behind the flags line `#!lua<flags>`.
 macro_rules! script {
@@ -47,69 +46,6 @@ macro_rules! fenced {
 
 type Lazy = LazyLock<Script>;
 
-/// A `no-writes` script, run with `EVALSHA_RO`. Redis's ACL checks the keys
-/// an `EVALSHA` declares for reading and writing, those of `EVALSHA_RO` for
-/// reading only, so a read-only user (flit-monitor, keys `%R~*`) may run
-/// it. redis-rs's `Script` only sends `EVALSHA`.
-pub struct ReadOnlyScript(LazyLock<Script>);
-
-/// One call of a [`ReadOnlyScript`]: its keys and arguments.
-pub struct ReadOnlyCall<'a> {
-    script: &'a Script,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
-}
-
-impl ReadOnlyScript {
-    /// Puts the script in Redis's script cache. flit-monitor may run it
-    /// (EVALSHA_RO) but not load it: flit-service loads it when a worker
-    /// connects and at every trim (`load_for_monitor`).
-    pub async fn load_async(&self, conn: &mut impl ConnectionLike) -> RedisResult<()> {
-        self.0.load_async(conn).await.map(drop)
-    }
-
-    pub fn key(&self, key: impl ToRedisArgs) -> ReadOnlyCall<'_> {
-        ReadOnlyCall {
-            script: &self.0,
-            keys: Vec::new(),
-            args: Vec::new(),
-        }
-        .key(key)
-    }
-}
-
-impl ReadOnlyCall<'_> {
-    pub fn key(mut self, key: impl ToRedisArgs) -> Self {
-        self.keys.extend(key.to_redis_args());
-        self
-    }
-
-    pub fn arg(mut self, arg: impl ToRedisArgs) -> Self {
-        self.args.extend(arg.to_redis_args());
-        self
-    }
-
-    /// `EVALSHA_RO`, loading the script first when Redis does not know it
-    /// (a restart, `SCRIPT FLUSH`), as `Script::invoke_async` does.
-    pub async fn invoke_async<T: FromRedisValue>(
-        &self,
-        conn: &mut impl ConnectionLike,
-    ) -> RedisResult<T> {
-        let mut call = redis::cmd("EVALSHA_RO");
-        call.arg(self.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        match call.query_async(conn).await {
-            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script.load_async(conn).await?;
-                call.query_async(conn).await
-            }
-            other => other,
-        }
-    }
-}
-
 // Ingest. The commit is built twice: without allow-oom Redis refuses it at
 // maxmemory before it runs (the worker then waits for an upload); with it,
 // for the one batch past the limit that a stream full of entries needs.
@@ -118,17 +54,6 @@ pub static COMMIT_PAST_THE_LIMIT: Lazy = script!(" flags=allow-oom", "commit_bat
 pub static CREATE_GROUP: Lazy = script!(" flags=allow-oom", "create_group.lua");
 pub static TRIM_STREAM: Lazy = script!(" flags=allow-oom", "trim_stream.lua");
 pub static LAYOUT_CLAIM: Lazy = script!(" flags=allow-oom", "layout_claim.lua");
-
-// Operators (monitor, /metrics).
-pub static STREAM_FACTS: ReadOnlyScript =
-    ReadOnlyScript(script!(" flags=no-writes", "stream_facts.lua"));
-
-/// Loads the read-only scripts `monitor` runs, which its user may not load
-/// itself: after a Redis restart (an empty script cache) the first worker
-/// that connects, or the next trim, makes them available again.
-pub async fn load_for_monitor(conn: &mut impl ConnectionLike) -> RedisResult<()> {
-    STREAM_FACTS.load_async(conn).await
-}
 
 // Not allow-oom: at maxmemory a redrive is refused before it moves anything
 // (its XADD would grow memory), and the operator retries after an upload.

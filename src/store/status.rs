@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use redis::InfoDict;
 use redis::aio::MultiplexedConnection;
 
-use super::scripts;
 use serde::Serialize;
 
 use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
@@ -313,60 +312,78 @@ pub async fn stream_state(
     kind: EventKind,
     dead_letter_limit: u64,
 ) -> redis::RedisResult<StreamState> {
-    let (length, dead_letter_length): (u64, u64) = redis::pipe()
+    // Plain read commands, no script: the monitor user runs no code of its
+    // own, and a script cache emptied by a restart must not blind it.
+    let (length, dead_letter_length, exists, time, trimmed, dead_letter_bytes): (
+        u64,
+        u64,
+        bool,
+        (i64, i64),
+        Option<u64>,
+        Option<u64>,
+    ) = redis::pipe()
         .cmd("XLEN")
         .arg(kind.stream())
         .cmd("XLEN")
         .arg(kind.dead_letter_stream())
+        .cmd("EXISTS")
+        .arg(kind.stream())
+        .cmd("TIME")
+        .cmd("GET")
+        .arg(kind.dead_letters_trimmed_key())
+        .cmd("MEMORY")
+        .arg("USAGE")
+        .arg(kind.dead_letter_stream())
+        .arg("SAMPLES")
+        .arg(5)
         .query_async(conn)
         .await?;
-    let (now_ms, last_id, recent, trimmed, dead_letter_bytes, unread, deleted): (
-        i64,
-        String,
-        u64,
-        u64,
-        u64,
-        u8,
-        String,
-    ) = scripts::STREAM_FACTS
-        .key(kind.stream())
-        .key(kind.dead_letter_stream())
-        .key(kind.dead_letters_trimmed_key())
-        .arg(3_600_000)
+    let now_ms = time.0.saturating_mul(1_000).saturating_add(time.1 / 1_000);
+    // Dead letters of the last hour, counted up to the limit: the threshold
+    // is all that matters, and no whole entry need cross the network twice.
+    let since = (now_ms - 3_600_000).max(0);
+    let recent: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(kind.dead_letter_stream())
+        .arg(since)
+        .arg("+")
+        .arg("COUNT")
         .arg(dead_letter_limit.max(1))
-        .arg(CONSUMER_GROUP)
-        .invoke_async(conn)
+        .query_async(conn)
         .await?;
-    let last_id_ahead_ms = last_id
-        .split_once('-')
-        .and_then(|(ms, _)| ms.parse::<u64>().ok())
-        .map(|ms| i64::try_from(i128::from(ms) - i128::from(now_ms)).unwrap_or(i64::MAX));
     let mut state = StreamState {
         length,
         dead_letter_length,
-        last_id_ahead_ms,
-        last_generated_id: (!last_id.is_empty()).then_some(last_id),
-        deleted_before_read: (!deleted.is_empty()).then_some(deleted),
-        dead_letters_last_hour: recent,
-        dead_letters_trimmed: trimmed,
-        dead_letter_bytes,
+        dead_letters_last_hour: recent.len() as u64,
+        dead_letters_trimmed: trimmed.unwrap_or(0),
+        dead_letter_bytes: dead_letter_bytes.unwrap_or(0),
         ..StreamState::default()
     };
-    if length == 0 {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(kind.stream())
-            .query_async(conn)
-            .await?;
-        if !exists {
-            state.lag = Some(0);
-            return Ok(state);
-        }
+    if !exists {
+        state.lag = Some(0);
+        return Ok(state);
     }
-    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+    let (info, groups): (BTreeMap<String, redis::Value>, Vec<redis::Value>) = redis::pipe()
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(kind.stream())
+        .cmd("XINFO")
         .arg("GROUPS")
         .arg(kind.stream())
         .query_async(conn)
         .await?;
+    let info_text = |name: &str| {
+        info.get(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+    };
+    let last = info_text("last-generated-id").and_then(|id| StreamId::parse(&id));
+    // Redis 7.0+; older servers do not say, and nothing is judged.
+    let max_deleted = info_text("max-deleted-entry-id").and_then(|id| StreamId::parse(&id));
+    state.last_id_ahead_ms =
+        last.map(|id| i64::try_from(i128::from(id.ms) - i128::from(now_ms)).unwrap_or(i64::MAX));
+    state.last_generated_id = last.map(|id| id.to_string());
+
+    let mut delivered = None;
+    let mut reported_lag = None;
     for group in groups {
         let fields: BTreeMap<String, redis::Value> = redis::from_redis_value(group)?;
         let text = |name: &str| {
@@ -385,18 +402,68 @@ pub async fn stream_state(
         state.group_exists = true;
         state.consumers = number("consumers").unwrap_or(0);
         state.pending = number("pending").unwrap_or(0);
-        // `lag` is Redis 7's count of undelivered entries (nil when unknown),
-        // but it can be stale after a restart: it only counts when an
-        // undelivered entry exists, and never beyond the stream's length.
-        state.lag = match unread {
-            0 => Some(0),
-            _ => number("lag").map(|lag| lag.clamp(1, length.max(1))),
-        };
+        delivered = text("last-delivered-id").and_then(|id| StreamId::parse(&id));
+        reported_lag = number("lag");
     }
     if !state.group_exists {
         state.lag = Some(length);
+        return Ok(state);
     }
+    let delivered = delivered.unwrap_or_default();
+    // Whether an entry after the group's last delivered one exists. Nothing
+    // comes after the last generated id (and asking would fail when it is
+    // the largest possible one).
+    let unread = match last {
+        Some(last) if last > delivered => {
+            let next: Vec<redis::Value> = redis::cmd("XRANGE")
+                .arg(kind.stream())
+                .arg(format!("({delivered}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            !next.is_empty()
+        }
+        _ => false,
+    };
+    // `lag` is Redis 7's count of undelivered entries (nil when unknown),
+    // but it can be stale after a restart: it only counts when an
+    // undelivered entry exists, and never beyond the stream's length.
+    state.lag = match unread {
+        false => Some(0),
+        true => reported_lag.map(|lag| lag.clamp(1, length.max(1))),
+    };
+    // An entry deleted past the last delivered id was never read. A
+    // max-deleted id past the last generated one is what lowering the ids
+    // leaves (XSETID), not a deletion.
+    state.deleted_before_read = max_deleted
+        .filter(|deleted| *deleted > delivered && last.is_some_and(|last| *deleted <= last))
+        .map(|deleted| deleted.to_string());
     Ok(state)
+}
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    fn parse(text: &str) -> Option<StreamId> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 /// Upload runs the monitor judges, newest first.
