@@ -62,8 +62,20 @@ pub async fn watch_warehouse(
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
+        // A check that hangs must not leave the last good reading up: past
+        // the interval (at most 5 minutes) it counts as unreadable.
+        let limit = interval.min(Duration::from_secs(300));
+        let reading = tokio::time::timeout(
+            limit,
+            crate::monitor::read_warehouse(&settings, chrono::Utc::now()),
+        );
         let tables = tokio::select! {
-            tables = crate::monitor::read_warehouse(&settings, chrono::Utc::now()) => tables,
+            tables = reading => tables.unwrap_or_else(|_| {
+                crate::monitor::unreadable_tables(&format!(
+                    "the warehouse check did not finish within {} s",
+                    limit.as_secs()
+                ))
+            }),
             _ = stop.cancelled() => return,
         };
         record_warehouse(&tables, chrono::Utc::now());
@@ -84,6 +96,10 @@ pub fn record_warehouse(
         let readable = table.error.is_none();
         gauge!(WAREHOUSE_UP, "table" => name.clone()).set(f64::from(u8::from(readable)));
         if !readable {
+            // Unknown, not the last good values.
+            gauge!(WAREHOUSE_HAS_RECENT_EVENTS, "table" => name.clone()).set(f64::NAN);
+            gauge!(WAREHOUSE_NEWEST_EVENT, "table" => name.clone()).set(f64::NAN);
+            gauge!(WAREHOUSE_ROWS_LAST_24H, "table" => name).set(f64::NAN);
             continue;
         }
         gauge!(WAREHOUSE_HAS_RECENT_EVENTS, "table" => name.clone())

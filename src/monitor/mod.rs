@@ -224,6 +224,14 @@ pub async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<Tabl
     tables
 }
 
+/// Every table, unreadable for `why` (a check that did not finish).
+pub fn unreadable_tables(why: &str) -> Vec<TableFreshness> {
+    EventKind::ALL
+        .into_iter()
+        .map(|kind| unreadable(TableSpec::for_kind(kind), why.to_owned()))
+        .collect()
+}
+
 fn unreadable(spec: TableSpec, error: String) -> TableFreshness {
     TableFreshness {
         table: spec.qualified(),

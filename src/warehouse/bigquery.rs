@@ -473,6 +473,13 @@ impl BigQueryWarehouse {
             .query(&self.project, request)
             .await
             .map_err(from_bq)?;
+        // A query still running when BigQuery's wait ends comes back with no
+        // rows: that is no answer, not an empty table.
+        if response.job_complete != Some(true) {
+            return Err(SinkError::retryable(
+                "the query did not complete within BigQuery's wait (jobComplete false); try again",
+            ));
+        }
         Ok(response
             .rows
             .unwrap_or_default()
