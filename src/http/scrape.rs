@@ -61,6 +61,13 @@ pub async fn watch_warehouse(
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    // The first check a minute after start (or one interval, if shorter):
+    // a service that restarts in a loop, or a short-lived `run`, does not
+    // query BigQuery each time it starts.
+    tokio::select! {
+        _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
+        _ = stop.cancelled() => return,
+    }
     loop {
         // A check that hangs must not leave the last good reading up: past
         // the interval (at most 5 minutes) it counts as unreadable.
