@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 use support::{
-    PrivateRedis, latency_summary, probe_latency, script_micros, slowlog_report, slowlog_reset,
+    latency_summary, probe_latency, script_micros, slowlog_report, slowlog_reset, start_redis,
 };
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let batch = std::env::var("FLIT_BATCH_SIZE").unwrap_or_else(|_| "500".into());
-    let redis = PrivateRedis::start()?;
+    let redis = start_redis();
     let spool = tempfile::tempdir()?;
     let url = redis.url();
     let vars = [

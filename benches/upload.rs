@@ -25,9 +25,10 @@ use flit_cache::generate::Generator;
 use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
 
 mod support;
+use support::process::{free_port, wait_until};
 use support::{
-    Killed, PrivateRedis, free_port, latency_summary, probe_latency, script_micros, slowlog_report,
-    slowlog_reset, wait_for,
+    Killed, latency_summary, probe_latency, script_micros, slowlog_report, slowlog_reset,
+    start_redis,
 };
 
 fn fill(url: &str, per_kind: usize) -> anyhow::Result<()> {
@@ -108,8 +109,8 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let redis = PrivateRedis::start()?;
-    let dir = &redis.dir;
+    let redis = start_redis();
+    let dir = redis.dir();
     let url = redis.url();
     let rows = 2 * per_kind;
     println!(
@@ -121,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         ("REDIS_URL", url.clone()),
         (
             "FLIT_WAREHOUSE_DIR",
-            dir.path().join("warehouse").display().to_string(),
+            dir.join("warehouse").display().to_string(),
         ),
     ];
     // A producer and a lookup (of a record being uploaded) while it runs.
@@ -135,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         let (url, stop) = (url.clone(), stop_probe.clone());
         std::thread::spawn(move || probe_latency(&url, &lookup_key, &stop))
     };
-    let uploaded = timed_upload(&local, dir.path());
+    let uploaded = timed_upload(&local, dir);
     stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut xadds, mut gets) = probe
         .join()
@@ -171,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (rest, grpc) = (free_port()?, free_port()?);
+    let (rest, grpc) = (free_port(), free_port());
     let _emulator = Killed(
         Command::new(&emulator)
             .args([
@@ -186,9 +187,9 @@ fn main() -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .spawn()?,
     );
-    wait_for("the emulator", || {
+    wait_until(Duration::from_secs(60), "the emulator", || {
         std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok()
-    })?;
+    });
     // Uploaded records stay (marked uploaded): start again from an empty Redis.
     redis::cmd("FLUSHALL").exec(&mut redis::Client::open(url.as_str())?.get_connection()?)?;
     fill(&url, per_kind)?;
@@ -197,7 +198,7 @@ fn main() -> anyhow::Result<()> {
         ("BIGQUERY_PROJECT", "flit-data-platform".to_owned()),
         ("BIGQUERY_API_URL", format!("http://127.0.0.1:{rest}")),
     ];
-    let (seconds, peak, _) = timed_upload(&bigquery, dir.path())?;
+    let (seconds, peak, _) = timed_upload(&bigquery, dir)?;
     println!(
         "BigQuery emulator (load jobs): {:.0} rows/s ({rows} rows in {seconds:.2} s), uploader peak memory {:.1} MiB",
         rows as f64 / seconds,

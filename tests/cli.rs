@@ -150,7 +150,7 @@ fn push_sends_good_lines_and_names_each_bad_line() {
 #[test]
 fn the_redis_password_never_appears_in_logs_or_answers() {
     const PASSWORD: &str = "pw-7d1c0ffee";
-    let redis = RedisServer::start_with_password(Some(PASSWORD));
+    let redis = RedisServer::builder().password(PASSWORD).start();
     let env = Env::new(&redis).set("RUST_LOG", "debug");
     let out = env.flit(&["generate", "--count", "200"]);
     assert!(out.status.success(), "{}", output_text(&out));

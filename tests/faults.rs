@@ -199,8 +199,9 @@ fn producer_spools_while_redis_is_down_and_replay_restores_every_event() {
 #[test]
 fn a_full_redis_spools_and_holds_events_until_uploads_free_memory() {
     const N: usize = 40_000;
-    let redis =
-        RedisServer::start_with(&["--maxmemory", "24mb", "--maxmemory-policy", "noeviction"]);
+    let redis = RedisServer::builder()
+        .args(&["--maxmemory", "24mb", "--maxmemory-policy", "noeviction"])
+        .start();
     let env = Env::new(&redis).set("FLIT_UPLOAD_BATCH_ROWS", "2000");
     let mut conn = redis.conn(0);
     let maxmemory: Vec<String> = redis::cmd("CONFIG")

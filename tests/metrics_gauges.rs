@@ -83,8 +83,9 @@ const TTL: i64 = 604_800;
 
 #[test]
 fn gauges_show_what_monitor_judges() {
-    let redis =
-        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
+    let redis = RedisServer::builder()
+        .args(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
+        .start();
     // No upload runs during the test: the state below stays as written.
     let env = Env::new(&redis).set("FLIT_UPLOAD_CRON", "0 0 0 1 1 *");
     let predictions: String = (0..5)

@@ -113,7 +113,9 @@ fn a_working_pipeline_is_healthy_and_the_report_says_what_it_measured() {
 
 #[test]
 fn an_evicting_memory_policy_is_an_alert_with_the_fix() {
-    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let redis = RedisServer::builder()
+        .args(&["--maxmemory-policy", "allkeys-lru"])
+        .start();
     let env = Env::new(&redis);
     let (code, report) = monitor(&env);
     assert_eq!(code, Some(1));
@@ -151,7 +153,7 @@ fn an_evicting_memory_policy_is_an_alert_with_the_fix() {
 #[test]
 fn redis_without_persistence_is_an_alert() {
     // The helper already turns RDB snapshots off; this turns AOF off too.
-    let redis = RedisServer::start_with(&["--appendonly", "no"]);
+    let redis = RedisServer::builder().args(&["--appendonly", "no"]).start();
     let env = Env::new(&redis);
     let (code, report) = monitor(&env);
     assert_eq!(code, Some(1));
@@ -361,7 +363,7 @@ fn failing_runs_raise_the_failure_rate_alert() {
 
 #[test]
 fn an_unreachable_redis_is_exit_2_and_the_password_stays_hidden() {
-    let mut redis = RedisServer::start_with_password(Some("hunter2-monitor"));
+    let mut redis = RedisServer::builder().password("hunter2-monitor").start();
     let env = Env::new(&redis);
     assert_eq!(monitor(&env).0, Some(0));
     redis.stop();

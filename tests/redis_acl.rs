@@ -130,8 +130,9 @@ fn each_role_is_refused_what_it_does_not_need() {
         ),
     )
     .expect("config");
-    let acl_only =
-        RedisServer::start_with_config(&config, "flit-admin", acl::password("flit-admin"));
+    let acl_only = RedisServer::builder()
+        .config(&config, "flit-admin", acl::password("flit-admin"))
+        .start();
     let mut admin = acl_only.conn(0);
     for user in [
         "flit-service",

@@ -1,29 +1,20 @@
 //! What both benchmarks need: a private redis-server on a free port, with AOF
 //! on and `appendfsync everysec` as in production (`BENCH_APPENDFSYNC=always`
-//! to measure the other policy), stopped when dropped.
+//! to measure the other policy), stopped when dropped; and what they read
+//! off it while they run.
+// Each bench uses a part of this and of the test harness's files below.
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+// Redis starts the one way tests start it: the test harness's own files.
+#[path = "../../tests/support/process.rs"]
+pub mod process;
+#[path = "../../tests/support/redis.rs"]
+mod redis_server;
 
-/// Polls `ready` for up to a minute.
-pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !ready() {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
+use redis_server::RedisServer;
 
 /// A child process killed when dropped.
 pub struct Killed(pub Child);
@@ -35,43 +26,10 @@ impl Drop for Killed {
     }
 }
 
-pub struct PrivateRedis {
-    _process: Killed,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    pub fn start() -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let dir = tempfile::tempdir()?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", &appendfsync()])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let redis = PrivateRedis {
-            _process: Killed(child),
-            port,
-            dir,
-        };
-        let client = redis::Client::open(redis.url())?;
-        wait_for("redis-server", || client.get_connection().is_ok())?;
-        Ok(redis)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
+/// A private redis-server with AOF on and the fsync policy of
+/// `BENCH_APPENDFSYNC` (`everysec`, as in production, unless set).
+pub fn start_redis() -> RedisServer {
+    RedisServer::builder().appendfsync(&appendfsync()).start()
 }
 
 /// What a producer and a lookup see while the pipeline works: one single

@@ -72,7 +72,9 @@ pub fn production_config(dir: &Path) -> PathBuf {
 /// A real redis-server on the production configuration and users; its
 /// `url()` signs in as `user`.
 pub fn production_redis(dir: &Path, user: &str) -> RedisServer {
-    RedisServer::start_with_config(&production_config(dir), user, password(user))
+    RedisServer::builder()
+        .config(&production_config(dir), user, password(user))
+        .start()
 }
 
 /// The URL of `server` for `user`.

@@ -60,10 +60,6 @@ impl TestPki {
         (self.path("foreign.crt"), self.path("foreign.key"))
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -172,7 +168,8 @@ impl TestPki {
 /// the server certificate of `pki`, its own data folder, AOF on.
 pub struct TlsRedis {
     pub port: u16,
-    dir: TempDir,
+    /// The data folder, removed when the server is dropped.
+    _dir: TempDir,
     child: Option<Child>,
     ca: Vec<u8>,
     client: (Vec<u8>, Vec<u8>),
@@ -214,7 +211,7 @@ impl TlsRedis {
         let read = |path: PathBuf| std::fs::read(path).expect("read test PKI");
         let server = TlsRedis {
             port,
-            dir,
+            _dir: dir,
             child: Some(child),
             ca: read(pki.ca()),
             client: (read(pki.client_cert()), read(pki.client_key())),
@@ -256,10 +253,6 @@ impl TlsRedis {
 
     pub fn conn(&self, db: i64) -> redis::Connection {
         self.client(db).get_connection().expect("TLS connection")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     /// The test environment of [`Env::new`], pointed at this server over
