@@ -13,6 +13,7 @@ pub mod notify;
 pub mod producer;
 pub mod schedule;
 pub mod service_metrics;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

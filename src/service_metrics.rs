@@ -311,11 +311,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Histogram samples are folded on upkeep; without it they pile up between scrapes.
 pub async fn keep_up(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
-            _ = stop.cancelled() => return,
-        }
+    while crate::shutdown::sleep_or_stop(Duration::from_secs(5), &stop).await {
+        handle.run_upkeep();
     }
 }
 
@@ -334,9 +331,8 @@ pub async fn watch_warehouse(
             _ = stop.cancelled() => return,
         };
         record_warehouse(&tables, chrono::Utc::now());
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
+        if !crate::shutdown::sleep_or_stop(interval, &stop).await {
+            return;
         }
     }
 }
