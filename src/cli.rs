@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service: stream workers, spool replay, the upload schedule, /healthz /readyz /metrics. Stops cleanly on SIGTERM/SIGINT.
+    /// Run the service: stream workers, spool replay, the upload schedule, /healthz /readyz /metrics. Stops cleanly on SIGTERM/SIGINT (exit 0); exit 1 when one of its tasks ended unexpectedly, 2 could not start.
     Run,
     /// Push NDJSON events (one JSON object per line) onto a stream.
     Push {
@@ -316,8 +316,12 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     startup::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    // Err: could not start (exit 2); a task that ended unexpectedly: exit 1.
+    let stopped = app.run_until_stopped(shutdown).await?;
+    for failure in &stopped.failures {
+        eprintln!("error: {failure}");
+    }
+    Ok(ExitCode::from(stopped.exit_code()))
 }
 
 /// Pushes every good line; bad lines are reported with their number and the

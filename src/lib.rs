@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod notify;
 pub mod producer;
 pub mod schedule;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,15 +1,23 @@
 //! `flit-cache run`: wires the long-running service together — one stream
-//! worker per kind (or more), the spool replayer, the upload schedule and the
-//! HTTP server (health and metrics) — and stops them in order when asked: workers finish and
-//! acknowledge their batch, an upload stops between batches, before the
-//! process exits.
+//! worker per kind (or more), the spool replayer, the upload schedule, the
+//! HTTP server (health and metrics), the metrics upkeep and the warehouse
+//! watch — and keeps every one of them in one `Supervisor`. Whatever can
+//! fail at start is checked before any task starts (exit 2). A task that
+//! ends before a stop was asked for (an error, a panic, or just returning)
+//! is logged with its name and stops the service (exit 1), so Railway or
+//! systemd restarts it. Either way the stop is in order: workers finish
+//! and acknowledge their batch, an upload stops between batches, before
+//! the process exits.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{Settings, SinkChoice};
@@ -19,6 +27,7 @@ use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
 use crate::schedule;
+use crate::shutdown::sleep_or_stop;
 use crate::store::Role;
 
 /// How long `/readyz` waits for Redis: a probe must answer fast.
@@ -45,11 +54,13 @@ impl Application {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Runs until `shutdown` is cancelled, then stops everything cleanly.
+    /// Runs until `shutdown` is cancelled, or until one of its tasks ends
+    /// unexpectedly, then stops everything cleanly. Errs only when the
+    /// service could not start, and then no task was started.
     pub async fn run_until_stopped(
         self,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Vec<WorkerTotals>> {
+    ) -> anyhow::Result<Supervised<WorkerTotals>> {
         let settings = &self.settings;
         tracing::info!(redis = %settings.redis.url, http = %self.http_addr()?,
             consumer = %settings.ingest.consumer_name, "flit-cache starting");
@@ -73,7 +84,26 @@ impl Application {
             ),
         }
 
-        let mut workers = JoinSet::new();
+        // What can fail at start, before any task runs.
+        let producer = Producer::new(settings)?;
+        let readiness = settings.redis.lazy_within(
+            Role::Monitor,
+            settings.redis.db_transactions,
+            READINESS_TIMEOUT,
+        )?;
+        let handle = scrape::install()?;
+        let app = http::router(HttpState {
+            redis: Arc::new(readiness),
+            metrics: Arc::new(MetricsEndpoint {
+                handle: handle.clone(),
+                sources: ScrapeSources::new(settings)?,
+            }),
+        });
+
+        // The tasks stop on `stop`: on the caller's shutdown, or when the
+        // supervisor cancels it because a task ended.
+        let stop = shutdown.child_token();
+        let mut tasks = Supervisor::new(stop.clone());
         for kind in EventKind::ALL {
             for n in 0..settings.ingest.workers_per_kind {
                 let consumer = match settings.ingest.workers_per_kind {
@@ -83,75 +113,196 @@ impl Application {
                 let worker = StreamWorker::new(
                     kind,
                     settings.redis.clone(),
-                    consumer,
+                    consumer.clone(),
                     settings.ingest.clone(),
                     settings.door,
                     settings.dead_letters,
                 );
-                workers.spawn(worker.run(shutdown.clone()));
+                let stop = stop.clone();
+                tasks.spawn(format!("stream worker {consumer}"), async move {
+                    Ok(Some(worker.run(stop).await))
+                });
             }
         }
-
-        let producer = Producer::new(settings)?;
-        let replayer = tokio::spawn(replay_spool_while_running(producer, shutdown.clone()));
-        let uploads = tokio::spawn(schedule::run_scheduled_uploads(
-            Arc::new(settings.clone()),
-            shutdown.clone(),
-        ));
-
-        let readiness = settings.redis.lazy_within(
-            Role::Monitor,
-            settings.redis.db_transactions,
-            READINESS_TIMEOUT,
-        )?;
-        let handle = scrape::install()?;
-        let upkeep = tokio::spawn(scrape::keep_up(handle.clone(), shutdown.clone()));
+        tasks.spawn("spool replayer", {
+            let stop = stop.clone();
+            async move {
+                replay_spool_while_running(producer, stop).await;
+                Ok(None)
+            }
+        });
+        tasks.spawn("upload schedule", {
+            let (settings, stop) = (Arc::new(settings.clone()), stop.clone());
+            async move {
+                schedule::run_scheduled_uploads(settings, stop).await?;
+                Ok(None)
+            }
+        });
+        tasks.spawn("HTTP server", {
+            let (listener, stop) = (self.listener, stop.clone());
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await?;
+                Ok(None)
+            }
+        });
+        tasks.spawn("metrics upkeep", {
+            let stop = stop.clone();
+            async move {
+                scrape::keep_up(handle, stop).await;
+                Ok(None)
+            }
+        });
         // An unusable sink reads as unreachable tables: the rules alert.
-        let warehouse_watch = settings.monitor.warehouse_check_interval.map(|interval| {
-            tokio::spawn(scrape::watch_warehouse(
-                Arc::new(settings.clone()),
-                interval,
-                shutdown.clone(),
-            ))
-        });
-        let app = http::router(HttpState {
-            redis: Arc::new(readiness),
-            metrics: Arc::new(MetricsEndpoint {
-                handle,
-                sources: ScrapeSources::new(settings)?,
-            }),
-        });
-        let http_shutdown = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
-        });
+        if let Some(interval) = settings.monitor.warehouse_check_interval {
+            let (settings, stop) = (Arc::new(settings.clone()), stop.clone());
+            tasks.spawn("warehouse watch", async move {
+                scrape::watch_warehouse(settings, interval, stop).await;
+                Ok(None)
+            });
+        }
 
-        shutdown.cancelled().await;
-        tracing::info!("stopping: finishing in-flight batches");
-        let mut totals = Vec::new();
-        while let Some(result) = workers.join_next().await {
-            totals.push(result.context("a stream worker failed")?);
+        let ended = tasks.wait().await;
+        if ended.failures.is_empty() {
+            tracing::info!("stopped");
+        } else {
+            tracing::error!(
+                failed = ended.failures.len(),
+                "stopped because a task failed; exit 1"
+            );
         }
-        replayer.await.context("the spool replayer failed")?;
-        uploads.await.context("the upload schedule failed")??;
-        server.await.context("the HTTP server failed")??;
-        upkeep.await.context("the metrics upkeep failed")?;
-        if let Some(watch) = warehouse_watch {
-            watch.await.context("the warehouse check failed")?;
-        }
-        tracing::info!("stopped");
-        Ok(totals)
+        Ok(Supervised {
+            values: ended.values.into_iter().flatten().collect(),
+            failures: ended.failures,
+        })
     }
+}
+
+/// The tasks of the service, each under its name. Until `stop` is
+/// cancelled, a task that ends in any way (an error, a panic, returning) is
+/// a failure: it is logged, and `stop` is cancelled so the others finish
+/// cleanly. Once `stop` is cancelled a task that returns is expected, and
+/// one that errs or panics while stopping is still a failure.
+pub struct Supervisor<T> {
+    tasks: JoinSet<anyhow::Result<T>>,
+    names: HashMap<tokio::task::Id, String>,
+    stop: CancellationToken,
+}
+
+/// How the tasks of a `Supervisor` ended: what those that returned gave
+/// back, and the failures, in the order they happened.
+#[derive(Debug)]
+pub struct Supervised<T> {
+    pub values: Vec<T>,
+    pub failures: Vec<TaskFailure>,
+}
+
+impl<T> Supervised<T> {
+    /// 0 after a clean stop, 1 when a task failed (2, could not start, is
+    /// not the supervisor's to give: nothing had started then).
+    pub fn exit_code(&self) -> u8 {
+        match self.failures.is_empty() {
+            true => 0,
+            false => 1,
+        }
+    }
+}
+
+/// A task that ended unexpectedly: its name and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    pub task: String,
+    pub error: String,
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the {} ended unexpectedly: {}", self.task, self.error)
+    }
+}
+
+impl<T: Send + 'static> Supervisor<T> {
+    pub fn new(stop: CancellationToken) -> Self {
+        Supervisor {
+            tasks: JoinSet::new(),
+            names: HashMap::new(),
+            stop,
+        }
+    }
+
+    /// Starts `task` under `name`. It must stop by itself, soon, once the
+    /// supervisor's `stop` is cancelled.
+    pub fn spawn<F>(&mut self, name: impl Into<String>, task: F)
+    where
+        F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let id = self.tasks.spawn(task).id();
+        self.names.insert(id, name.into());
+    }
+
+    /// Waits until every task has ended (see `Supervisor`).
+    pub async fn wait(mut self) -> Supervised<T> {
+        let mut values = Vec::new();
+        let mut failures = Vec::new();
+        let mut announced = false;
+        loop {
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => joined,
+                _ = self.stop.cancelled(), if !announced => {
+                    announced = true;
+                    tracing::info!("stopping: finishing in-flight batches");
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let (id, ended) = match joined {
+                Ok((id, Ok(value))) => (id, Ok(value)),
+                Ok((id, Err(err))) => (id, Err(crate::telemetry::error_text(&err))),
+                Err(err) => (err.id(), Err(join_error_text(err))),
+            };
+            let task = self
+                .names
+                .remove(&id)
+                .unwrap_or_else(|| format!("task {id}"));
+            let stopping = self.stop.is_cancelled();
+            let error = match ended {
+                Ok(value) => {
+                    values.push(value);
+                    if stopping {
+                        continue;
+                    }
+                    "it returned before any stop was asked for".to_owned()
+                }
+                Err(error) => error,
+            };
+            tracing::error!(task = %task, error = %error, stopping,
+                "a task of the service ended unexpectedly; stopping the service (exit 1)");
+            self.stop.cancel();
+            failures.push(TaskFailure { task, error });
+        }
+        Supervised { values, failures }
+    }
+}
+
+fn join_error_text(err: JoinError) -> String {
+    if !err.is_panic() {
+        return err.to_string();
+    }
+    let payload = err.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    format!("panicked: {message}")
 }
 
 /// Replays the local spool whenever it holds events and Redis takes them.
 async fn replay_spool_while_running(producer: Producer, shutdown: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(SPOOL_CHECK) => {}
-            _ = shutdown.cancelled() => return,
+        if !sleep_or_stop(SPOOL_CHECK, &shutdown).await {
+            return;
         }
         if producer.spool().is_empty() {
             continue;

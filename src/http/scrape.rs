@@ -44,11 +44,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Histogram samples are folded on upkeep; without it they pile up between scrapes.
 pub async fn keep_up(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
-            _ = stop.cancelled() => return,
-        }
+    while crate::shutdown::sleep_or_stop(Duration::from_secs(5), &stop).await {
+        handle.run_upkeep();
     }
 }
 
@@ -64,9 +61,8 @@ pub async fn watch_warehouse(
     // The first check a minute after start (or one interval, if shorter):
     // a service that restarts in a loop, or a short-lived `run`, does not
     // query BigQuery each time it starts.
-    tokio::select! {
-        _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
-        _ = stop.cancelled() => return,
+    if !crate::shutdown::sleep_or_stop(interval.min(Duration::from_secs(60)), &stop).await {
+        return;
     }
     loop {
         // A check that hangs must not leave the last good reading up: past
@@ -86,9 +82,8 @@ pub async fn watch_warehouse(
             _ = stop.cancelled() => return,
         };
         record_warehouse(&tables, chrono::Utc::now());
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
+        if !crate::shutdown::sleep_or_stop(interval, &stop).await {
+            return;
         }
     }
 }

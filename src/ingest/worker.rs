@@ -15,6 +15,7 @@ use crate::configuration::{DeadLetterSettings, IngestSettings};
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
 use crate::keys::{DATA_FIELD, EventKind};
+use crate::shutdown::sleep_or_stop;
 use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
@@ -146,10 +147,7 @@ impl StreamWorker {
                     delay
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => {}
-            }
+            sleep_or_stop(delay, &shutdown).await;
         }
         tracing::info!(kind = %self.kind, consumer = %self.consumer, stored = totals.committed.stored,
             duplicates = totals.committed.duplicates, superseded = totals.committed.superseded,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::scripts;
 use crate::keys::{EventKind, upload_lock_key};
+use crate::shutdown::sleep_or_stop;
 
 pub struct UploadLock {
     conn: MultiplexedConnection,
@@ -128,9 +129,8 @@ impl UploadLock {
         let stop = self.stop_renewing.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(ttl / 3) => {}
-                    _ = stop.cancelled() => return,
+                if !sleep_or_stop(ttl / 3, &stop).await {
+                    return;
                 }
                 let renewed: redis::RedisResult<i64> = scripts::LOCK_RENEW
                     .key(&key)

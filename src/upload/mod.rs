@@ -559,10 +559,7 @@ impl<W: Warehouse> KindRun<'_, W> {
         .sleep(move |pause| {
             let stop = sleeper_stop.clone();
             async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.cancelled() => {}
-                }
+                crate::shutdown::sleep_or_stop(pause, &stop).await;
             }
         })
         .when(|err| err.is_retryable() && !stop.is_cancelled())
