@@ -25,6 +25,20 @@ echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --lib --bins --tests
+# The systemd units as systemd reads them, where systemd-analyze is present
+# (not as PID 1 here): their ExecStart pointed at the binary just built, the
+# one thing verify checks that only an installed host has.
+if command -v systemd-analyze >/dev/null 2>&1; then
+  echo "==> systemd-analyze verify deploy/systemd"
+  units="$(mktemp -d)"
+  for unit in deploy/systemd/*; do
+    sed "s|/usr/local/bin/flit-cache|$PWD/target/debug/flit-cache|g" "$unit" > "$units/${unit##*/}"
+  done
+  (cd "$units" && systemd-analyze verify --man=no ./*.service ./*.timer)
+  rm -rf "$units"
+else
+  echo "==> systemd-analyze is not installed: the units are not verified here"
+fi
 echo "==> Python client: mypy, then its tests (clients/python)"
 "$CLIENT_PYTHON" -m mypy --cache-dir /dev/null clients/python/flit_cache
 FLIT_BIN="$PWD/target/debug/flit-cache" "$CLIENT_PYTHON" -m pytest -q -p no:cacheprovider clients/python/tests
