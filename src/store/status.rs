@@ -338,9 +338,11 @@ pub async fn stream_state(
         .arg(5)
         .query_async(conn)
         .await?;
-    let now_ms = time.0.saturating_mul(1_000).saturating_add(time.1 / 1_000);
+    let now_ms = super::connection::clock_reading(time).timestamp_millis();
     // Dead letters of the last hour, counted up to the limit: the threshold
-    // is all that matters, and no whole entry need cross the network twice.
+    // is all that matters. The entries themselves come back (at most the
+    // limit, each at most FLIT_DEAD_LETTER_KEEP_BYTES of its event): Redis
+    // has no command that only counts a range.
     let since = (now_ms - 3_600_000).max(0);
     let recent: Vec<redis::Value> = redis::cmd("XRANGE")
         .arg(kind.dead_letter_stream())

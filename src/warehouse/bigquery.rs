@@ -203,12 +203,7 @@ impl BigQueryWarehouse {
         if let Some(etag) = existing["etag"].as_str() {
             request = request.header("If-Match", etag);
         }
-        if let Some(token) = self.credentials.token().await? {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(from_reqwest)?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(from_reqwest)?;
+        let (status, text) = self.send(request).await?;
         if !(200..300).contains(&status) {
             return Err(from_response(status, &text));
         }
@@ -238,15 +233,24 @@ impl BigQueryWarehouse {
         )
     }
 
-    /// The table resource as BigQuery returns it, or None when it does not exist.
-    async fn table_resource(&self, table: TableSpec) -> Result<Option<Value>, SinkError> {
-        let mut request = self.http.get(self.table_url(table));
-        if let Some(token) = self.credentials.token().await? {
-            request = request.bearer_auth(token);
-        }
+    /// Sends a request of the raw REST calls (tables.get and .patch, the
+    /// multipart load), with the bearer token when there is one; its status
+    /// and body.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), SinkError> {
+        let request = match self.credentials.token().await? {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(from_reqwest)?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(from_reqwest)?;
+        Ok((status, text))
+    }
+
+    /// The table resource as BigQuery returns it, or None when it does not exist.
+    async fn table_resource(&self, table: TableSpec) -> Result<Option<Value>, SinkError> {
+        let request = self.http.get(self.table_url(table));
+        let (status, text) = self.send(request).await?;
         match status {
             404 => Ok(None),
             200..=299 => serde_json::from_str(&text).map(Some).map_err(|e| {
@@ -350,7 +354,7 @@ impl BigQueryWarehouse {
             "{}/upload/bigquery/v2/projects/{}/jobs?uploadType=multipart",
             self.api_root, self.project
         );
-        let mut request = self
+        let request = self
             .http
             .post(url)
             .header(
@@ -358,12 +362,7 @@ impl BigQueryWarehouse {
                 format!("multipart/related; boundary={BOUNDARY}"),
             )
             .body(body);
-        if let Some(token) = self.credentials.token().await? {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(from_reqwest)?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(from_reqwest)?;
+        let (status, text) = self.send(request).await?;
         match status {
             200..=299 => serde_json::from_str(&text)
                 .map(|job| Submitted::Started(Box::new(job)))
