@@ -35,11 +35,7 @@ fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
     let redis = acl::production_redis(files.path(), "flit-service");
 
     // A user and password are required: the default user is off.
-    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
-        .expect("client")
-        .get_connection()
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-    let refused = anonymous.expect_err("no password, no answer");
+    let refused = acl::anonymous_ping(&redis).expect_err("no password, no answer");
     assert!(refused.to_string().contains("NOAUTH"), "{refused}");
 
     let mut conn = redis.conn(0);

@@ -85,3 +85,10 @@ pub fn url_for(server: &RedisServer, user: &str) -> String {
         server.port
     )
 }
+
+/// A PING from a client that names no user (the default user).
+pub fn anonymous_ping(server: &RedisServer) -> redis::RedisResult<String> {
+    redis::Client::open(format!("redis://127.0.0.1:{}", server.port))?
+        .get_connection()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+}

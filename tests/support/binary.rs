@@ -25,9 +25,15 @@ pub struct Env {
 
 impl Env {
     pub fn new(redis: &RedisServer) -> Self {
+        Self::for_url(redis.url())
+    }
+
+    /// As `new`, for a Redis at `url` (one the harness did not start as a
+    /// `RedisServer`: a TLS-only server).
+    pub fn for_url(url: String) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let vars = vec![
-            ("REDIS_URL".into(), redis.url()),
+            ("REDIS_URL".into(), url),
             (
                 "FLIT_SPOOL_DIR".into(),
                 dir.path().join("spool").display().to_string(),

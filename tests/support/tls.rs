@@ -258,21 +258,7 @@ impl TlsRedis {
     /// The test environment of [`Env::new`], pointed at this server over
     /// TLS, with no TLS files yet.
     pub fn env(&self) -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let vars = vec![
-            ("REDIS_URL".into(), self.url()),
-            ("FLIT_SPOOL_DIR".into(), path("spool")),
-            ("FLIT_WAREHOUSE_DIR".into(), path("warehouse")),
-            ("FLIT_SINK".into(), "local".into()),
-            ("FLIT_CLAIM_IDLE_MS".into(), "1500".into()),
-            ("FLIT_TRIM_INTERVAL_MS".into(), "300".into()),
-            ("FLIT_BLOCK_MS".into(), "200".into()),
-            ("FLIT_BREAKER_COOLDOWN_MS".into(), "200".into()),
-            ("FLIT_PRODUCER_TIMEOUT_MS".into(), "2000".into()),
-            ("RUST_LOG".into(), "info".into()),
-        ];
-        Env { vars, dir }
+        Env::for_url(self.url()).set("FLIT_SINK", "local")
     }
 }
 
