@@ -399,7 +399,9 @@ def test_a_write_pause_never_costs_a_lookup_its_record(redis_server: RedisServer
     """CLIENT PAUSE WRITE (a failover, managed maintenance) holds the counts,
     not the lookups: each returns its record within its bound, the breaker
     stays closed, and the counts go out once writes resume."""
-    c = client(redis_server, flit, lookup_timeout=0.5, breaker_failures=2)
+    # A send bound of 2 s: the setup's first send (a new connection) must
+    # not spool on a loaded machine; the pause below is what is tested.
+    c = client(redis_server, flit, send_timeout=2.0, lookup_timeout=0.5, breaker_failures=2)
     assert c.send_transaction(transaction(1)) is Delivery.STREAMED
     flit.ingest_until(redis_server, 1, 0)
     redis_server.conn(0).execute_command("CLIENT", "PAUSE", 2000, "WRITE")
