@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     })?;
-    let producer = Producer::new(&settings)?;
+    let producer = settings.producer()?;
     let all = redis::Client::open(url.as_str())?;
     println!(
         "flit-cache ingest benchmark: {per_kind} events of each kind, batch {batch}, redis AOF {}",
@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Record lookups by id, as the prediction path would make them: one
     // call at a time, every tenth id unknown.
-    let cache = RecordCache::connect(&settings).await?;
+    let cache = RecordCache::connect(&settings.redis).await?;
     let ids: Vec<String> = transactions
         .iter()
         .take(20_000)

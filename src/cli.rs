@@ -266,7 +266,7 @@ async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Re
 }
 
 async fn monitor(settings: Settings, json: bool, bigquery: bool) -> anyhow::Result<ExitCode> {
-    let report = crate::monitor::check(&settings, bigquery).await;
+    let report = crate::monitor::check(&settings.monitor_context(), bigquery).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -276,7 +276,7 @@ async fn monitor(settings: Settings, json: bool, bigquery: bool) -> anyhow::Resu
 }
 
 async fn init(settings: Settings) -> anyhow::Result<ExitCode> {
-    let warehouse = warehouse::configured(&settings).await?;
+    let warehouse = warehouse::configured(&settings.warehouse).await?;
     for kind in EventKind::ALL {
         let table = TableSpec::for_kind(kind);
         warehouse
@@ -302,8 +302,8 @@ async fn batch_upload(
     let stop = CancellationToken::new();
     startup::cancel_on_signal(stop.clone());
     options.stop = Some(stop);
-    let warehouse = warehouse::configured(&settings).await?;
-    let report = upload::run_once(&settings, &warehouse, options).await?;
+    let warehouse = warehouse::configured(&settings.warehouse).await?;
+    let report = upload::run_once(&settings.upload_context(), &warehouse, options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -331,7 +331,7 @@ async fn push(
     kind: EventKind,
     file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let producer = Producer::new(&settings)?;
+    let producer = settings.producer()?;
     let input: Box<dyn AsyncRead + Unpin + Send> = match &file {
         None => Box::new(tokio::io::stdin()),
         Some(path) if path.as_os_str() == "-" => Box::new(tokio::io::stdin()),
@@ -391,7 +391,7 @@ async fn generate(
     seed: Option<u64>,
     days: u32,
 ) -> anyhow::Result<ExitCode> {
-    let producer = Producer::new(&settings)?;
+    let producer = settings.producer()?;
     let mut generator = Generator::new(seed.unwrap_or_else(rand::random), chrono::Utc::now(), days);
     let started = Instant::now();
     let mut transactions = Vec::with_capacity(PIPELINE_CHUNK);
@@ -434,7 +434,7 @@ async fn generate(
 }
 
 async fn replay_spool(settings: Settings) -> anyhow::Result<ExitCode> {
-    let producer = Producer::new(&settings)?;
+    let producer = settings.producer()?;
     let report = producer.replay_spool().await?;
     let left = producer.spool().bytes();
     println!(

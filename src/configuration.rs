@@ -7,9 +7,21 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::event::{DoorRules, TimeWindow};
+use secrecy::SecretString;
+
+pub use crate::event::{DoorRules, TimeWindow};
+pub use crate::ingest::IngestSettings;
+pub use crate::monitor::{MonitorContext, MonitorSettings};
+pub use crate::notify::NotifySettings;
+pub use crate::producer::ProducerSettings;
+pub use crate::schedule::UploadSchedule;
 pub use crate::store::connection::{RedisSettings, RoleTimeouts};
 use crate::store::connection::{RedisTls, RedisUrl, TlsFile};
+pub use crate::store::dead_letters::DeadLetterSettings;
+pub use crate::store::upload_queue::AfterUpload;
+pub use crate::telemetry::LogFormat;
+pub use crate::upload::{UploadContext, UploadSettings};
+pub use crate::warehouse::{SinkChoice, WarehouseSettings, WriteMode};
 
 /// A variable that is set to something the service cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,154 +31,11 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-/// Where uploads go (FLIT_SINK).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkChoice {
-    BigQuery,
-    /// NDJSON files under FLIT_WAREHOUSE_DIR.
-    Local,
-    /// No usable sink, and why (FLIT_SINK unset in the image without a
-    /// project, a typo, bigquery without a project): uploads refuse to
-    /// start with this reason; ingest runs on.
-    Refused(String),
-}
-
-/// How rows reach BigQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Load jobs from NDJSON (multipart upload): free, atomic per batch.
-    Load,
-    /// Streaming inserts (`insertAll`) with insertId = record id.
-    Stream,
-}
-
-/// A value that must never reach a log: its `Debug` shows nothing of it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretText(pub String);
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretText(***)")
-    }
-}
-
-/// How the stream workers read and commit.
-#[derive(Debug, Clone)]
-pub struct IngestSettings {
-    pub batch_size: usize,
-    pub block: Duration,
-    /// Entries pending this long on a consumer are taken over by another.
-    pub claim_idle: Duration,
-    pub workers_per_kind: usize,
-    pub consumer_name: String,
-    pub trim_interval: Duration,
-}
-
-/// When producers stop calling Redis and where they spool meanwhile (their
-/// call timeout is the producer role's, `RoleTimeouts::producer`).
-#[derive(Debug, Clone)]
-pub struct ProducerSettings {
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-    pub spool_dir: PathBuf,
-    pub spool_max_bytes: u64,
-}
-
-/// How dead letters are kept: bounded per entry and per stream, so no
-/// input, however large or frequent, fills Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeadLetterSettings {
-    /// Bytes of a refused event kept in its dead letter; a longer one keeps
-    /// this prefix, its size and its SHA-1 (and cannot be redriven).
-    pub keep_bytes: usize,
-    /// Approximate cap of each dead-letter stream; what it drops is counted.
-    pub max_len: u64,
-}
-
-/// How upload runs cut and retry batches.
-#[derive(Debug, Clone)]
-pub struct UploadSettings {
-    pub batch_rows: usize,
-    pub batch_bytes: usize,
-    /// Write attempts per batch, the first included.
-    pub attempts: usize,
-    pub retry_min_delay: Duration,
-    pub lock_ttl: Duration,
-    /// Load jobs flit-cache starts per table in any 24 hours (BigQuery: 1,500,
-    /// refilled over a rolling 24 hours).
-    pub load_jobs_per_day: u64,
-    /// Batches that may wait parked per kind before the queue waits too.
-    pub max_parked: usize,
-    /// What settling does with an uploaded record (`FLIT_KEEP_UPLOADED`).
-    pub uploaded: AfterUpload,
-}
-
-/// What becomes of a record once the warehouse has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterUpload {
-    /// It stays readable by id for the rest of its TTL, marked as uploaded
-    /// beside it, so a late copy of it is recognised and never queued again.
-    Keep,
-    /// It leaves Redis (the record and its queue entry).
-    Remove,
-}
-
-/// Where uploads go (used by the upload commands).
-#[derive(Debug, Clone)]
-pub struct WarehouseSettings {
-    /// FLIT_SINK; unset, it follows BIGQUERY_PROJECT (the quick start),
-    /// except in the image, where it must be chosen.
-    pub sink: SinkChoice,
-    pub bigquery_project: Option<String>,
-    pub credentials_file: Option<PathBuf>,
-    /// The service-account key itself, for platforms that hold secrets in
-    /// variables rather than files (Railway).
-    pub credentials_json: Option<SecretText>,
-    pub bigquery_api_url: String,
-    /// BigQuery location of the datasets and jobs (BIGQUERY_LOCATION).
-    pub location: String,
-    pub warehouse_dir: PathBuf,
-    pub upload_cron: String,
-    pub write_mode: WriteMode,
-}
-
-/// Thresholds of `flit-cache monitor`: past any of them, it raises an alert.
-#[derive(Debug, Clone)]
-pub struct MonitorSettings {
-    /// Redis `used_memory` above this many MiB.
-    pub alert_memory_mb: u64,
-    /// An upload queue (or a stream's consumer-group lag) longer than this.
-    pub alert_queue: u64,
-    /// No successful upload run for longer than this.
-    pub alert_upload_age: Duration,
-    /// Share of failed runs among the recent ones above this (0 to 1).
-    pub alert_failure_rate: f64,
-    /// More dead letters than this in the last hour, per kind.
-    pub alert_dead_letters_per_hour: u64,
-    /// A batch in flight for longer than this (its run died, or hangs).
-    pub alert_in_flight_age: Duration,
-    /// A parked batch that failed in this many runs.
-    pub alert_batch_failures: u32,
-    /// A last hour's lookup hit rate below this (0 to 1), per kind...
-    pub alert_hit_rate: f64,
-    /// ...once the hour saw at least this many lookups of the kind.
-    pub alert_hit_rate_min_lookups: u64,
-    /// How often `run` reads the warehouse's freshness for /metrics (one
-    /// small query per table); `None`: never.
-    pub warehouse_check_interval: Option<Duration>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub redis: RedisSettings,
     /// Where upload notifications go (`notify`).
-    pub notify: crate::notify::NotifySettings,
+    pub notify: NotifySettings,
     /// What the door accepts (`event`): sizes and the time window.
     pub door: DoorRules,
     pub dead_letters: DeadLetterSettings,
@@ -174,6 +43,8 @@ pub struct Settings {
     pub producer: ProducerSettings,
     pub warehouse: WarehouseSettings,
     pub upload: UploadSettings,
+    /// When `run` uploads (FLIT_UPLOAD_CRON).
+    pub schedule: UploadSchedule,
     pub monitor: MonitorSettings,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
@@ -222,7 +93,7 @@ impl Settings {
                     lookups: env.millis("FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2_000, 1, 600_000)?,
                 },
             },
-            notify: crate::notify::NotifySettings {
+            notify: NotifySettings {
                 webhook_url: env.secret_url("FLIT_NOTIFY_WEBHOOK_URL")?,
                 timeout: env.millis("FLIT_NOTIFY_TIMEOUT_MS", 5_000, 100, 60_000)?,
             },
@@ -279,7 +150,6 @@ impl Settings {
                     .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
                 location: env.location("BIGQUERY_LOCATION", "US")?,
                 warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
-                upload_cron: env.cron("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
                 write_mode: match env.text("FLIT_BQ_WRITE_MODE").as_deref() {
                     None | Some("load") => WriteMode::Load,
                     Some("stream") => WriteMode::Stream,
@@ -291,6 +161,7 @@ impl Settings {
                     }
                 },
             },
+            schedule: env.schedule("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
             upload: UploadSettings {
                 batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,
                 batch_bytes: env.bounded(
@@ -360,6 +231,32 @@ impl Settings {
     /// The Redis database that holds events and records of `kind`.
     pub fn db_for(&self, kind: crate::keys::EventKind) -> i64 {
         self.redis.db_for(kind)
+    }
+
+    /// The sections an upload run reads.
+    pub fn upload_context(&self) -> UploadContext<'_> {
+        UploadContext {
+            redis: &self.redis,
+            upload: &self.upload,
+            dead_letters: self.dead_letters,
+            notify: &self.notify,
+        }
+    }
+
+    /// The sections `monitor` and `/metrics` read.
+    pub fn monitor_context(&self) -> MonitorContext<'_> {
+        MonitorContext {
+            redis: &self.redis,
+            monitor: &self.monitor,
+            spool: &self.producer,
+            warehouse: &self.warehouse,
+            uploaded: self.upload.uploaded,
+        }
+    }
+
+    /// A producer with this process's Redis, spool and door rules.
+    pub fn producer(&self) -> anyhow::Result<crate::producer::Producer> {
+        crate::producer::Producer::new(&self.redis, &self.producer, self.door)
     }
 }
 
@@ -643,12 +540,12 @@ impl Env<'_> {
 
     /// The key's JSON itself; anything else (a path, a fragment) is refused
     /// without being echoed.
-    fn credentials_json(&self, name: &'static str) -> Result<Option<SecretText>, ConfigError> {
+    fn credentials_json(&self, name: &'static str) -> Result<Option<SecretString>, ConfigError> {
         let Some(text) = self.text(name) else {
             return Ok(None);
         };
         match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(_)) => Ok(Some(SecretText(text))),
+            Ok(serde_json::Value::Object(_)) => Ok(Some(SecretString::from(text))),
             _ => Err(self.error(
                 name,
                 "is not a service-account key's JSON (not shown); a path to a key file goes in GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
@@ -675,13 +572,13 @@ impl Env<'_> {
 
     /// An http(s) URL that holds a secret: a wrong one is refused without
     /// being echoed.
-    fn secret_url(&self, name: &'static str) -> Result<Option<SecretText>, ConfigError> {
+    fn secret_url(&self, name: &'static str) -> Result<Option<SecretString>, ConfigError> {
         let Some(text) = self.text(name) else {
             return Ok(None);
         };
         match url::Url::parse(&text) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
-                Ok(Some(SecretText(text)))
+                Ok(Some(SecretString::from(text)))
             }
             _ => Err(self.error(
                 name,
@@ -720,10 +617,10 @@ impl Env<'_> {
     }
 
     /// Six fields (seconds first), as tokio-cron-scheduler reads them.
-    fn cron(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+    fn schedule(&self, name: &'static str, default: &str) -> Result<UploadSchedule, ConfigError> {
         let text = self.text(name).unwrap_or_else(|| default.to_owned());
-        match crate::schedule::parse(&text) {
-            Ok(_) => Ok(text),
+        match text.parse::<UploadSchedule>() {
+            Ok(schedule) => Ok(schedule),
             Err(problem) => Err(self.error(
                 name,
                 format!("expected a cron expression with seconds first, such as \"0 0 2 * * *\", got {text:?} ({problem})"),
@@ -752,7 +649,7 @@ mod tests {
         assert_eq!(s.redis.db_predictions, 1);
         assert_eq!(s.redis.ttl_seconds, 604_800);
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:9464");
-        assert_eq!(s.warehouse.upload_cron, "0 0 2 * * *");
+        assert_eq!(s.schedule.as_str(), "0 0 2 * * *");
         assert_eq!(
             s.warehouse.bigquery_api_url,
             "https://bigquery.googleapis.com"

@@ -13,13 +13,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::configuration::SecretText;
-use crate::upload::{RunReport, RunStatus, TableReport};
+use crate::store::run_report::{RunReport, RunStatus, TableReport};
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where notifications go and how long one may take.
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
-    pub webhook_url: Option<SecretText>,
+    pub webhook_url: Option<SecretString>,
     pub timeout: Duration,
 }
 
@@ -122,7 +122,13 @@ pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_bef
     let Some(occasion) = occasion(report, failed_before) else {
         return;
     };
-    match post(&url.0, settings.timeout, &body(report, occasion)).await {
+    match post(
+        url.expose_secret(),
+        settings.timeout,
+        &body(report, occasion),
+    )
+    .await
+    {
         Ok(()) => tracing::info!(?occasion, "upload notification sent"),
         Err(problem) => tracing::warn!(?occasion, %problem,
             "could not send the upload notification (FLIT_NOTIFY_WEBHOOK_URL); the run is not affected"),
@@ -153,7 +159,7 @@ async fn post(url: &str, timeout: Duration, body: &serde_json::Value) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::TableReport;
+    use crate::store::run_report::TableReport;
 
     fn report(status: RunStatus) -> RunReport {
         let at = chrono::DateTime::from_timestamp(1_780_000_000, 0).expect("time");
@@ -163,6 +169,7 @@ mod tests {
             status,
             dry_run: false,
             warehouse: "local warehouse ./warehouse".into(),
+            busy: None,
             tables: vec![TableReport {
                 table: "flit_ml_raw.raw_bnpl_prediction_logs".into(),
                 rows_uploaded: 10,

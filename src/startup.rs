@@ -26,9 +26,10 @@ use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
 use crate::keys::EventKind;
 use crate::producer::Producer;
-use crate::schedule;
 use crate::shutdown::sleep_or_stop;
-use crate::store::Role;
+use crate::store::{Role, reports};
+use crate::upload::{self, RunStatus, UploadOptions};
+use crate::warehouse;
 
 /// How long `/readyz` waits for Redis: a probe must answer fast.
 const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -85,7 +86,7 @@ impl Application {
         }
 
         // What can fail at start, before any task runs.
-        let producer = Producer::new(settings)?;
+        let producer = settings.producer()?;
         let readiness = settings.redis.lazy_within(
             Role::Monitor,
             settings.redis.db_transactions,
@@ -96,7 +97,7 @@ impl Application {
             redis: Arc::new(readiness),
             metrics: Arc::new(MetricsEndpoint {
                 handle: handle.clone(),
-                sources: ScrapeSources::new(settings)?,
+                sources: ScrapeSources::new(&settings.monitor_context())?,
             }),
         });
 
@@ -132,9 +133,9 @@ impl Application {
             }
         });
         tasks.spawn("upload schedule", {
-            let (settings, stop) = (Arc::new(settings.clone()), stop.clone());
+            let (settings, stop) = (settings.clone(), stop.clone());
             async move {
-                schedule::run_scheduled_uploads(settings, stop).await?;
+                run_scheduled_uploads(&settings, stop).await?;
                 Ok(None)
             }
         });
@@ -156,9 +157,10 @@ impl Application {
         });
         // An unusable sink reads as unreachable tables: the rules alert.
         if let Some(interval) = settings.monitor.warehouse_check_interval {
-            let (settings, stop) = (Arc::new(settings.clone()), stop.clone());
+            let (warehouse, ttl_seconds) = (settings.warehouse.clone(), settings.redis.ttl_seconds);
+            let stop = stop.clone();
             tasks.spawn("warehouse watch", async move {
-                scrape::watch_warehouse(settings, interval, stop).await;
+                scrape::watch_warehouse(warehouse, ttl_seconds, interval, stop).await;
                 Ok(None)
             });
         }
@@ -177,6 +179,64 @@ impl Application {
             failures: ended.failures,
         })
     }
+}
+
+/// Uploads on the schedule until `stop`; an upload in progress stops
+/// between batches. A missed scheduled run is caught up at start.
+async fn run_scheduled_uploads(settings: &Settings, stop: CancellationToken) -> anyhow::Result<()> {
+    let schedule = &settings.schedule;
+    let catch_up = match last_successful_upload(settings).await {
+        Some(last) if schedule.missed_a_run(last, chrono::Utc::now()) => {
+            tracing::info!(last_success = %last, "the last scheduled upload was missed; catching up now");
+            true
+        }
+        _ => false,
+    };
+    let upload_on_tick = |reason: &'static str| {
+        let stop = stop.clone();
+        async move {
+            tracing::info!(reason, "upload run starting");
+            let options = UploadOptions {
+                stop: Some(stop),
+                ..UploadOptions::default()
+            };
+            let result = match warehouse::configured(&settings.warehouse).await {
+                Ok(sink) => upload::run_once(&settings.upload_context(), &sink, options).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(report) if report.status == RunStatus::Busy => {
+                    tracing::info!("another process is uploading; this tick is skipped")
+                }
+                Ok(report) => {
+                    let rows: u64 = report.tables.iter().map(|t| t.rows_uploaded).sum();
+                    let kept: u64 = report.tables.iter().map(|t| t.kept_for_retry).sum();
+                    tracing::info!(status = ?report.status, rows, kept, "upload run finished")
+                }
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "upload run could not start")
+                }
+            }
+        }
+    };
+    schedule.drive(catch_up, stop.clone(), upload_on_tick).await
+}
+
+/// When the last upload run succeeded, if Redis says; a Redis that cannot
+/// say gets no catch-up (logged).
+async fn last_successful_upload(settings: &Settings) -> Option<chrono::DateTime<chrono::Utc>> {
+    let last: anyhow::Result<_> = async {
+        let mut conn = settings
+            .redis
+            .open(Role::Monitor, settings.redis.db_transactions)
+            .await?;
+        Ok(reports::last_success(&mut conn).await?)
+    }
+    .await;
+    last.unwrap_or_else(|err| {
+        tracing::warn!(error = %format!("{err:#}"), "cannot read the upload history; no catch-up check");
+        None
+    })
 }
 
 /// The tasks of the service, each under its name. Until `stop` is

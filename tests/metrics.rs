@@ -51,7 +51,9 @@ async fn metrics_count_a_known_workload() {
             && xlen(&mut pred, "stream:predictions:dead") == 1
     });
     let settings = env.settings();
-    let cache = RecordCache::connect(&settings).await.expect("connect");
+    let cache = RecordCache::connect(&settings.redis)
+        .await
+        .expect("connect");
     assert!(
         cache
             .get_transaction("tx_3")

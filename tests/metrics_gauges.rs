@@ -87,6 +87,7 @@ fn gauges_show_what_monitor_judges() {
         status,
         dry_run: false,
         warehouse: "local".into(),
+        busy: None,
         tables,
     };
     let older = report(now - Span::hours(2), RunStatus::Ok, vec![]);

@@ -397,8 +397,12 @@ async fn lookups_count_hits_and_misses_for_every_process() {
     ingest_until_queued(&redis, &env, 3, 1);
 
     let settings = env.settings();
-    let cache = RecordCache::connect(&settings).await.expect("connect");
-    let other = RecordCache::connect(&settings).await.expect("connect");
+    let cache = RecordCache::connect(&settings.redis)
+        .await
+        .expect("connect");
+    let other = RecordCache::connect(&settings.redis)
+        .await
+        .expect("connect");
     let found = cache.get_transaction("tx_1").await.expect("lookup");
     assert_eq!(found.expect("hit")["amount"], 1);
     assert!(

@@ -326,7 +326,7 @@ async fn the_whole_pipeline_runs_with_one_user_per_role() {
 
     // Lookups as flit-reader, counted in the hit/miss counters.
     let reader = Env::new(&redis).set("REDIS_URL", &url_for(&redis, "flit-reader"));
-    let cache = RecordCache::connect(&reader.settings())
+    let cache = RecordCache::connect(&reader.settings().redis)
         .await
         .expect("connect as flit-reader");
     let found = cache

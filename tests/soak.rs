@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use flit_cache::generate::Generator;
 use flit_cache::keys::EventKind;
-use flit_cache::producer::{Delivery, Producer};
+use flit_cache::producer::Delivery;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -111,7 +111,7 @@ fn produce(
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let producer = Producer::new(&settings).expect("producer");
+        let producer = settings.producer().expect("producer");
         let raw = settings
             .redis
             .lazy(flit_cache::store::Role::Producer, 1)

@@ -352,6 +352,10 @@ fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
     let (code, report, text) = upload(&env, &[]);
     assert_eq!(code, Some(1), "{text}");
     assert_eq!(report["status"], "busy");
+    // Busy is the run's status, with whose lock it is; there is no table.
+    assert_eq!(report["busy"]["holder"], "other-host/pid 1", "{report}");
+    assert_eq!(report["busy"]["kind"], "transactions", "{report}");
+    assert_eq!(report["tables"], serde_json::json!([]), "{report}");
     assert!(
         text.contains("another upload run holds the lock of transactions (other-host/pid 1"),
         "{text}"

@@ -12,9 +12,10 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::cache::lookup_counts;
-use crate::configuration::{AfterUpload, Settings};
 use crate::keys::EventKind;
+use crate::monitor::MonitorContext;
 use crate::producer::Spool;
+use crate::store::upload_queue::AfterUpload;
 use crate::store::{LazyConnection, Role, status};
 use crate::telemetry::metrics::{
     CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_LOOKUPS_LAST_HOUR, DEAD_LETTER_BYTES, DEAD_LETTER_LENGTH,
@@ -54,7 +55,8 @@ pub async fn keep_up(handle: PrometheusHandle, stop: tokio_util::sync::Cancellat
 /// never per scrape) and keeps it in the warehouse gauges, so the alert
 /// rules can judge `warehouse_unreachable` and `warehouse_stale`.
 pub async fn watch_warehouse(
-    settings: std::sync::Arc<Settings>,
+    warehouse: crate::warehouse::WarehouseSettings,
+    ttl_seconds: u64,
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -70,7 +72,7 @@ pub async fn watch_warehouse(
         let limit = interval.min(Duration::from_secs(300));
         let reading = tokio::time::timeout(
             limit,
-            crate::monitor::read_warehouse(&settings, chrono::Utc::now()),
+            crate::monitor::read_warehouse(&warehouse, ttl_seconds, chrono::Utc::now()),
         );
         let tables = tokio::select! {
             tables = reading => tables.unwrap_or_else(|_| {
@@ -139,7 +141,7 @@ struct Shown {
 }
 
 impl ScrapeSources {
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+    pub fn new(settings: &MonitorContext<'_>) -> anyhow::Result<Self> {
         // A scrape waits for Redis as long as `monitor` does before
         // reporting it down.
         let lazy = |db| settings.redis.lazy(Role::Monitor, db);
@@ -147,15 +149,12 @@ impl ScrapeSources {
             state: lazy(settings.redis.db_transactions)?,
             records: EventKind::ALL
                 .into_iter()
-                .map(|kind| Ok((kind, lazy(settings.db_for(kind))?)))
+                .map(|kind| Ok((kind, lazy(settings.redis.db_for(kind))?)))
                 .collect::<anyhow::Result<_>>()?,
-            spool: Spool::new(
-                &settings.producer.spool_dir,
-                settings.producer.spool_max_bytes,
-            ),
+            spool: Spool::new(&settings.spool.spool_dir, settings.spool.spool_max_bytes),
             ttl_seconds: settings.redis.ttl_seconds,
             dead_letter_limit: settings.monitor.alert_dead_letters_per_hour.max(1000) + 1,
-            keep_uploaded: settings.upload.uploaded == AfterUpload::Keep,
+            keep_uploaded: settings.uploaded == AfterUpload::Keep,
             shown: std::sync::Mutex::new(Shown::default()),
         })
     }

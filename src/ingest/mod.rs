@@ -4,9 +4,23 @@
 
 mod worker;
 
+use std::time::Duration;
+
 pub use worker::{StreamWorker, WorkerTotals};
 
 pub use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
 pub use crate::store::stream_entries::StreamEntry;
+
+/// How the stream workers read and commit.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub batch_size: usize,
+    pub block: Duration,
+    /// Entries pending this long on a consumer are taken over by another.
+    pub claim_idle: Duration,
+    pub workers_per_kind: usize,
+    pub consumer_name: String,
+    pub trim_interval: Duration,
+}

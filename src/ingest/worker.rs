@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration::{DeadLetterSettings, IngestSettings};
+use super::IngestSettings;
 use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
 use crate::keys::{DATA_FIELD, EventKind};
@@ -19,6 +19,7 @@ use crate::shutdown::sleep_or_stop;
 use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
+use crate::store::dead_letters::DeadLetterSettings;
 use crate::store::event_stream::{self, ReadFrom};
 use crate::store::stream_entries::StreamEntry;
 use crate::store::{RedisSettings, upload_queue};

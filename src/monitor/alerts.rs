@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
+use super::MonitorSettings;
 use super::{KindHealth, MonitorReport, TableFreshness};
-use crate::configuration::MonitorSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
@@ -647,6 +647,7 @@ mod tests {
             status: crate::upload::RunStatus::Partial,
             dry_run: false,
             warehouse: "w".into(),
+            busy: None,
             tables: vec![crate::upload::TableReport {
                 table: "t".into(),
                 set_aside: Some("quotaExceeded".into()),

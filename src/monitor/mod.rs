@@ -15,11 +15,53 @@ pub use alerts::{Alert, evaluate};
 pub use status::{QueueState, RecordVolume, ServerFacts, StreamState, UploadState};
 
 use crate::cache::{LookupCounts, lookup_counts};
-use crate::configuration::{AfterUpload, Settings};
+use std::time::Duration;
+
 use crate::keys::EventKind;
+use crate::producer::ProducerSettings;
 use crate::producer::Spool;
+use crate::store::RedisSettings;
+use crate::store::upload_queue::AfterUpload;
 use crate::store::{Role, status};
-use crate::warehouse::{self, TableSpec, Warehouse};
+use crate::warehouse::{self, TableSpec, Warehouse, WarehouseSettings};
+
+/// Thresholds of `flit-cache monitor`: past any of them, it raises an alert.
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    /// Redis `used_memory` above this many MiB.
+    pub alert_memory_mb: u64,
+    /// An upload queue (or a stream's consumer-group lag) longer than this.
+    pub alert_queue: u64,
+    /// No successful upload run for longer than this.
+    pub alert_upload_age: Duration,
+    /// Share of failed runs among the recent ones above this (0 to 1).
+    pub alert_failure_rate: f64,
+    /// More dead letters than this in the last hour, per kind.
+    pub alert_dead_letters_per_hour: u64,
+    /// A batch in flight for longer than this (its run died, or hangs).
+    pub alert_in_flight_age: Duration,
+    /// A parked batch that failed in this many runs.
+    pub alert_batch_failures: u32,
+    /// A last hour's lookup hit rate below this (0 to 1), per kind...
+    pub alert_hit_rate: f64,
+    /// ...once the hour saw at least this many lookups of the kind.
+    pub alert_hit_rate_min_lookups: u64,
+    /// How often `run` reads the warehouse's freshness for /metrics (one
+    /// small query per table); `None`: never.
+    pub warehouse_check_interval: Option<Duration>,
+}
+
+/// What `monitor` and `/metrics` read of the settings: the thresholds, and
+/// where the records, the spool and the warehouse are.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorContext<'a> {
+    pub redis: &'a RedisSettings,
+    pub monitor: &'a MonitorSettings,
+    /// The spool's folder and cap (the producer's section).
+    pub spool: &'a ProducerSettings,
+    pub warehouse: &'a WarehouseSettings,
+    pub uploaded: AfterUpload,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisHealth {
@@ -91,13 +133,9 @@ impl MonitorReport {
 }
 
 /// Gathers the report. Never fails: what cannot be read is in the report.
-pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
+pub async fn check(settings: &MonitorContext<'_>, with_warehouse: bool) -> MonitorReport {
     let generated_at = Utc::now();
-    let spool_bytes = Spool::new(
-        &settings.producer.spool_dir,
-        settings.producer.spool_max_bytes,
-    )
-    .bytes();
+    let spool_bytes = Spool::new(&settings.spool.spool_dir, settings.spool.spool_max_bytes).bytes();
     let mut report = MonitorReport {
         generated_at,
         healthy: false,
@@ -118,25 +156,30 @@ pub async fn check(settings: &Settings, with_warehouse: bool) -> MonitorReport {
         Ok(()) => report.redis.reachable = true,
         Err(err) => report.redis.error = Some(crate::telemetry::error_text(&err)),
     }
-    if settings.upload.uploaded == AfterUpload::Keep {
+    if settings.uploaded == AfterUpload::Keep {
         report.projected_memory_bytes = status::projected_memory(
             report.kinds.iter().filter_map(|k| k.volume.as_ref()),
             settings.redis.ttl_seconds,
         );
     }
     if with_warehouse && report.redis.reachable {
-        report.warehouse = Some(read_warehouse(settings, generated_at).await);
+        report.warehouse = Some(
+            read_warehouse(settings.warehouse, settings.redis.ttl_seconds, generated_at).await,
+        );
     }
-    report.alerts = evaluate(&report, &settings.monitor);
+    report.alerts = evaluate(&report, settings.monitor);
     report.healthy = report.alerts.is_empty();
     report
 }
 
-async fn open(settings: &Settings, db: i64) -> anyhow::Result<MultiplexedConnection> {
+async fn open(settings: &MonitorContext<'_>, db: i64) -> anyhow::Result<MultiplexedConnection> {
     settings.redis.open(Role::Monitor, db).await
 }
 
-async fn read_redis(settings: &Settings, report: &mut MonitorReport) -> anyhow::Result<()> {
+async fn read_redis(
+    settings: &MonitorContext<'_>,
+    report: &mut MonitorReport,
+) -> anyhow::Result<()> {
     let mut state = open(settings, settings.redis.db_transactions).await?;
     report.redis.server = Some(status::server_facts(&mut state).await?);
     for kind in EventKind::ALL {
@@ -149,11 +192,11 @@ async fn read_redis(settings: &Settings, report: &mut MonitorReport) -> anyhow::
 }
 
 async fn read_kind(
-    settings: &Settings,
+    settings: &MonitorContext<'_>,
     kind: EventKind,
     state: &mut MultiplexedConnection,
 ) -> KindHealth {
-    let db = settings.db_for(kind);
+    let db = settings.redis.db_for(kind);
     let mut health = KindHealth {
         kind,
         db,
@@ -192,8 +235,12 @@ async fn read_kind(
 
 /// Each table's freshness (`monitor --bigquery`, and `run`'s periodic
 /// check for /metrics); a table that cannot be read carries its error.
-pub async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<TableFreshness> {
-    let sink = match warehouse::configured(settings).await {
+pub async fn read_warehouse(
+    warehouse: &WarehouseSettings,
+    ttl_seconds: u64,
+    now: DateTime<Utc>,
+) -> Vec<TableFreshness> {
+    let sink = match warehouse::configured(warehouse).await {
         Ok(sink) => sink,
         Err(err) => {
             return EventKind::ALL
@@ -204,7 +251,7 @@ pub async fn read_warehouse(settings: &Settings, now: DateTime<Utc>) -> Vec<Tabl
     };
     // Rows ingested lately can carry event times up to the record TTL back
     // (and a day for the upload): read that many daily partitions, no more.
-    let window_days = settings.redis.ttl_seconds.div_ceil(86_400) as u32 + 1;
+    let window_days = ttl_seconds.div_ceil(86_400) as u32 + 1;
     let mut tables = Vec::new();
     for kind in EventKind::ALL {
         let spec = TableSpec::for_kind(kind);

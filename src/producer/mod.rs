@@ -12,12 +12,23 @@ mod spool;
 pub use breaker::CircuitBreaker;
 pub use spool::{ReplayFile, Spool, SpoolError};
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::configuration::Settings;
 use crate::event::{self, AcceptedEvent, DoorRules, Rejection};
 use crate::keys::EventKind;
-use crate::store::{LazyConnection, Role, event_stream};
+use crate::store::{LazyConnection, RedisSettings, Role, event_stream};
+
+/// When producers stop calling Redis and where they spool meanwhile (their
+/// call timeout is the producer role's, `RoleTimeouts::producer`).
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+}
 
 /// Events sent in one pipelined round trip.
 pub const PIPELINE_CHUNK: usize = 1_000;
@@ -61,9 +72,11 @@ pub struct Producer {
 
 impl Producer {
     /// Builds a producer; it connects lazily, so it starts even when Redis is down.
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let redis = &settings.redis;
-        let producer = &settings.producer;
+    pub fn new(
+        redis: &RedisSettings,
+        producer: &ProducerSettings,
+        door: DoorRules,
+    ) -> anyhow::Result<Self> {
         let connection = |kind| redis.lazy(Role::Producer, redis.db_for(kind));
         Ok(Producer {
             connections: [
@@ -72,7 +85,7 @@ impl Producer {
             ],
             breaker: CircuitBreaker::new(producer.breaker_failures, producer.breaker_cooldown),
             spool: Spool::new(&producer.spool_dir, producer.spool_max_bytes),
-            door: settings.door,
+            door,
         })
     }
 

@@ -5,9 +5,9 @@
 
 use redis::aio::MultiplexedConnection;
 
+use super::dead_letters::DeadLetterSettings;
+use super::dead_letters::KeptBody;
 use super::scripts;
-use crate::configuration::DeadLetterSettings;
-use crate::dead_letter::KeptBody;
 use crate::event::{AcceptedEvent, Rejection};
 use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
 

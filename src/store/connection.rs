@@ -22,20 +22,25 @@ use redis::{
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use super::keys::EventKind;
 
 /// A Redis URL (`redis://`, `rediss://`, `unix://`), possibly with a
 /// password, and for `rediss://` the TLS files read at start-up.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// The URL itself is a secret (it may hold the password): `Debug` and
+/// `Display` show it redacted, and only a client is built from it.
+#[derive(Clone)]
 pub struct RedisUrl {
-    text: String,
+    text: SecretString,
     tls: Option<RedisTls>,
 }
 
 impl Default for RedisUrl {
     fn default() -> Self {
         RedisUrl {
-            text: "redis://127.0.0.1:6379".to_owned(),
+            text: SecretString::from("redis://127.0.0.1:6379"),
             tls: None,
         }
     }
@@ -46,7 +51,7 @@ impl FromStr for RedisUrl {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let url = RedisUrl {
-            text: text.to_owned(),
+            text: SecretString::from(text),
             tls: None,
         };
         match text.into_connection_info() {
@@ -66,7 +71,7 @@ impl RedisUrl {
     /// (`redis://`, `rediss://`, `valkey://`...), and the `pass` or
     /// `password` query parameter of `unix://` and `redis+unix://` URLs.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.text) {
+        match url::Url::parse(self.text.expose_secret()) {
             Ok(mut url) => {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
@@ -155,7 +160,7 @@ impl RedisUrl {
     /// Whether this is a `rediss://` URL (TLS over TCP).
     pub fn speaks_tls(&self) -> bool {
         self.text
-            .as_str()
+            .expose_secret()
             .into_connection_info()
             .is_ok_and(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }))
     }
@@ -167,10 +172,11 @@ impl RedisUrl {
 
     /// A client for database `db` of this server, with the TLS files if any.
     pub fn client(&self, db: i64) -> anyhow::Result<Client> {
-        let info =
-            self.text.as_str().into_connection_info().with_context(|| {
-                format!("REDIS_URL {} is not a valid Redis URL", self.redacted())
-            })?;
+        let info = self
+            .text
+            .expose_secret()
+            .into_connection_info()
+            .with_context(|| format!("REDIS_URL {} is not a valid Redis URL", self.redacted()))?;
         let redis_settings = info.redis_settings().clone().set_db(db);
         let info = info.set_redis_settings(redis_settings);
         let client = match &self.tls {

@@ -17,6 +17,17 @@ use super::{connection, scripts};
 use crate::event::{self, DoorRules};
 use crate::keys::{DATA_FIELD, EventKind};
 
+/// How dead letters are kept: bounded per entry and per stream, so no
+/// input, however large or frequent, fills Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterSettings {
+    /// Bytes of a refused event kept in its dead letter; a longer one keeps
+    /// this prefix, its size and its SHA-1 (and cannot be redriven).
+    pub keep_bytes: usize,
+    /// Approximate cap of each dead-letter stream; what it drops is counted.
+    pub max_len: u64,
+}
+
 /// A refused event's body as kept: whole when it is short, else a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptBody {

@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::configuration::Settings;
+use super::RedisSettings;
 use crate::event::{Rejection, check_id_text};
 use crate::keys::{
     EventKind, LOOKUP_MINUTE_TTL_SECONDS, LookupResult, lookup_minute_key, lookup_total_key,
@@ -45,8 +45,7 @@ pub struct RecordCache {
 const COUNT_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl RecordCache {
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        let redis = &settings.redis;
+    pub async fn connect(redis: &RedisSettings) -> anyhow::Result<Self> {
         Ok(RecordCache {
             transactions: redis
                 .open(Role::Lookups, redis.db_for(EventKind::Transaction))

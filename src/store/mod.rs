@@ -11,7 +11,8 @@
 //! | `lookups` | record lookups and the hit/miss counter |
 //! | `upload_queue` | upload queues, manifests, entries lists, claims, marks |
 //! | `upload_lock`, `upload_budget` | the per-kind upload lock, the load-job budget |
-//! | `reports` | upload run reports and the last success |
+//! | `reports` | upload run reports (`run_report`, their format) and the last success |
+//! | `manifest` | the format of a batch in flight or parked (`BatchManifest`) |
 //! | `dead_letters` | the dead-letter streams |
 //! | `status` | what `monitor` and `/metrics` read (both through these functions) |
 //! | `layout` | the layout version |
@@ -27,7 +28,9 @@ pub mod event_stream;
 pub mod keys;
 pub mod layout;
 pub mod lookups;
+pub mod manifest;
 pub mod reports;
+pub mod run_report;
 mod scripts;
 pub mod status;
 pub mod stream_entries;

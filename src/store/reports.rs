@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 
+use super::run_report::{HISTORY_LENGTH, RunReport, RunStatus};
 use crate::keys::{UPLOAD_HISTORY, UPLOAD_LAST_RUN, UPLOAD_LAST_SUCCESS, UPLOAD_TABLE_OUTCOMES};
-use crate::upload::{HISTORY_LENGTH, RunReport, RunStatus};
 
 /// Keeps `report` for the monitor; dry runs change nothing and a busy run
 /// did nothing, so neither is kept.

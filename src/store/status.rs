@@ -11,8 +11,9 @@ use redis::aio::MultiplexedConnection;
 
 use serde::Serialize;
 
+use super::manifest::ParkedSummary;
+use super::run_report::{RunReport, RunStatus};
 use crate::keys::{CONSUMER_GROUP, EventKind, UPLOAD_QUEUE};
-use crate::upload::{ParkedSummary, RunReport, RunStatus};
 
 /// Facts about the Redis server.
 #[derive(Debug, Clone, Serialize)]
@@ -169,7 +170,7 @@ pub async fn queue_state(
             .map(|left| ttl_seconds - left as u64),
         parked_expires_at: parked
             .iter()
-            .map(|p| crate::upload::parked_expiry(p, ttl_seconds))
+            .map(|p| super::upload_queue::parked_expiry(p, ttl_seconds))
             .min(),
         parked,
     })

@@ -33,19 +33,29 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 
+use super::dead_letters::DeadLetterSettings;
+use super::dead_letters::KeptBody;
+use super::manifest::{
+    BatchManifest, BatchRecord, InvalidRecord, MANIFEST_FORMAT, ManifestHead, ParkedSummary,
+};
 use super::scripts;
 use super::upload_lock::Fence;
-use crate::configuration::{AfterUpload, DeadLetterSettings};
-use crate::dead_letter::KeptBody;
 use crate::event::Rejection;
 use crate::keys::{
     EventKind, UPLOAD_QUEUE, batch_entries_key, claims_key, parked_index_key, parked_manifest_key,
     settle_cursor_key, taking_key, upload_manifest_key,
 };
-use crate::upload::manifest::{
-    BatchManifest, BatchRecord, InvalidRecord, MANIFEST_FORMAT, ManifestHead, ParkedSummary,
-};
 use crate::warehouse::rows::{self, Row};
+
+/// What becomes of a record once the warehouse has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpload {
+    /// It stays readable by id for the rest of its TTL, marked as uploaded
+    /// beside it, so a late copy of it is recognised and never queued again.
+    Keep,
+    /// It leaves Redis (the record and its queue entry).
+    Remove,
+}
 
 /// Payload bytes aimed at per take page; the number of entries per page
 /// follows from the sizes seen so far, so a page stays near this size (and

@@ -12,9 +12,6 @@
 //! - a quota, the day's load-job budget, or credentials set the table aside
 //!   until the next run: its batches are neither split nor given up.
 
-pub(crate) mod manifest;
-mod report;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -23,8 +20,10 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use manifest::{BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part};
-pub use report::{HISTORY_LENGTH, RunReport, RunStatus, TableReport};
+pub use crate::store::manifest::{
+    BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part,
+};
+pub use crate::store::run_report::{BusyLock, HISTORY_LENGTH, RunReport, RunStatus, TableReport};
 
 pub use crate::store::upload_budget::LoadJobBudget;
 pub use crate::store::upload_lock::{Busy, Fence, UploadLock};
@@ -32,11 +31,42 @@ pub use crate::store::upload_queue::{
     Settled, Take, Ttl, UploadQueue, in_flight_head, parked_expiry, parked_summaries,
 };
 
-use crate::configuration::Settings;
 use crate::keys::EventKind;
+use crate::notify::NotifySettings;
+use crate::store::RedisSettings;
+use crate::store::dead_letters::DeadLetterSettings;
+use crate::store::upload_queue::AfterUpload;
 use crate::store::{Role, reports, upload_queue};
 use crate::telemetry::metrics::{UploadRunFinished, UploadStatus, UploadTableSettled};
 use crate::warehouse::{Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+
+/// How upload runs cut and retry batches.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    /// Write attempts per batch, the first included.
+    pub attempts: usize,
+    pub retry_min_delay: Duration,
+    pub lock_ttl: Duration,
+    /// Load jobs flit-cache starts per table in any 24 hours (BigQuery: 1,500,
+    /// refilled over a rolling 24 hours).
+    pub load_jobs_per_day: u64,
+    /// Batches that may wait parked per kind before the queue waits too.
+    pub max_parked: usize,
+    /// What settling does with an uploaded record (`FLIT_KEEP_UPLOADED`).
+    pub uploaded: AfterUpload,
+}
+
+/// What an upload run reads of the settings: its own section, and the
+/// Redis, dead-letter and notification sections it works through.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadContext<'a> {
+    pub redis: &'a RedisSettings,
+    pub upload: &'a UploadSettings,
+    pub dead_letters: DeadLetterSettings,
+    pub notify: &'a NotifySettings,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -51,7 +81,7 @@ pub struct UploadOptions {
 /// Runs one upload. An `Err` means the run could not start (Redis
 /// unreachable); everything after that is in the report.
 pub async fn run_once<W: Warehouse>(
-    settings: &Settings,
+    settings: &UploadContext<'_>,
     warehouse: &W,
     options: UploadOptions,
 ) -> anyhow::Result<RunReport> {
@@ -63,6 +93,7 @@ pub async fn run_once<W: Warehouse>(
         status: RunStatus::Ok,
         dry_run: options.dry_run,
         warehouse: warehouse.describe(),
+        busy: None,
         tables: Vec::new(),
     };
     let kinds: Vec<EventKind> = EventKind::ALL
@@ -75,10 +106,12 @@ pub async fn run_once<W: Warehouse>(
     if !options.dry_run {
         for kind in &kinds {
             let acquired = async {
-                let mut records = connect(settings, settings.db_for(*kind)).await?;
+                let mut records = connect(settings, settings.redis.db_for(*kind)).await?;
                 crate::store::layout::claim(&mut records)
                     .await
-                    .with_context(|| format!("database {} ({kind})", settings.db_for(*kind)))?;
+                    .with_context(|| {
+                        format!("database {} ({kind})", settings.redis.db_for(*kind))
+                    })?;
                 UploadLock::acquire(records, *kind, settings.upload.lock_ttl).await
             }
             .await;
@@ -97,12 +130,10 @@ pub async fn run_once<W: Warehouse>(
                 }) => {
                     release_all(locks).await;
                     report.status = RunStatus::Busy;
-                    report.tables.push(TableReport {
-                        errors: vec![format!(
-                            "another upload run holds the lock of {kind} ({holder}, expires in {} s); nothing was done, try again later",
-                            expires_in_ms.max(0) / 1000
-                        )],
-                        ..TableReport::default()
+                    report.busy = Some(BusyLock {
+                        kind: *kind,
+                        holder,
+                        expires_in_ms,
                     });
                     report.finished_at = Utc::now();
                     return Ok(report);
@@ -152,7 +183,7 @@ pub async fn run_once<W: Warehouse>(
     }
     // The lock goes first: a slow receiver must not hold back the next run.
     release_all(locks).await;
-    crate::notify::after_run(&settings.notify, &report, &failed_before).await;
+    crate::notify::after_run(settings.notify, &report, &failed_before).await;
     Ok(report)
 }
 
@@ -193,7 +224,7 @@ async fn release_all(locks: Vec<UploadLock>) {
 
 /// Uploads one kind's queue; whatever goes wrong ends up in its report.
 async fn upload_table<W: Warehouse>(
-    settings: &Settings,
+    settings: &UploadContext<'_>,
     warehouse: &W,
     kind: EventKind,
     state: &redis::aio::MultiplexedConnection,
@@ -206,7 +237,7 @@ async fn upload_table<W: Warehouse>(
         ..TableReport::default()
     };
     let result = async {
-        let records = connect(settings, settings.db_for(kind)).await?;
+        let records = connect(settings, settings.redis.db_for(kind)).await?;
         let mut run = KindRun {
             settings,
             warehouse,
@@ -225,7 +256,7 @@ async fn upload_table<W: Warehouse>(
             report: &mut report,
             failures_in_a_row: 0,
         };
-        let same_database = settings.db_for(kind) == settings.redis.db_transactions;
+        let same_database = settings.redis.db_for(kind) == settings.redis.db_transactions;
         let outcome = run.upload(same_database).await;
         run.count_kept(outcome.as_ref().is_ok_and(|next| *next == Next::Continue))
             .await?;
@@ -235,7 +266,7 @@ async fn upload_table<W: Warehouse>(
     if let Err(err) = result {
         report.errors.push(crate::telemetry::error_text(&err));
         // Whatever is still queued waits for the next run.
-        if let Ok(mut records) = connect(settings, settings.db_for(kind)).await {
+        if let Ok(mut records) = connect(settings, settings.redis.db_for(kind)).await {
             let left = upload_queue::queued(&mut records).await;
             report.kept_for_retry = report.kept_for_retry.max(left.unwrap_or_default());
         }
@@ -274,7 +305,7 @@ enum Recovered {
 
 /// One kind's share of a run.
 struct KindRun<'a, W> {
-    settings: &'a Settings,
+    settings: &'a UploadContext<'a>,
     warehouse: &'a W,
     queue: UploadQueue,
     jobs: LoadJobBudget,
@@ -595,7 +626,7 @@ impl<W: Warehouse> KindRun<'_, W> {
 }
 
 async fn connect(
-    settings: &Settings,
+    settings: &UploadContext<'_>,
     db: i64,
 ) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     settings.redis.open(Role::Uploader, db).await

@@ -29,6 +29,7 @@ use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAl
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use yup_oauth2::authenticator::{ApplicationDefaultCredentialsTypes, DefaultAuthenticator};
 use yup_oauth2::{
@@ -36,10 +37,19 @@ use yup_oauth2::{
     ServiceAccountAuthenticator,
 };
 
+use super::WarehouseSettings;
 use super::rows::timestamp_text;
 use super::{Failure, Freshness, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
-use crate::configuration::{WarehouseSettings, WriteMode};
 use crate::event::{EventSchema, FieldType};
+
+/// How rows reach BigQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Load jobs from NDJSON (multipart upload): free, atomic per batch.
+    Load,
+    /// Streaming inserts (`insertAll`) with insertId = record id.
+    Stream,
+}
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 /// The fields of `table` from schemas/, as JSON for a job configuration.
@@ -912,9 +922,13 @@ async fn google_authenticator(
 ) -> anyhow::Result<DefaultAuthenticator> {
     if let Some(json) = &settings.credentials_json {
         // The parse error of serde_json names positions, never the key's text.
-        let key = yup_oauth2::parse_service_account_key(json.0.as_bytes()).map_err(|e| {
-            anyhow::anyhow!("GOOGLE_APPLICATION_CREDENTIALS_JSON: not a service-account key ({e})")
-        })?;
+        let key = yup_oauth2::parse_service_account_key(json.expose_secret().as_bytes()).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "GOOGLE_APPLICATION_CREDENTIALS_JSON: not a service-account key ({e})"
+                )
+            },
+        )?;
         return ServiceAccountAuthenticator::builder(key)
             .build()
             .await

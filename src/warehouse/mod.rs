@@ -9,12 +9,45 @@ pub mod schema_change;
 
 use std::future::Future;
 
-pub use bigquery::BigQueryWarehouse;
+pub use bigquery::{BigQueryWarehouse, WriteMode};
 pub use local::LocalWarehouse;
 pub use rows::Row;
 
-use crate::configuration::{Settings, SinkChoice};
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
 use crate::keys::EventKind;
+
+/// Where uploads go (FLIT_SINK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkChoice {
+    BigQuery,
+    /// NDJSON files under FLIT_WAREHOUSE_DIR.
+    Local,
+    /// No usable sink, and why (FLIT_SINK unset in the image without a
+    /// project, a typo, bigquery without a project): uploads refuse to
+    /// start with this reason; ingest runs on.
+    Refused(String),
+}
+
+/// Where uploads go (used by the upload commands).
+#[derive(Debug, Clone)]
+pub struct WarehouseSettings {
+    /// FLIT_SINK; unset, it follows BIGQUERY_PROJECT (the quick start),
+    /// except in the image, where it must be chosen.
+    pub sink: SinkChoice,
+    pub bigquery_project: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    /// The service-account key itself, for platforms that hold secrets in
+    /// variables rather than files (Railway).
+    pub credentials_json: Option<SecretString>,
+    pub bigquery_api_url: String,
+    /// BigQuery location of the datasets and jobs (BIGQUERY_LOCATION).
+    pub location: String,
+    pub warehouse_dir: PathBuf,
+    pub write_mode: WriteMode,
+}
 
 /// The sink the settings choose: BigQuery when `BIGQUERY_PROJECT` is set,
 /// else the local warehouse folder.
@@ -25,12 +58,12 @@ pub enum Sink {
 
 /// The sink FLIT_SINK chose, named in the log each time one is opened (at
 /// every upload start). Refused, with the reason, when none is usable.
-pub async fn configured(settings: &Settings) -> anyhow::Result<Sink> {
-    let sink = match &settings.warehouse.sink {
-        SinkChoice::BigQuery => Sink::BigQuery(Box::new(
-            BigQueryWarehouse::connect(&settings.warehouse).await?,
-        )),
-        SinkChoice::Local => Sink::Local(LocalWarehouse::new(&settings.warehouse.warehouse_dir)),
+pub async fn configured(settings: &WarehouseSettings) -> anyhow::Result<Sink> {
+    let sink = match &settings.sink {
+        SinkChoice::BigQuery => {
+            Sink::BigQuery(Box::new(BigQueryWarehouse::connect(settings).await?))
+        }
+        SinkChoice::Local => Sink::Local(LocalWarehouse::new(&settings.warehouse_dir)),
         SinkChoice::Refused(why) => anyhow::bail!("no upload sink: {why}"),
     };
     tracing::info!(sink = %sink.describe(), "upload sink");

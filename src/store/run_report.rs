@@ -44,8 +44,16 @@ pub enum RunStatus {
     Ok,
     /// Some records are kept for a later run.
     Partial,
-    /// Another run holds the upload lock; nothing was done.
+    /// Another run holds the upload lock; nothing was done (`busy` says who).
     Busy,
+}
+
+/// The lock that made a run `Busy`: whose it is, and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BusyLock {
+    pub kind: EventKind,
+    pub holder: String,
+    pub expires_in_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +63,9 @@ pub struct RunReport {
     pub status: RunStatus,
     pub dry_run: bool,
     pub warehouse: String,
+    /// Set when the status is `Busy`; such a run has no tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<BusyLock>,
     pub tables: Vec<TableReport>,
 }
 
@@ -80,6 +91,15 @@ impl RunReport {
             self.status,
             self.warehouse
         );
+        if let Some(busy) = &self.busy {
+            out.push_str(&format!(
+                "another upload run holds the lock of {} ({}, expires in {} s); nothing was done, try again later\n",
+                busy.kind,
+                busy.holder,
+                busy.expires_in_ms.max(0) / 1000
+            ));
+            return out;
+        }
         out.push_str(&format!(
             "{:<42} {:>10} {:>13} {:>8} {:>8} {:>8} {:>8}\n",
             "table", "uploaded", "dead-letter", "expired", "kept", "batches", "attempts"
