@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use flit_cache::event;
-use flit_cache::generate::Generator;
+use flit_cache::internal::Generator;
 use flit_cache::keys::{EventKind, UPLOAD_QUEUE};
 
 mod support;

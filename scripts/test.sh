@@ -23,6 +23,9 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "==> cargo doc (the public API, its examples compiled and run)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib
+cargo test --locked --doc
 echo "==> cargo test"
 cargo test --locked --lib --bins --tests
 # The systemd units as systemd reads them, where systemd-analyze is present

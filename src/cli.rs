@@ -157,7 +157,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
 }
 
 async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Result<ExitCode> {
-    use crate::dead_letter::{self, Redriven, Selection};
+    use crate::store::dead_letters::{self as dead_letter, Redriven, Selection};
     let (args, redrive) = match &action {
         DeadLetterAction::List(args) | DeadLetterAction::Show(args) => (args, false),
         DeadLetterAction::Redrive(args) => (args, true),

@@ -52,6 +52,14 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the process environment (after `.env`, which `main` loads).
+    ///
+    /// ```
+    /// # use flit_cache::configuration::Settings;
+    /// // A wrong value is one error naming the variable.
+    /// let err = Settings::from_lookup(|name| (name == "FLIT_BATCH_SIZE").then(|| "lots".to_owned()))
+    ///     .expect_err("not a number");
+    /// assert_eq!(err.variable, "FLIT_BATCH_SIZE");
+    /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -234,7 +242,7 @@ impl Settings {
     }
 
     /// The sections an upload run reads.
-    pub fn upload_context(&self) -> UploadContext<'_> {
+    pub(crate) fn upload_context(&self) -> UploadContext<'_> {
         UploadContext {
             redis: &self.redis,
             upload: &self.upload,
@@ -244,7 +252,7 @@ impl Settings {
     }
 
     /// The sections `monitor` and `/metrics` read.
-    pub fn monitor_context(&self) -> MonitorContext<'_> {
+    pub(crate) fn monitor_context(&self) -> MonitorContext<'_> {
         MonitorContext {
             redis: &self.redis,
             monitor: &self.monitor,

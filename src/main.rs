@@ -5,9 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flit_cache::cli::{self, Cli};
 use flit_cache::configuration::Settings;
-use flit_cache::telemetry;
+use flit_cache::internal::{Cli, error_text, execute, init_logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    init_logging(settings.log_format);
     // rediss:// needs a TLS crypto provider; ring is the one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -38,10 +37,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cli::execute(cli.command, settings)) {
+    match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", telemetry::error_text(&err));
+            eprintln!("error: {}", error_text(&err));
             ExitCode::from(2)
         }
     }

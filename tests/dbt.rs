@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use support::*;
 
-const MODELS: [&str; 4] = ["ridge", "logistic", "elastic", "ensemble"];
+use flit_cache::internal::MODELS;
 const DATASET: &str = "flit_ml_monitoring";
 
 fn dbt_bin() -> String {

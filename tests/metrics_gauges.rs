@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
-use flit_cache::upload::{ParkedSummary, RunReport, RunStatus, TableReport};
+use flit_cache::internal::{ParkedSummary, RunReport, RunStatus, TableReport};
 use serde_json::Value;
 use support::*;
 

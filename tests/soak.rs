@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flit_cache::generate::Generator;
+use flit_cache::internal::Generator;
 use flit_cache::keys::EventKind;
 use flit_cache::producer::Delivery;
 use rand::rngs::StdRng;
@@ -114,7 +114,7 @@ fn produce(
         let producer = settings.producer().expect("producer");
         let raw = settings
             .redis
-            .lazy(flit_cache::store::Role::Producer, 1)
+            .lazy(flit_cache::internal::Role::Producer, 1)
             .expect("client");
         let mut generator = Generator::new(seed, chrono::Utc::now(), 6);
         let mut rng = StdRng::seed_from_u64(seed);

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use flit_cache::shutdown::sleep_or_stop;
-use flit_cache::startup::{Supervised, Supervisor, TaskFailure};
+use flit_cache::internal::sleep_or_stop;
+use flit_cache::internal::{Supervised, Supervisor, TaskFailure};
 use tokio_util::sync::CancellationToken;
 
 use support::*;

@@ -356,9 +356,11 @@ fn a_run_while_another_holds_the_lock_exits_1_and_dry_run_changes_nothing() {
     assert_eq!(report["busy"]["holder"], "other-host/pid 1", "{report}");
     assert_eq!(report["busy"]["kind"], "transactions", "{report}");
     assert_eq!(report["tables"], serde_json::json!([]), "{report}");
+    // The text report says it in words.
+    let words = output_text(&env.flit(&["batch-upload"]));
     assert!(
-        text.contains("another upload run holds the lock of transactions (other-host/pid 1"),
-        "{text}"
+        words.contains("another upload run holds the lock of transactions (other-host/pid 1"),
+        "{text}\n{words}"
     );
     let _: () = redis::cmd("DEL")
         .arg("flit:upload:lock:transactions")
@@ -448,8 +450,8 @@ fn a_missed_scheduled_run_is_caught_up_at_start_but_a_fresh_redis_gets_none() {
 /// leaves Redis, the newer one stays queued, and each reaches the warehouse once.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
+    use flit_cache::internal::{LocalWarehouse, RowBatch, TableSpec, Warehouse};
     use flit_cache::keys::EventKind;
-    use flit_cache::warehouse::{LocalWarehouse, RowBatch, TableSpec, Warehouse};
 
     let redis = RedisServer::start();
     let env = Env::new(&redis);
@@ -459,7 +461,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
 
     let (mut uploads, lock) = locked_queue(&redis, EventKind::Transaction).await;
     let (manifest, rows) = uploads
-        .take_batch(flit_cache::upload::Take::Upload, 100, 1 << 20)
+        .take_batch(flit_cache::internal::Take::Upload, 100, 1 << 20)
         .await
         .expect("batch");
     assert_eq!(manifest.records.len(), 1);
@@ -477,7 +479,7 @@ async fn an_id_reused_during_an_upload_keeps_the_newer_version_queued() {
         row_ids: &ids,
         ingested_at: manifest.ingested_at,
         maybe_written: false,
-        jobs: &flit_cache::warehouse::Unlimited,
+        jobs: &flit_cache::internal::Unlimited,
     };
     warehouse.write(&batch).await.expect("write");
     let settled = uploads.settle(&manifest).await.expect("settle");
@@ -711,8 +713,8 @@ fn orphan_claim_released(successor_uploaded_meanwhile: bool) {
 /// batch back to be uploaded twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_batch_another_run_settled_writes_nothing() {
+    use flit_cache::internal::{Take, Ttl};
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::{Take, Ttl};
 
     let redis = RedisServer::start();
     let env = Env::new(&redis);
@@ -822,8 +824,8 @@ async fn a_run_whose_batch_another_run_settled_writes_nothing() {
 /// copy, even when its key expired while the batch waited (parked).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
+    use flit_cache::internal::Take;
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::Take;
 
     let redis = RedisServer::start();
     let mut conn = redis.conn(1);
@@ -881,8 +883,8 @@ async fn a_dead_letter_is_written_even_when_its_record_expired_meanwhile() {
 /// step: then nothing is written twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_queue() {
+    use flit_cache::internal::Take;
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::Take;
 
     const QUEUED: usize = 50_000;
     const BATCH: usize = 1_000;
@@ -1111,8 +1113,8 @@ async fn settling_a_batch_whose_records_are_gone_twice_costs_the_batch_not_the_q
 /// cut short by the byte budget.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_read_back_from_its_entries_list_is_the_batch_as_taken() {
+    use flit_cache::internal::Take;
     use flit_cache::keys::EventKind;
-    use flit_cache::upload::Take;
 
     let redis = RedisServer::start();
     let mut conn = redis.conn(0);
@@ -1171,7 +1173,7 @@ async fn a_batch_read_back_from_its_entries_list_is_the_batch_as_taken() {
         .take_batch(Take::Upload, 100, budget)
         .await
         .expect("batch");
-    let keys_of = |records: &[flit_cache::upload::BatchRecord]| -> Vec<String> {
+    let keys_of = |records: &[flit_cache::internal::BatchRecord]| -> Vec<String> {
         records.iter().map(|r| r.key.clone()).collect()
     };
     assert_eq!(keys_of(&manifest.records), ["tx:t1", "tx:t3"]);
@@ -1201,8 +1203,8 @@ async fn locked_queue(
     redis: &RedisServer,
     kind: flit_cache::keys::EventKind,
 ) -> (
-    flit_cache::upload::UploadQueue,
-    flit_cache::upload::UploadLock,
+    flit_cache::internal::UploadQueue,
+    flit_cache::internal::UploadLock,
 ) {
     let db = match kind {
         flit_cache::keys::EventKind::Transaction => 0,
@@ -1214,11 +1216,11 @@ async fn locked_queue(
         .await
         .expect("conn");
     let lock =
-        flit_cache::upload::UploadLock::acquire(records.clone(), kind, Duration::from_secs(60))
+        flit_cache::internal::UploadLock::acquire(records.clone(), kind, Duration::from_secs(60))
             .await
             .expect("redis")
             .expect("the lock is free");
-    let queue = flit_cache::upload::UploadQueue::new(
+    let queue = flit_cache::internal::UploadQueue::new(
         kind,
         records.clone(),
         records,

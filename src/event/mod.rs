@@ -11,15 +11,15 @@
 //! missing timestamp. Types follow `schemas/` (`schema`); times follow
 //! BigQuery's TIMESTAMP literal (`time`).
 
-pub mod check;
-pub mod json_text;
-pub mod schema;
-pub mod time;
+pub(crate) mod check;
+pub(crate) mod json_text;
+pub(crate) mod schema;
+pub(crate) mod time;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
-pub use check::{Checked, check, check_id_text};
-pub use schema::{EventField, EventSchema, FieldType};
+pub(crate) use check::{check, check_id_text};
+pub(crate) use schema::{EventSchema, FieldType};
 pub use time::TimeWindow;
 
 use crate::keys::EventKind;
@@ -183,6 +183,22 @@ pub struct AcceptedEvent {
 /// Checks one event of `kind`. `arrival` is stamped into events that carry
 /// no time of their own; `now` is the clock the window is read against (the
 /// Redis server's at the workers, the local one in producers).
+///
+/// ```
+/// use flit_cache::event::{DoorRules, accept};
+/// use flit_cache::keys::EventKind;
+///
+/// let now = chrono::Utc::now();
+/// // As Python's json.dumps sends it: a string amount, a time without offset (UTC).
+/// let event = br#"{"transaction_id": "tx-1", "amount": "120.50", "transaction_timestamp": "2026-12-03T10:00:00"}"#;
+/// let accepted = accept(EventKind::Transaction, event, now, now, &DoorRules::default())
+///     .expect("a valid transaction");
+/// assert_eq!(accepted.id, "tx-1");
+///
+/// let refused = accept(EventKind::Transaction, br#"{"amount": 1}"#, now, now, &DoorRules::default())
+///     .expect_err("no id");
+/// println!("refused: {} ({refused})", refused.code());
+/// ```
 pub fn accept(
     kind: EventKind,
     data: &[u8],
@@ -259,7 +275,7 @@ fn stamp_time(original: &str, field: &str, value: &str, slot: check::Slot) -> (S
 }
 
 /// The time a stream entry reached Redis, from its id (`<ms>-<seq>`).
-pub fn entry_time(entry_id: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn entry_time(entry_id: &str) -> Option<DateTime<Utc>> {
     let millis = entry_id.split_once('-')?.0.parse::<i64>().ok()?;
     DateTime::from_timestamp_millis(millis)
 }
@@ -268,7 +284,11 @@ pub fn entry_time(entry_id: &str) -> Option<DateTime<Utc>> {
 /// entry shares, unless that time is implausible (a producer chose the id:
 /// more than the skew ahead of the server's clock, or before the window);
 /// then the server's clock `server_now`.
-pub fn arrival_time(entry_id: &str, server_now: DateTime<Utc>, rules: &DoorRules) -> DateTime<Utc> {
+pub(crate) fn arrival_time(
+    entry_id: &str,
+    server_now: DateTime<Utc>,
+    rules: &DoorRules,
+) -> DateTime<Utc> {
     let (earliest, _) = rules.window.bounds(server_now);
     let latest = server_now
         .checked_add_signed(rules.arrival_skew)

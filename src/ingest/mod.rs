@@ -8,11 +8,6 @@ use std::time::Duration;
 
 pub use worker::{StreamWorker, WorkerTotals};
 
-pub use crate::store::commit::{
-    AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
-};
-pub use crate::store::stream_entries::StreamEntry;
-
 /// How the stream workers read and commit.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {

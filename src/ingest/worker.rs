@@ -12,7 +12,6 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::IngestSettings;
-use crate::dead_letter::KeptBody;
 use crate::event::{self, DoorRules, Rejection};
 use crate::keys::{DATA_FIELD, EventKind};
 use crate::shutdown::sleep_or_stop;
@@ -20,6 +19,7 @@ use crate::store::commit::{
     AcceptedEntry, BatchCommit, CommitOutcome, MemoryLimit, RejectedEntry, is_out_of_memory,
 };
 use crate::store::dead_letters::DeadLetterSettings;
+use crate::store::dead_letters::KeptBody;
 use crate::store::event_stream::{self, ReadFrom};
 use crate::store::stream_entries::StreamEntry;
 use crate::store::{RedisSettings, upload_queue};

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::MonitorReport;
+use super::{KindHealth, MonitorReport};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -13,6 +13,18 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
 
 pub fn text(report: &MonitorReport) -> String {
     let mut out = String::new();
+    header(&mut out, report);
+    redis(&mut out, report);
+    kinds(&mut out, report);
+    spool(&mut out, report);
+    uploads(&mut out, report);
+    warehouse(&mut out, report);
+    alerts(&mut out, report);
+    out
+}
+
+/// The status line: healthy, alerts, or Redis unreachable.
+fn header(out: &mut String, report: &MonitorReport) {
     let status = match report.exit_code() {
         0 => "HEALTHY",
         1 => "ALERTS",
@@ -23,7 +35,10 @@ pub fn text(report: &MonitorReport) -> String {
         "flit-cache monitor  {}  {status}",
         report.generated_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
+}
 
+/// The server: version, memory and what it projects, persistence, keys.
+fn redis(out: &mut String, report: &MonitorReport) {
     let _ = writeln!(out, "\nRedis {}", report.redis.url);
     match &report.redis.server {
         None => {
@@ -89,73 +104,85 @@ pub fn text(report: &MonitorReport) -> String {
             );
         }
     }
+}
 
-    if !report.kinds.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
-            "kind",
-            "db",
-            "queued",
-            "in-batch",
-            "oldest (h)",
-            "stream",
-            "lag",
-            "pending",
-            "dead-letter",
-            "lookups/1h",
-            "hit rate/1h"
-        );
-        for k in &report.kinds {
-            let q = k.queue.as_ref();
-            let st = k.stream.as_ref();
-            let l = k.lookups.as_ref();
+/// One row per kind (queue, stream, lookups), then its batches in flight
+/// or parked and what could not be read.
+fn kinds(out: &mut String, report: &MonitorReport) {
+    if report.kinds.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
+        "kind",
+        "db",
+        "queued",
+        "in-batch",
+        "oldest (h)",
+        "stream",
+        "lag",
+        "pending",
+        "dead-letter",
+        "lookups/1h",
+        "hit rate/1h"
+    );
+    for k in &report.kinds {
+        kind(out, k);
+    }
+}
+
+fn kind(out: &mut String, k: &KindHealth) {
+    let q = k.queue.as_ref();
+    let st = k.stream.as_ref();
+    let l = k.lookups.as_ref();
+    let _ = writeln!(
+        out,
+        "{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
+        k.kind.name(),
+        k.db,
+        or_dash(q.map(|q| q.length)),
+        or_dash(q.map(|q| q.in_flight)),
+        or_dash(
+            q.and_then(|q| q.oldest_age_seconds)
+                .map(|s| format!("{:.1}", s as f64 / 3_600.0))
+        ),
+        or_dash(st.map(|s| s.length)),
+        or_dash(st.and_then(|s| s.lag)),
+        or_dash(st.map(|s| s.pending)),
+        or_dash(st.map(|s| s.dead_letter_length)),
+        or_dash(l.map(|l| l.last_hour())),
+        or_dash(
+            l.and_then(|l| l.hit_rate)
+                .map(|r| format!("{:.1}%", r * 100.0))
+        ),
+    );
+    if let Some(q) = q {
+        if let Some(since) = q.in_flight_since {
             let _ = writeln!(
                 out,
-                "{:<13} {:>3} {:>9} {:>9} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>11}",
-                k.kind.name(),
-                k.db,
-                or_dash(q.map(|q| q.length)),
-                or_dash(q.map(|q| q.in_flight)),
-                or_dash(
-                    q.and_then(|q| q.oldest_age_seconds)
-                        .map(|s| format!("{:.1}", s as f64 / 3_600.0))
-                ),
-                or_dash(st.map(|s| s.length)),
-                or_dash(st.and_then(|s| s.lag)),
-                or_dash(st.map(|s| s.pending)),
-                or_dash(st.map(|s| s.dead_letter_length)),
-                or_dash(l.map(|l| l.last_hour())),
-                or_dash(
-                    l.and_then(|l| l.hit_rate)
-                        .map(|r| format!("{:.1}%", r * 100.0))
-                ),
+                "  a batch of {} entries in flight since {}",
+                q.in_flight,
+                since.format("%Y-%m-%d %H:%M:%S UTC")
             );
-            if let Some(q) = q {
-                if let Some(since) = q.in_flight_since {
-                    let _ = writeln!(
-                        out,
-                        "  a batch of {} entries in flight since {}",
-                        q.in_flight,
-                        since.format("%Y-%m-%d %H:%M:%S UTC")
-                    );
-                }
-                for parked in &q.parked {
-                    let _ = writeln!(
-                        out,
-                        "  parked batch {} ({} records, failed in {} runs): {}",
-                        parked.batch_id,
-                        parked.records,
-                        parked.failures,
-                        parked.last_error.as_deref().unwrap_or("-")
-                    );
-                }
-            }
-            for error in &k.errors {
-                let _ = writeln!(out, "  cannot read: {error}");
-            }
+        }
+        for parked in &q.parked {
+            let _ = writeln!(
+                out,
+                "  parked batch {} ({} records, failed in {} runs): {}",
+                parked.batch_id,
+                parked.records,
+                parked.failures,
+                parked.last_error.as_deref().unwrap_or("-")
+            );
         }
     }
+    for error in &k.errors {
+        let _ = writeln!(out, "  cannot read: {error}");
+    }
+}
+
+fn spool(out: &mut String, report: &MonitorReport) {
     if report.spool_bytes > 0 {
         let _ = writeln!(
             out,
@@ -163,7 +190,10 @@ pub fn text(report: &MonitorReport) -> String {
             report.spool_bytes
         );
     }
+}
 
+/// The last success, the recent failure rate, and the last run's report.
+fn uploads(out: &mut String, report: &MonitorReport) {
     if let Some(u) = &report.uploads {
         let _ = writeln!(out, "\nUploads");
         let _ = writeln!(
@@ -194,7 +224,10 @@ pub fn text(report: &MonitorReport) -> String {
             out.push('\n');
         }
     }
+}
 
+/// Each table's rows of the last 24 hours and its newest event (`--bigquery`).
+fn warehouse(out: &mut String, report: &MonitorReport) {
     if let Some(tables) = &report.warehouse {
         let _ = writeln!(
             out,
@@ -225,7 +258,10 @@ pub fn text(report: &MonitorReport) -> String {
             }
         }
     }
+}
 
+/// The alerts, each with its measure, threshold and what to do.
+fn alerts(out: &mut String, report: &MonitorReport) {
     if report.alerts.is_empty() {
         let _ = writeln!(out, "\nNo alerts.");
     } else {
@@ -236,5 +272,4 @@ pub fn text(report: &MonitorReport) -> String {
             let _ = writeln!(out, "      do: {}", a.action);
         }
     }
-    out
 }

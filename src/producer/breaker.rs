@@ -70,6 +70,7 @@ impl CircuitBreaker {
         };
     }
 
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
     }

@@ -9,8 +9,9 @@
 mod breaker;
 mod spool;
 
-pub use breaker::CircuitBreaker;
-pub use spool::{ReplayFile, Spool, SpoolError};
+pub(crate) use breaker::CircuitBreaker;
+pub(crate) use spool::ReplayFile;
+pub use spool::{Spool, SpoolError};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +103,25 @@ impl Producer {
     }
 
     /// Sends one event: to the stream, or to the spool when Redis fails.
+    /// An event the door would refuse is refused here, before it is sent.
+    ///
+    /// ```no_run
+    /// use flit_cache::configuration::Settings;
+    /// use flit_cache::keys::EventKind;
+    /// use flit_cache::producer::{Delivery, ProduceError};
+    ///
+    /// # async fn example() -> anyhow::Result<()> {
+    /// let producer = Settings::from_env()?.producer()?;
+    /// let prediction = br#"{"prediction_id": "pred-1", "transaction_id": "tx-1", "selected_prediction": 0.12}"#;
+    /// match producer.send(EventKind::Prediction, prediction).await {
+    ///     Ok(Delivery::Streamed) => {}
+    ///     Ok(Delivery::Spooled) => eprintln!("Redis is down: spooled, replayed later"),
+    ///     Err(ProduceError::Rejected(why)) => eprintln!("refused: {} ({why})", why.code()),
+    ///     Err(err) => return Err(err.into()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn send(&self, kind: EventKind, event: &[u8]) -> Result<Delivery, ProduceError> {
         let prepared = self.prepare(kind, event)?;
         self.send_prepared(kind, &[prepared.payload]).await
@@ -250,7 +270,7 @@ impl Producer {
 }
 
 /// The first part of an error: a failed pipeline lists every command in it.
-pub fn summary(err: &anyhow::Error) -> String {
+pub(crate) fn summary(err: &anyhow::Error) -> String {
     let text = format!("{err:#}");
     match text.char_indices().nth(200) {
         Some((cut, _)) => format!("{}…", &text[..cut]),

@@ -163,7 +163,7 @@ impl Spool {
 
     /// Takes every spooled file for replay: the active file is renamed, so new
     /// appends start a fresh one. Files another replayer holds are skipped.
-    pub fn take_for_replay(&self) -> io::Result<Vec<ReplayFile>> {
+    pub(crate) fn take_for_replay(&self) -> io::Result<Vec<ReplayFile>> {
         if !self.dir.exists() {
             return Ok(Vec::new());
         }
@@ -205,7 +205,7 @@ impl Spool {
     /// with the number of their line (blank lines not counted), from the
     /// first line after those an earlier, interrupted replay had sent.
     /// Unparseable lines are moved to `unreadable.ndjson` and counted.
-    pub fn read_events(
+    pub(crate) fn read_events(
         &self,
         file: &ReplayFile,
         mut each: impl FnMut(u64, EventKind, String) -> io::Result<()>,
@@ -254,7 +254,7 @@ impl Spool {
     }
 
     /// Deletes a replay file once all its events reached Redis.
-    pub fn finish(&self, file: ReplayFile) -> io::Result<()> {
+    pub(crate) fn finish(&self, file: ReplayFile) -> io::Result<()> {
         fs::remove_file(&file.path)?;
         match fs::remove_file(self.progress_path(&file)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
@@ -266,7 +266,7 @@ impl Spool {
     /// Notes that the lines of `file` up to `line` have reached Redis; a
     /// replay that is interrupted later resumes after them. Written to a
     /// temporary name, synced and renamed, so it is whole or absent.
-    pub fn record_progress(&self, file: &ReplayFile, line: u64) -> io::Result<()> {
+    pub(crate) fn record_progress(&self, file: &ReplayFile, line: u64) -> io::Result<()> {
         let target = self.progress_path(file);
         let temporary = target.with_extension("tmp");
         let mut out = crate::files::private_file()

@@ -517,7 +517,7 @@ impl RedisSettings {
         }
     }
 
-    /// A connection of `role` to `db` opened on first use (see [`LazyConnection`]).
+    /// A connection of `role` to `db` opened on first use (a `LazyConnection`).
     pub fn lazy(&self, role: Role, db: i64) -> anyhow::Result<LazyConnection> {
         self.lazy_within(role, db, self.timeouts.response(role))
     }

@@ -31,6 +31,21 @@ pub enum LookupError {
 }
 
 /// Cached records of both kinds, looked up by id.
+///
+/// ```no_run
+/// use flit_cache::cache::RecordCache;
+/// use flit_cache::configuration::Settings;
+///
+/// # async fn example() -> anyhow::Result<()> {
+/// let settings = Settings::from_env()?;
+/// let cache = RecordCache::connect(&settings.redis).await?;
+/// match cache.get_prediction("pred-1").await? {
+///     Some(prediction) => println!("score {}", prediction["selected_prediction"]),
+///     None => println!("not cached (expired, or never sent)"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RecordCache {
     transactions: MultiplexedConnection,
@@ -45,6 +60,8 @@ pub struct RecordCache {
 const COUNT_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl RecordCache {
+    /// Connects to both kinds' databases (and the counters' one) with the
+    /// lookup role's timeout, `FLIT_REDIS_LOOKUP_TIMEOUT_MS`.
     pub async fn connect(redis: &RedisSettings) -> anyhow::Result<Self> {
         Ok(RecordCache {
             transactions: redis
@@ -138,7 +155,7 @@ impl LookupCounts {
 /// leaves a counter without one only until the next count of that minute).
 /// No MULTI: the lookup user may not queue commands, which would let it
 /// grow Redis.
-pub async fn count_lookup(
+pub(crate) async fn count_lookup(
     state: &mut MultiplexedConnection,
     kind: EventKind,
     result: LookupResult,
@@ -171,7 +188,7 @@ fn minute_of_hour(at: chrono::DateTime<chrono::Utc>) -> u32 {
 
 /// Reads the lookup counters of `kind` from the state database: the
 /// totals, and the minute counters that still exist (the last hour's).
-pub async fn lookup_counts(
+pub(crate) async fn lookup_counts(
     state: &mut MultiplexedConnection,
     kind: EventKind,
 ) -> redis::RedisResult<LookupCounts> {

@@ -38,4 +38,4 @@ pub mod upload_budget;
 pub mod upload_lock;
 pub mod upload_queue;
 
-pub use connection::{LazyConnection, RedisSettings, RedisUrl, Role, RoleTimeouts};
+pub use connection::{LazyConnection, RedisSettings, Role};

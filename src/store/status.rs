@@ -495,8 +495,6 @@ impl UploadState {
     }
 }
 
-pub use super::reports::last_success;
-
 pub async fn upload_state(state: &mut MultiplexedConnection) -> redis::RedisResult<UploadState> {
     let (last_success, history) = super::reports::history(state).await?;
     let mut unreadable_reports = 0;

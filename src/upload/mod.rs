@@ -20,16 +20,12 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::store::manifest::{
-    BatchManifest, BatchRecord, InvalidRecord, ManifestHead, ParkedSummary, Part,
-};
-pub use crate::store::run_report::{BusyLock, HISTORY_LENGTH, RunReport, RunStatus, TableReport};
+pub use crate::store::manifest::{BatchManifest, BatchRecord, ParkedSummary, Part};
+pub use crate::store::run_report::{BusyLock, RunReport, RunStatus, TableReport};
 
 pub use crate::store::upload_budget::LoadJobBudget;
 pub use crate::store::upload_lock::{Busy, Fence, UploadLock};
-pub use crate::store::upload_queue::{
-    Settled, Take, Ttl, UploadQueue, in_flight_head, parked_expiry, parked_summaries,
-};
+pub use crate::store::upload_queue::{Take, Ttl, UploadQueue};
 
 use crate::keys::EventKind;
 use crate::notify::NotifySettings;
