@@ -82,146 +82,16 @@ impl Settings {
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Settings {
-            redis: RedisSettings {
-                url: env.redis_url()?,
-                db_transactions: env.bounded("REDIS_DB_TRANSACTIONS", 0, 0, 15)?,
-                db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
-                ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
-                timeouts: RoleTimeouts {
-                    connect: env.millis("FLIT_REDIS_CONNECT_TIMEOUT_MS", 2_000, 10, 600_000)?,
-                    worker: env.millis("FLIT_REDIS_WORKER_TIMEOUT_MS", 5_000, 10, 600_000)?,
-                    producer: env.millis("FLIT_PRODUCER_TIMEOUT_MS", 100, 1, 60_000)?,
-                    uploader: env.millis(
-                        "FLIT_REDIS_UPLOADER_TIMEOUT_MS",
-                        30_000,
-                        10,
-                        3_600_000,
-                    )?,
-                    monitor: env.millis("FLIT_REDIS_MONITOR_TIMEOUT_MS", 3_000, 10, 600_000)?,
-                    lookups: env.millis("FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2_000, 1, 600_000)?,
-                },
-            },
-            notify: NotifySettings {
-                webhook_url: env.secret_url("FLIT_NOTIFY_WEBHOOK_URL")?,
-                timeout: env.millis("FLIT_NOTIFY_TIMEOUT_MS", 5_000, 100, 60_000)?,
-            },
-            door: DoorRules {
-                max_event_bytes: env.bounded(
-                    "FLIT_MAX_EVENT_BYTES",
-                    1024 * 1024,
-                    1024,
-                    64 * 1024 * 1024,
-                )?,
-                window: TimeWindow {
-                    earliest: env
-                        .time("FLIT_EARLIEST_EVENT_TIME", TimeWindow::default().earliest)?,
-                    max_ahead: chrono::TimeDelta::seconds(env.bounded(
-                        "FLIT_MAX_EVENT_AHEAD_SECONDS",
-                        86_400,
-                        0,
-                        100 * 366 * 86_400,
-                    )?),
-                },
-                arrival_skew: chrono::TimeDelta::milliseconds(env.bounded(
-                    "FLIT_MAX_ARRIVAL_SKEW_MS",
-                    60_000,
-                    0,
-                    86_400_000,
-                )?),
-            },
-            dead_letters: DeadLetterSettings {
-                keep_bytes: env.bounded("FLIT_DEAD_LETTER_KEEP_BYTES", 4096, 256, 1 << 20)?,
-                max_len: env.bounded("FLIT_DEAD_LETTER_MAXLEN", 100_000, 100, 100_000_000)?,
-            },
-            ingest: IngestSettings {
-                batch_size: env.bounded("FLIT_BATCH_SIZE", 500, 1, 10_000)?,
-                block: env.millis("FLIT_BLOCK_MS", 1_000, 10, 60_000)?,
-                claim_idle: env.millis("FLIT_CLAIM_IDLE_MS", 60_000, 100, 86_400_000)?,
-                workers_per_kind: env.bounded("FLIT_WORKERS", 1, 1, 64)?,
-                consumer_name: env
-                    .text("FLIT_CONSUMER_NAME")
-                    .unwrap_or_else(default_consumer_name),
-                trim_interval: env.millis("FLIT_TRIM_INTERVAL_MS", 5_000, 100, 3_600_000)?,
-            },
-            producer: ProducerSettings {
-                breaker_failures: env.bounded("FLIT_BREAKER_FAILURES", 3, 1, 1_000)?,
-                breaker_cooldown: env.millis("FLIT_BREAKER_COOLDOWN_MS", 2_000, 10, 600_000)?,
-                spool_dir: env.path("FLIT_SPOOL_DIR", "./spool"),
-                spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
-            },
-            warehouse: WarehouseSettings {
-                sink: env.sink(),
-                bigquery_project: env.text("BIGQUERY_PROJECT"),
-                credentials_file: env.credentials_path("GOOGLE_APPLICATION_CREDENTIALS")?,
-                credentials_json: env.credentials_json("GOOGLE_APPLICATION_CREDENTIALS_JSON")?,
-                bigquery_api_url: env
-                    .api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
-                location: env.location("BIGQUERY_LOCATION", "US")?,
-                warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
-                write_mode: match env.text("FLIT_BQ_WRITE_MODE").as_deref() {
-                    None | Some("load") => WriteMode::Load,
-                    Some("stream") => WriteMode::Stream,
-                    Some(other) => {
-                        return Err(env.error(
-                            "FLIT_BQ_WRITE_MODE",
-                            format!("expected load or stream, got {other:?}"),
-                        ));
-                    }
-                },
-            },
+            redis: redis(env)?,
+            notify: notify(env)?,
+            door: door(env)?,
+            dead_letters: dead_letters(env)?,
+            ingest: ingest(env)?,
+            producer: producer(env)?,
+            warehouse: warehouse(env)?,
             schedule: env.schedule("FLIT_UPLOAD_CRON", "0 0 2 * * *")?,
-            upload: UploadSettings {
-                batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,
-                batch_bytes: env.bounded(
-                    "FLIT_UPLOAD_BATCH_BYTES",
-                    3 << 20,
-                    64 << 10,
-                    100 << 20,
-                )?,
-                attempts: env.bounded("FLIT_UPLOAD_ATTEMPTS", 3, 1, 10)?,
-                retry_min_delay: env.millis("FLIT_UPLOAD_RETRY_MIN_MS", 1_000, 1, 600_000)?,
-                lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
-                load_jobs_per_day: env.bounded("FLIT_LOAD_JOBS_PER_DAY", 1_000, 1, 1_500)?,
-                max_parked: env.bounded("FLIT_UPLOAD_MAX_PARKED", 10, 0, 1_000)?,
-                uploaded: match env.flag("FLIT_KEEP_UPLOADED", true)? {
-                    true => AfterUpload::Keep,
-                    false => AfterUpload::Remove,
-                },
-            },
-            monitor: MonitorSettings {
-                alert_memory_mb: env.bounded("FLIT_ALERT_MEMORY_MB", 400, 1, 1 << 20)?,
-                alert_queue: env.bounded("FLIT_ALERT_QUEUE", 10_000, 1, u64::MAX)?,
-                alert_upload_age: Duration::from_secs(
-                    3_600 * env.bounded("FLIT_ALERT_UPLOAD_AGE_HOURS", 26, 1, 24 * 365)?,
-                ),
-                alert_failure_rate: env.fraction("FLIT_ALERT_FAILURE_RATE", 0.05)?,
-                alert_dead_letters_per_hour: env.bounded(
-                    "FLIT_ALERT_DEAD_LETTERS_PER_HOUR",
-                    100,
-                    0,
-                    1_000_000,
-                )?,
-                alert_in_flight_age: Duration::from_secs(
-                    60 * env.bounded("FLIT_ALERT_IN_FLIGHT_MINUTES", 120, 1, 7 * 24 * 60)?,
-                ),
-                alert_batch_failures: env.bounded("FLIT_ALERT_BATCH_FAILURES", 3, 1, 1_000)?,
-                alert_hit_rate: env.fraction("FLIT_ALERT_HIT_RATE", 0.8)?,
-                alert_hit_rate_min_lookups: env.bounded(
-                    "FLIT_ALERT_HIT_RATE_MIN_LOOKUPS",
-                    100,
-                    1,
-                    u64::MAX,
-                )?,
-                warehouse_check_interval: match env.bounded(
-                    "FLIT_WAREHOUSE_CHECK_SECONDS",
-                    3_600,
-                    0,
-                    7 * 86_400,
-                )? {
-                    0 => None,
-                    seconds => Some(Duration::from_secs(seconds)),
-                },
-            },
+            upload: upload(env)?,
+            monitor: monitor(env)?,
             http_addr: env.http_addr()?,
             log_format: match env.text("FLIT_LOG_FORMAT").as_deref() {
                 None | Some("human") => LogFormat::Human,
@@ -266,6 +136,169 @@ impl Settings {
     pub fn producer(&self) -> anyhow::Result<crate::producer::Producer> {
         crate::producer::Producer::new(&self.redis, &self.producer, self.door)
     }
+}
+
+/// The `RedisSettings` section.
+fn redis(env: &Env) -> Result<RedisSettings, ConfigError> {
+    Ok(RedisSettings {
+        url: env.redis_url()?,
+        db_transactions: env.bounded("REDIS_DB_TRANSACTIONS", 0, 0, 15)?,
+        db_predictions: env.bounded("REDIS_DB_PREDICTIONS", 1, 0, 15)?,
+        ttl_seconds: env.bounded("REDIS_TTL_SECONDS", 604_800, 60, 90 * 86_400)?,
+        timeouts: RoleTimeouts {
+            connect: env.millis("FLIT_REDIS_CONNECT_TIMEOUT_MS", 2_000, 10, 600_000)?,
+            worker: env.millis("FLIT_REDIS_WORKER_TIMEOUT_MS", 5_000, 10, 600_000)?,
+            producer: env.millis("FLIT_PRODUCER_TIMEOUT_MS", 100, 1, 60_000)?,
+            uploader: env.millis("FLIT_REDIS_UPLOADER_TIMEOUT_MS", 30_000, 10, 3_600_000)?,
+            monitor: env.millis("FLIT_REDIS_MONITOR_TIMEOUT_MS", 3_000, 10, 600_000)?,
+            lookups: env.millis("FLIT_REDIS_LOOKUP_TIMEOUT_MS", 2_000, 1, 600_000)?,
+        },
+    })
+}
+
+/// The `NotifySettings` section.
+fn notify(env: &Env) -> Result<NotifySettings, ConfigError> {
+    Ok(NotifySettings {
+        webhook_url: env.secret_url("FLIT_NOTIFY_WEBHOOK_URL")?,
+        timeout: env.millis("FLIT_NOTIFY_TIMEOUT_MS", 5_000, 100, 60_000)?,
+    })
+}
+
+/// The `DoorRules` section.
+fn door(env: &Env) -> Result<DoorRules, ConfigError> {
+    Ok(DoorRules {
+        max_event_bytes: env.bounded(
+            "FLIT_MAX_EVENT_BYTES",
+            1024 * 1024,
+            1024,
+            64 * 1024 * 1024,
+        )?,
+        window: TimeWindow {
+            earliest: env.time("FLIT_EARLIEST_EVENT_TIME", TimeWindow::default().earliest)?,
+            max_ahead: chrono::TimeDelta::seconds(env.bounded(
+                "FLIT_MAX_EVENT_AHEAD_SECONDS",
+                86_400,
+                0,
+                100 * 366 * 86_400,
+            )?),
+        },
+        arrival_skew: chrono::TimeDelta::milliseconds(env.bounded(
+            "FLIT_MAX_ARRIVAL_SKEW_MS",
+            60_000,
+            0,
+            86_400_000,
+        )?),
+    })
+}
+
+/// The `DeadLetterSettings` section.
+fn dead_letters(env: &Env) -> Result<DeadLetterSettings, ConfigError> {
+    Ok(DeadLetterSettings {
+        keep_bytes: env.bounded("FLIT_DEAD_LETTER_KEEP_BYTES", 4096, 256, 1 << 20)?,
+        max_len: env.bounded("FLIT_DEAD_LETTER_MAXLEN", 100_000, 100, 100_000_000)?,
+    })
+}
+
+/// The `IngestSettings` section.
+fn ingest(env: &Env) -> Result<IngestSettings, ConfigError> {
+    Ok(IngestSettings {
+        batch_size: env.bounded("FLIT_BATCH_SIZE", 500, 1, 10_000)?,
+        block: env.millis("FLIT_BLOCK_MS", 1_000, 10, 60_000)?,
+        claim_idle: env.millis("FLIT_CLAIM_IDLE_MS", 60_000, 100, 86_400_000)?,
+        workers_per_kind: env.bounded("FLIT_WORKERS", 1, 1, 64)?,
+        consumer_name: env
+            .text("FLIT_CONSUMER_NAME")
+            .unwrap_or_else(default_consumer_name),
+        trim_interval: env.millis("FLIT_TRIM_INTERVAL_MS", 5_000, 100, 3_600_000)?,
+    })
+}
+
+/// The `ProducerSettings` section.
+fn producer(env: &Env) -> Result<ProducerSettings, ConfigError> {
+    Ok(ProducerSettings {
+        breaker_failures: env.bounded("FLIT_BREAKER_FAILURES", 3, 1, 1_000)?,
+        breaker_cooldown: env.millis("FLIT_BREAKER_COOLDOWN_MS", 2_000, 10, 600_000)?,
+        spool_dir: env.path("FLIT_SPOOL_DIR", "./spool"),
+        spool_max_bytes: env.bounded("FLIT_SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40)?,
+    })
+}
+
+/// The `WarehouseSettings` section.
+fn warehouse(env: &Env) -> Result<WarehouseSettings, ConfigError> {
+    Ok(WarehouseSettings {
+        sink: env.sink(),
+        bigquery_project: env.text("BIGQUERY_PROJECT"),
+        credentials_file: env.credentials_path("GOOGLE_APPLICATION_CREDENTIALS")?,
+        credentials_json: env.credentials_json("GOOGLE_APPLICATION_CREDENTIALS_JSON")?,
+        bigquery_api_url: env.api_url("BIGQUERY_API_URL", "https://bigquery.googleapis.com")?,
+        location: env.location("BIGQUERY_LOCATION", "US")?,
+        warehouse_dir: env.path("FLIT_WAREHOUSE_DIR", "./warehouse"),
+        write_mode: match env.text("FLIT_BQ_WRITE_MODE").as_deref() {
+            None | Some("load") => WriteMode::Load,
+            Some("stream") => WriteMode::Stream,
+            Some(other) => {
+                return Err(env.error(
+                    "FLIT_BQ_WRITE_MODE",
+                    format!("expected load or stream, got {other:?}"),
+                ));
+            }
+        },
+    })
+}
+
+/// The `UploadSettings` section.
+fn upload(env: &Env) -> Result<UploadSettings, ConfigError> {
+    Ok(UploadSettings {
+        batch_rows: env.bounded("FLIT_UPLOAD_BATCH_ROWS", 10_000, 1, 100_000)?,
+        batch_bytes: env.bounded("FLIT_UPLOAD_BATCH_BYTES", 3 << 20, 64 << 10, 100 << 20)?,
+        attempts: env.bounded("FLIT_UPLOAD_ATTEMPTS", 3, 1, 10)?,
+        retry_min_delay: env.millis("FLIT_UPLOAD_RETRY_MIN_MS", 1_000, 1, 600_000)?,
+        lock_ttl: env.millis("FLIT_UPLOAD_LOCK_TTL_MS", 60_000, 500, 3_600_000)?,
+        load_jobs_per_day: env.bounded("FLIT_LOAD_JOBS_PER_DAY", 1_000, 1, 1_500)?,
+        max_parked: env.bounded("FLIT_UPLOAD_MAX_PARKED", 10, 0, 1_000)?,
+        uploaded: match env.flag("FLIT_KEEP_UPLOADED", true)? {
+            true => AfterUpload::Keep,
+            false => AfterUpload::Remove,
+        },
+    })
+}
+
+/// The `MonitorSettings` section.
+fn monitor(env: &Env) -> Result<MonitorSettings, ConfigError> {
+    Ok(MonitorSettings {
+        alert_memory_mb: env.bounded("FLIT_ALERT_MEMORY_MB", 400, 1, 1 << 20)?,
+        alert_queue: env.bounded("FLIT_ALERT_QUEUE", 10_000, 1, u64::MAX)?,
+        alert_upload_age: Duration::from_secs(
+            3_600 * env.bounded("FLIT_ALERT_UPLOAD_AGE_HOURS", 26, 1, 24 * 365)?,
+        ),
+        alert_failure_rate: env.fraction("FLIT_ALERT_FAILURE_RATE", 0.05)?,
+        alert_dead_letters_per_hour: env.bounded(
+            "FLIT_ALERT_DEAD_LETTERS_PER_HOUR",
+            100,
+            0,
+            1_000_000,
+        )?,
+        alert_in_flight_age: Duration::from_secs(
+            60 * env.bounded("FLIT_ALERT_IN_FLIGHT_MINUTES", 120, 1, 7 * 24 * 60)?,
+        ),
+        alert_batch_failures: env.bounded("FLIT_ALERT_BATCH_FAILURES", 3, 1, 1_000)?,
+        alert_hit_rate: env.fraction("FLIT_ALERT_HIT_RATE", 0.8)?,
+        alert_hit_rate_min_lookups: env.bounded(
+            "FLIT_ALERT_HIT_RATE_MIN_LOOKUPS",
+            100,
+            1,
+            u64::MAX,
+        )?,
+        warehouse_check_interval: match env.bounded(
+            "FLIT_WAREHOUSE_CHECK_SECONDS",
+            3_600,
+            0,
+            7 * 86_400,
+        )? {
+            0 => None,
+            seconds => Some(Duration::from_secs(seconds)),
+        },
+    })
 }
 
 fn default_consumer_name() -> String {

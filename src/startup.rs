@@ -20,7 +20,7 @@ use anyhow::Context;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration::{Settings, SinkChoice};
+use crate::configuration::{Settings, SinkChoice, WarehouseSettings};
 use crate::http::scrape::{self, ScrapeSources};
 use crate::http::{self, HttpState, MetricsEndpoint};
 use crate::ingest::{StreamWorker, WorkerTotals};
@@ -65,25 +65,7 @@ impl Application {
         let settings = &self.settings;
         tracing::info!(redis = %settings.redis.url, http = %self.http_addr()?,
             consumer = %settings.ingest.consumer_name, "flit-cache starting");
-        match &settings.warehouse.sink {
-            SinkChoice::Refused(why) => tracing::error!(
-                "no upload sink: {why}; ingest runs, scheduled uploads refuse until it is fixed"
-            ),
-            SinkChoice::BigQuery => tracing::info!(
-                sink = "bigquery",
-                project = settings
-                    .warehouse
-                    .bigquery_project
-                    .as_deref()
-                    .unwrap_or_default(),
-                "upload sink"
-            ),
-            SinkChoice::Local => tracing::info!(
-                sink = "local",
-                dir = %settings.warehouse.warehouse_dir.display(),
-                "upload sink"
-            ),
-        }
+        log_sink(&settings.warehouse);
 
         // What can fail at start, before any task runs.
         let producer = settings.producer()?;
@@ -105,26 +87,7 @@ impl Application {
         // supervisor cancels it because a task ended.
         let stop = shutdown.child_token();
         let mut tasks = Supervisor::new(stop.clone());
-        for kind in EventKind::ALL {
-            for n in 0..settings.ingest.workers_per_kind {
-                let consumer = match settings.ingest.workers_per_kind {
-                    1 => format!("{}-{kind}", settings.ingest.consumer_name),
-                    _ => format!("{}-{kind}-{n}", settings.ingest.consumer_name),
-                };
-                let worker = StreamWorker::new(
-                    kind,
-                    settings.redis.clone(),
-                    consumer.clone(),
-                    settings.ingest.clone(),
-                    settings.door,
-                    settings.dead_letters,
-                );
-                let stop = stop.clone();
-                tasks.spawn(format!("stream worker {consumer}"), async move {
-                    Ok(Some(worker.run(stop).await))
-                });
-            }
-        }
+        spawn_stream_workers(&mut tasks, settings, &stop);
         tasks.spawn("spool replayer", {
             let stop = stop.clone();
             async move {
@@ -178,6 +141,53 @@ impl Application {
             values: ended.values.into_iter().flatten().collect(),
             failures: ended.failures,
         })
+    }
+}
+
+/// Names the upload sink in the log, or why there is none (ingest runs on).
+fn log_sink(warehouse: &WarehouseSettings) {
+    match &warehouse.sink {
+        SinkChoice::Refused(why) => tracing::error!(
+            "no upload sink: {why}; ingest runs, scheduled uploads refuse until it is fixed"
+        ),
+        SinkChoice::BigQuery => tracing::info!(
+            sink = "bigquery",
+            project = warehouse.bigquery_project.as_deref().unwrap_or_default(),
+            "upload sink"
+        ),
+        SinkChoice::Local => tracing::info!(
+            sink = "local",
+            dir = %warehouse.warehouse_dir.display(),
+            "upload sink"
+        ),
+    }
+}
+
+/// `FLIT_WORKERS` stream workers per kind, each a consumer of its own.
+fn spawn_stream_workers(
+    tasks: &mut Supervisor<Option<WorkerTotals>>,
+    settings: &Settings,
+    stop: &CancellationToken,
+) {
+    for kind in EventKind::ALL {
+        for n in 0..settings.ingest.workers_per_kind {
+            let consumer = match settings.ingest.workers_per_kind {
+                1 => format!("{}-{kind}", settings.ingest.consumer_name),
+                _ => format!("{}-{kind}-{n}", settings.ingest.consumer_name),
+            };
+            let worker = StreamWorker::new(
+                kind,
+                settings.redis.clone(),
+                consumer.clone(),
+                settings.ingest.clone(),
+                settings.door,
+                settings.dead_letters,
+            );
+            let stop = stop.clone();
+            tasks.spawn(format!("stream worker {consumer}"), async move {
+                Ok(Some(worker.run(stop).await))
+            });
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use redis::{
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use super::keys::EventKind;
 
@@ -210,7 +210,7 @@ impl fmt::Debug for RedisUrl {
 ///
 /// `Debug` shows how many certificates each file held, never their
 /// contents; the key shows as `***`.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct RedisTls {
     ca: Option<Pem>,
     identity: Option<ClientIdentity>,
@@ -223,10 +223,10 @@ struct Pem {
     certificates: usize,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 struct ClientIdentity {
     chain: Pem,
-    key: Arc<[u8]>,
+    key: SecretSlice<u8>,
 }
 
 /// Which of the TLS files a problem is in.
@@ -280,7 +280,7 @@ impl RedisTls {
                         bytes: chain.into(),
                         certificates: count,
                     },
-                    key: key.into(),
+                    key: SecretSlice::from(key),
                 })
             })
             .transpose()?;
@@ -302,7 +302,7 @@ impl RedisTls {
         TlsCertificates {
             client_tls: self.identity.as_ref().map(|identity| ClientTlsConfig {
                 client_cert: identity.chain.bytes.to_vec(),
-                client_key: identity.key.to_vec(),
+                client_key: identity.key.expose_secret().to_vec(),
             }),
             root_cert: self.ca.as_ref().map(|ca| ca.bytes.to_vec()),
         }

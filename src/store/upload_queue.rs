@@ -437,6 +437,62 @@ impl UploadQueue {
         Ok(())
     }
 
+    /// One page of the queue from `start`: each entry's key, its record's
+    /// bytes (none when it expired), and whether that version was uploaded
+    /// already (a stale entry). For an upload the versions read are claimed
+    /// by `batch_id` in the same script (take_page.lua), which stops at
+    /// `budget` bytes too, so a page of large records is still a short call.
+    /// Bytes, not text: a value that is not UTF-8 (set by hand past the
+    /// door) is one bad record, not a batch that never loads.
+    async fn read_page(
+        &mut self,
+        take: Take,
+        start: usize,
+        page: usize,
+        budget: usize,
+        batch_id: &str,
+    ) -> anyhow::Result<Vec<(String, Option<Vec<u8>>, u8)>> {
+        Ok(match take {
+            Take::Upload => {
+                scripts::TAKE_PAGE
+                    .key(UPLOAD_QUEUE)
+                    .key(claims_key(self.kind))
+                    .key(taking_key(self.kind))
+                    .key(&self.fence.key)
+                    .arg(start)
+                    .arg(page)
+                    .arg(budget)
+                    .arg(self.kind.record_prefix())
+                    .arg(self.kind.superseded_prefix())
+                    .arg(self.kind.uploaded_mark_prefix())
+                    .arg(batch_id)
+                    .arg(&self.fence.token)
+                    .invoke_async(&mut self.records)
+                    .await?
+            }
+            Take::Look { .. } => {
+                let keys: Vec<String> = redis::cmd("LRANGE")
+                    .arg(UPLOAD_QUEUE)
+                    .arg(start)
+                    .arg(start + page - 1)
+                    .query_async(&mut self.records)
+                    .await?;
+                if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async(&mut self.records)
+                        .await?;
+                    keys.into_iter()
+                        .zip(values)
+                        .map(|(key, value)| (key, value, 0))
+                        .collect()
+                }
+            }
+        })
+    }
+
     /// Reads the next batch from the head of the queue. For an upload it
     /// becomes the in-flight manifest, and the versions it read are claimed
     /// by it in the same step as they are read (take_page.lua). Returns the
@@ -457,7 +513,6 @@ impl UploadQueue {
             Take::Upload => 0,
             Take::Look { skip } => skip,
         };
-        let page_script = &scripts::TAKE_PAGE;
         // Versions appended to the taking list so far.
         let mut pushed = 0usize;
         while manifest.records.len() + manifest.invalid.len() < max_rows && bytes < max_bytes {
@@ -467,51 +522,10 @@ impl UploadQueue {
                 _ => FIRST_PAGE,
             }
             .min(max_rows - read);
-            // Bytes, not text: a value that is not UTF-8 (set by hand past
-            // the door) is one bad record, not a batch that never loads.
-            // The third value says the version was uploaded already: its
-            // entry is a stale one (take_page.lua).
-            let entries: Vec<(String, Option<Vec<u8>>, u8)> = match take {
-                Take::Upload => {
-                    page_script
-                        .key(UPLOAD_QUEUE)
-                        .key(claims_key(self.kind))
-                        .key(taking_key(self.kind))
-                        .key(&self.fence.key)
-                        .arg(start)
-                        .arg(page)
-                        // A page stops at its own byte budget too, so a
-                        // page of large records is still a short call.
-                        .arg((max_bytes - bytes).min(PAGE_BYTES))
-                        .arg(self.kind.record_prefix())
-                        .arg(self.kind.superseded_prefix())
-                        .arg(self.kind.uploaded_mark_prefix())
-                        .arg(&manifest.batch_id)
-                        .arg(&self.fence.token)
-                        .invoke_async(&mut self.records)
-                        .await?
-                }
-                Take::Look { .. } => {
-                    let keys: Vec<String> = redis::cmd("LRANGE")
-                        .arg(UPLOAD_QUEUE)
-                        .arg(start)
-                        .arg(start + page - 1)
-                        .query_async(&mut self.records)
-                        .await?;
-                    if keys.is_empty() {
-                        Vec::new()
-                    } else {
-                        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                            .arg(&keys)
-                            .query_async(&mut self.records)
-                            .await?;
-                        keys.into_iter()
-                            .zip(values)
-                            .map(|(key, value)| (key, value, 0))
-                            .collect()
-                    }
-                }
-            };
+            let budget = (max_bytes - bytes).min(PAGE_BYTES);
+            let entries = self
+                .read_page(take, start, page, budget, &manifest.batch_id)
+                .await?;
             if entries.is_empty() {
                 break;
             }
