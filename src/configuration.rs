@@ -11,7 +11,8 @@ use secrecy::SecretString;
 
 pub use crate::event::{DoorRules, TimeWindow};
 pub use crate::ingest::IngestSettings;
-pub use crate::monitor::{MonitorContext, MonitorSettings};
+use crate::monitor::MonitorContext;
+pub use crate::monitor::MonitorSettings;
 pub use crate::notify::NotifySettings;
 pub use crate::producer::ProducerSettings;
 pub use crate::schedule::UploadSchedule;
@@ -20,7 +21,8 @@ use crate::store::connection::{RedisTls, RedisUrl, TlsFile};
 pub use crate::store::dead_letters::DeadLetterSettings;
 pub use crate::store::upload_queue::AfterUpload;
 pub use crate::telemetry::LogFormat;
-pub use crate::upload::{UploadContext, UploadSettings};
+use crate::upload::UploadContext;
+pub use crate::upload::UploadSettings;
 pub use crate::warehouse::{SinkChoice, WarehouseSettings, WriteMode};
 
 /// A variable that is set to something the service cannot use.

@@ -58,16 +58,19 @@ impl UploadSchedule {
         }
     }
 
-    /// Calls `upload` with the reason ("catch-up", "schedule") on every tick,
-    /// and once at start when `catch_up`, until `shutdown`. An upload in
-    /// progress is the caller's to stop (between batches) on `shutdown`.
-    pub async fn drive<F, Fut>(
+    /// Calls `upload` with the reason ("catch-up", "schedule") on every tick
+    /// until `shutdown`, and once more at start when `catch_up` (awaited
+    /// once the ticks are running, so none is missed while it reads) says
+    /// a run was missed. An upload in progress is the caller's to stop
+    /// (between batches) on `shutdown`.
+    pub async fn drive<C, F, Fut>(
         &self,
-        catch_up: bool,
+        catch_up: C,
         shutdown: CancellationToken,
         mut upload: F,
     ) -> anyhow::Result<()>
     where
+        C: Future<Output = bool>,
         F: FnMut(&'static str) -> Fut,
         Fut: Future<Output = ()>,
     {
@@ -85,7 +88,7 @@ impl UploadSchedule {
             .await?;
         scheduler.start().await?;
         tracing::info!(cron = %self.text, "upload schedule started (UTC)");
-        if catch_up {
+        if catch_up.await {
             let _ = tick.try_send("catch-up");
         }
         loop {

@@ -195,12 +195,14 @@ fn spawn_stream_workers(
 /// between batches. A missed scheduled run is caught up at start.
 async fn run_scheduled_uploads(settings: &Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let schedule = &settings.schedule;
-    let catch_up = match last_successful_upload(settings).await {
-        Some(last) if schedule.missed_a_run(last, chrono::Utc::now()) => {
-            tracing::info!(last_success = %last, "the last scheduled upload was missed; catching up now");
-            true
+    let catch_up = async {
+        match last_successful_upload(settings).await {
+            Some(last) if schedule.missed_a_run(last, chrono::Utc::now()) => {
+                tracing::info!(last_success = %last, "the last scheduled upload was missed; catching up now");
+                true
+            }
+            _ => false,
         }
-        _ => false,
     };
     let upload_on_tick = |reason: &'static str| {
         let stop = stop.clone();

@@ -157,14 +157,29 @@ fn killed_uploads_and_a_stopped_emulator_lose_and_double_nothing() {
     ingest_generated(&redis, &env, N as usize);
     let (mut tx, mut pred) = (redis.conn(0), redis.conn(1));
 
+    // Each run is killed once it has taken 1, 3 and 6 batches from the
+    // queues (LLEN: cheap enough to poll often), whenever that is on this
+    // machine: a fixed delay can fall before the first batch on a loaded
+    // one, or after the last on an idle one. The kill then lands somewhere
+    // in a batch: writing it, settling it, or between two.
     let mut cut_mid_run = 0;
-    for delay_ms in [400u64, 1200, 2500] {
+    for batches in [1u64, 3, 6] {
+        let queued = |tx: &mut redis::Connection, pred: &mut redis::Connection| {
+            llen(tx, "upload_queue") + llen(pred, "upload_queue")
+        };
+        let before = queued(&mut tx, &mut pred);
         let mut child = env.spawn(&["batch-upload"]);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while queued(&mut tx, &mut pred) + 1000 * batches > before
+            && std::time::Instant::now() < deadline
+            && matches!(child.try_wait(), Ok(None))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let running = matches!(child.try_wait(), Ok(None));
         let _ = child.kill();
         let _ = child.wait();
-        let left = waiting(&mut tx, &mut pred);
-        if left > 0 && left < 2 * N {
+        if running && waiting(&mut tx, &mut pred) > 0 {
             cut_mid_run += 1;
         }
         std::thread::sleep(Duration::from_millis(1100)); // the dead run's lock expires

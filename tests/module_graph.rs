@@ -45,28 +45,72 @@ fn node_of(relative: &Path) -> Option<String> {
 
 /// The node a `crate::` path names; lib.rs's aliases point into `store`.
 fn node_named(path: &str) -> String {
-    let mut segments = path.split("::");
+    let mut segments = path.split("::").map(str::trim);
     let first = segments.next().unwrap_or_default();
     let second = segments.next().unwrap_or_default();
     match (first, second) {
         ("keys", _) | ("store", "keys") => "keys".to_owned(),
-        ("cache" | "dead_letter", _) => "store".to_owned(),
+        ("cache", _) => "store".to_owned(),
         (first, _) => first.to_owned(),
     }
 }
 
-fn crate_paths(line: &str) -> Vec<String> {
+/// Every path `source` names after `crate::`, a grouped import
+/// (`crate::{store, upload::Take}`, over several lines too) giving one
+/// path per member.
+fn crate_paths(source: &str) -> Vec<String> {
     let mut paths = Vec::new();
-    let mut rest = line;
+    let mut rest = source;
     while let Some(at) = rest.find("crate::") {
         let after = &rest[at + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            // The members at the group's own depth; a nested group names
+            // its root before its brace (`store::{self, Role}`).
+            let (mut depth, mut member, mut end) = (0usize, String::new(), group.len());
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        end = i;
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        paths.push(std::mem::take(&mut member));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 && c != '}' {
+                    member.push(c);
+                }
+            }
+            paths.push(member);
+            rest = &group[end..];
+            continue;
+        }
         let end = after
             .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
             .unwrap_or(after.len());
-        paths.push(after[..end].trim_end_matches(':').to_owned());
+        paths.push(after[..end].to_owned());
         rest = &after[end..];
     }
     paths
+        .iter()
+        .map(|path| path.trim().trim_end_matches(':').to_owned())
+        .filter(|path| !path.is_empty())
+        .collect()
+}
+
+/// The part of a source file the graph reads: its lines up to its test
+/// module, without comment lines.
+fn code_of(source: &str) -> String {
+    source
+        .lines()
+        .take_while(|line| !line.starts_with("#[cfg(test)]"))
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// node → (node it imports → the files that do).
@@ -85,25 +129,27 @@ fn graph() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
         };
         let source = std::fs::read_to_string(&file).expect("read");
         let entry = edges.entry(from.clone()).or_default();
-        for line in source.lines() {
-            if line.starts_with("#[cfg(test)]") {
-                break;
-            }
-            if line.trim_start().starts_with("//") {
-                continue;
-            }
-            for path in crate_paths(line) {
-                let to = node_named(&path);
-                if to != from {
-                    entry
-                        .entry(to)
-                        .or_default()
-                        .insert(relative.display().to_string());
-                }
+        for path in crate_paths(&code_of(&source)) {
+            let to = node_named(&path);
+            if to != from {
+                entry
+                    .entry(to)
+                    .or_default()
+                    .insert(relative.display().to_string());
             }
         }
     }
     edges
+}
+
+#[test]
+fn grouped_and_nested_imports_are_read_as_edges() {
+    let paths = crate_paths(
+        "use crate::{\n    store::{self, Role},\n    upload,\n};\nuse crate::keys::EventKind;",
+    );
+    assert_eq!(paths, ["store", "upload", "keys::EventKind"]);
+    let nodes: Vec<String> = paths.iter().map(|p| node_named(p)).collect();
+    assert_eq!(nodes, ["store", "upload", "keys"]);
 }
 
 #[test]

@@ -132,6 +132,8 @@ pub async fn run_once<W: Warehouse>(
                         expires_in_ms,
                     });
                     report.finished_at = Utc::now();
+                    // A busy run is counted too (status "busy"), with no table.
+                    emit_metrics(&report);
                     return Ok(report);
                 }
             }
@@ -184,7 +186,7 @@ pub async fn run_once<W: Warehouse>(
 }
 
 /// The run as this process's metrics count it: the run, then what it
-/// settled per table (a table report without a table name is not counted).
+/// settled per table.
 fn emit_metrics(report: &RunReport) {
     UploadRunFinished {
         status: match report.status {
@@ -196,7 +198,7 @@ fn emit_metrics(report: &RunReport) {
         finished_at: report.finished_at,
     }
     .emit();
-    for table in report.tables.iter().filter(|t| !t.table.is_empty()) {
+    for table in &report.tables {
         UploadTableSettled {
             table: &table.table,
             uploaded: table.rows_uploaded,
