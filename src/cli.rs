@@ -157,7 +157,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
 }
 
 async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Result<ExitCode> {
-    use crate::store::dead_letters::{self as dead_letter, Redriven, Selection};
+    use crate::store::dead_letters::{self as dead_letter, Selection};
     let (args, redrive) = match &action {
         DeadLetterAction::List(args) | DeadLetterAction::Show(args) => (args, false),
         DeadLetterAction::Redrive(args) => (args, true),
@@ -175,36 +175,7 @@ async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Re
         let outcomes =
             dead_letter::redrive(&mut conn, args.kind, &selection, &settings.door).await?;
         let stays = outcomes.iter().filter(|o| o.stays_dead()).count();
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&outcomes)?);
-        } else {
-            let count = |f: fn(&Redriven) -> bool| outcomes.iter().filter(|o| f(o)).count();
-            println!(
-                "{} dead letters of {}: {} back on {}, {} refused again with a new reason, {} refused for the same reason, {} cannot be redriven, {} already gone",
-                outcomes.len(),
-                args.kind,
-                count(|o| matches!(o, Redriven::Back { .. })),
-                args.kind.stream(),
-                count(|o| matches!(o, Redriven::Replaced { .. })),
-                count(|o| matches!(o, Redriven::Unchanged { .. })),
-                count(|o| matches!(o, Redriven::NotRedrivable { .. })),
-                count(|o| matches!(o, Redriven::Gone { .. })),
-            );
-            for outcome in &outcomes {
-                match outcome {
-                    Redriven::Replaced {
-                        id,
-                        new_id,
-                        reason_code,
-                        reason,
-                    } => println!("  {id} -> {new_id}: still refused, {reason_code}: {reason}"),
-                    Redriven::NotRedrivable { id, why } => {
-                        println!("  {id}: cannot be redriven: {why}")
-                    }
-                    _ => {}
-                }
-            }
-        }
+        print_redriven(args, &outcomes)?;
         return Ok(if stays == 0 {
             ExitCode::SUCCESS
         } else {
@@ -213,22 +184,72 @@ async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Re
     }
     let (letters, total) = dead_letter::read(&mut conn, args.kind, &selection).await?;
     let show = matches!(action, DeadLetterAction::Show(_));
+    print_letters(args, &letters, total, show)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a redrive did, as JSON or as a summary line and the letters that stay.
+fn print_redriven(
+    args: &DeadLetterArgs,
+    outcomes: &[crate::store::dead_letters::Redriven],
+) -> anyhow::Result<()> {
+    use crate::store::dead_letters::Redriven;
     if args.json {
-        let mut values = serde_json::to_value(&letters)?;
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    } else {
+        let count = |f: fn(&Redriven) -> bool| outcomes.iter().filter(|o| f(o)).count();
+        println!(
+            "{} dead letters of {}: {} back on {}, {} refused again with a new reason, {} refused for the same reason, {} cannot be redriven, {} already gone",
+            outcomes.len(),
+            args.kind,
+            count(|o| matches!(o, Redriven::Back { .. })),
+            args.kind.stream(),
+            count(|o| matches!(o, Redriven::Replaced { .. })),
+            count(|o| matches!(o, Redriven::Unchanged { .. })),
+            count(|o| matches!(o, Redriven::NotRedrivable { .. })),
+            count(|o| matches!(o, Redriven::Gone { .. })),
+        );
+        for outcome in outcomes {
+            match outcome {
+                Redriven::Replaced {
+                    id,
+                    new_id,
+                    reason_code,
+                    reason,
+                } => println!("  {id} -> {new_id}: still refused, {reason_code}: {reason}"),
+                Redriven::NotRedrivable { id, why } => {
+                    println!("  {id}: cannot be redriven: {why}")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dead letters as JSON, as a table (`list`), or each in full (`show`).
+fn print_letters(
+    args: &DeadLetterArgs,
+    letters: &[crate::store::dead_letters::DeadLetter],
+    total: u64,
+    show: bool,
+) -> anyhow::Result<()> {
+    if args.json {
+        let mut values = serde_json::to_value(letters)?;
         if !show && let Some(items) = values.as_array_mut() {
             for item in items.iter_mut().filter_map(|v| v.as_object_mut()) {
                 item.remove("data");
             }
         }
         println!("{}", serde_json::to_string_pretty(&values)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     println!(
         "{} of {total} dead letters in {}",
         letters.len(),
         args.kind.dead_letter_stream()
     );
-    for letter in &letters {
+    for letter in letters {
         let at = letter
             .at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -262,7 +283,7 @@ async fn dead_letter(settings: Settings, action: DeadLetterAction) -> anyhow::Re
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn monitor(settings: Settings, json: bool, bigquery: bool) -> anyhow::Result<ExitCode> {

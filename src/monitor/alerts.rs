@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::MonitorSettings;
-use super::{KindHealth, MonitorReport, TableFreshness};
+use super::{KindHealth, MonitorReport, ServerFacts, TableFreshness};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
@@ -50,6 +50,27 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
         return alerts;
     };
 
+    server_alerts(report, server, limits, &mut alerts);
+    for kind in &report.kinds {
+        kind_alerts(kind, report.generated_at, limits, &mut alerts);
+    }
+    dead_letter_memory_alerts(report, server, &mut alerts);
+    upload_alerts(report, limits, &mut alerts);
+    if let Some(tables) = &report.warehouse {
+        for table in tables {
+            warehouse_alerts(table, limits, &mut alerts);
+        }
+    }
+    alerts
+}
+
+/// The server's own state: eviction, persistence, memory now and projected.
+fn server_alerts(
+    report: &MonitorReport,
+    server: &ServerFacts,
+    limits: &MonitorSettings,
+    alerts: &mut Vec<Alert>,
+) {
     if server.may_evict() {
         alerts.push(alert(
             "eviction_policy",
@@ -124,9 +145,14 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
             "raise maxmemory (README: memory per daily volume), shorten REDIS_TTL_SECONDS, or set FLIT_KEEP_UPLOADED=false",
         ));
     }
-    for kind in &report.kinds {
-        kind_alerts(kind, report.generated_at, limits, &mut alerts);
-    }
+}
+
+/// Dead letters taking a large share of maxmemory, all kinds together.
+fn dead_letter_memory_alerts(
+    report: &MonitorReport,
+    server: &ServerFacts,
+    alerts: &mut Vec<Alert>,
+) {
     let dead_letter_bytes: u64 = report
         .kinds
         .iter()
@@ -145,13 +171,6 @@ pub fn evaluate(report: &MonitorReport, limits: &MonitorSettings) -> Vec<Alert> 
             "find the producer with flit-cache dead-letter list; lower FLIT_DEAD_LETTER_MAXLEN or FLIT_DEAD_LETTER_KEEP_BYTES to keep fewer",
         ));
     }
-    upload_alerts(report, limits, &mut alerts);
-    if let Some(tables) = &report.warehouse {
-        for table in tables {
-            warehouse_alerts(table, limits, &mut alerts);
-        }
-    }
-    alerts
 }
 
 fn kind_alerts(

@@ -385,8 +385,43 @@ pub async fn stream_state(
         last.map(|id| i64::try_from(i128::from(id.ms) - i128::from(now_ms)).unwrap_or(i64::MAX));
     state.last_generated_id = last.map(|id| id.to_string());
 
-    let mut delivered = None;
-    let mut reported_lag = None;
+    let Some(group) = consumer_group(groups)? else {
+        state.lag = Some(length);
+        return Ok(state);
+    };
+    state.group_exists = true;
+    state.consumers = group.consumers;
+    state.pending = group.pending;
+    let delivered = group.last_delivered;
+    let reported_lag = group.lag;
+    let unread = has_unread(conn, kind, delivered, last).await?;
+    // `lag` is Redis 7's count of undelivered entries (nil when unknown),
+    // but it can be stale after a restart: it only counts when an
+    // undelivered entry exists, and never beyond the stream's length.
+    state.lag = match unread {
+        false => Some(0),
+        true => reported_lag.map(|lag| lag.clamp(1, length.max(1))),
+    };
+    // An entry deleted past the last delivered id was never read. A
+    // max-deleted id past the last generated one is what lowering the ids
+    // leaves (XSETID), not a deletion.
+    state.deleted_before_read = max_deleted
+        .filter(|deleted| *deleted > delivered && last.is_some_and(|last| *deleted <= last))
+        .map(|deleted| deleted.to_string());
+    Ok(state)
+}
+
+/// flit-cache's consumer group as XINFO GROUPS tells it.
+struct GroupFacts {
+    consumers: u64,
+    pending: u64,
+    last_delivered: StreamId,
+    /// Redis 7's count of undelivered entries; nil when it does not know.
+    lag: Option<u64>,
+}
+
+/// flit-cache's group among the stream's groups (XINFO GROUPS), if it exists.
+fn consumer_group(groups: Vec<redis::Value>) -> redis::RedisResult<Option<GroupFacts>> {
     for group in groups {
         let fields: BTreeMap<String, redis::Value> = redis::from_redis_value(group)?;
         let text = |name: &str| {
@@ -402,21 +437,28 @@ pub async fn stream_state(
                 .get(name)
                 .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
         };
-        state.group_exists = true;
-        state.consumers = number("consumers").unwrap_or(0);
-        state.pending = number("pending").unwrap_or(0);
-        delivered = text("last-delivered-id").and_then(|id| StreamId::parse(&id));
-        reported_lag = number("lag");
+        return Ok(Some(GroupFacts {
+            consumers: number("consumers").unwrap_or(0),
+            pending: number("pending").unwrap_or(0),
+            last_delivered: text("last-delivered-id")
+                .and_then(|id| StreamId::parse(&id))
+                .unwrap_or_default(),
+            lag: number("lag"),
+        }));
     }
-    if !state.group_exists {
-        state.lag = Some(length);
-        return Ok(state);
-    }
-    let delivered = delivered.unwrap_or_default();
-    // Whether an entry after the group's last delivered one exists. Nothing
-    // comes after the last generated id (and asking would fail when it is
-    // the largest possible one).
-    let unread = match last {
+    Ok(None)
+}
+
+/// Whether an entry after the group's last delivered one exists. Nothing
+/// comes after the last generated id (and asking would fail when it is the
+/// largest possible one).
+async fn has_unread(
+    conn: &mut MultiplexedConnection,
+    kind: EventKind,
+    delivered: StreamId,
+    last: Option<StreamId>,
+) -> redis::RedisResult<bool> {
+    match last {
         Some(last) if last > delivered => {
             let next: Vec<redis::Value> = redis::cmd("XRANGE")
                 .arg(kind.stream())
@@ -426,24 +468,10 @@ pub async fn stream_state(
                 .arg(1)
                 .query_async(conn)
                 .await?;
-            !next.is_empty()
+            Ok(!next.is_empty())
         }
-        _ => false,
-    };
-    // `lag` is Redis 7's count of undelivered entries (nil when unknown),
-    // but it can be stale after a restart: it only counts when an
-    // undelivered entry exists, and never beyond the stream's length.
-    state.lag = match unread {
-        false => Some(0),
-        true => reported_lag.map(|lag| lag.clamp(1, length.max(1))),
-    };
-    // An entry deleted past the last delivered id was never read. A
-    // max-deleted id past the last generated one is what lowering the ids
-    // leaves (XSETID), not a deletion.
-    state.deleted_before_read = max_deleted
-        .filter(|deleted| *deleted > delivered && last.is_some_and(|last| *deleted <= last))
-        .map(|deleted| deleted.to_string());
-    Ok(state)
+        _ => Ok(false),
+    }
 }
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
