@@ -323,8 +323,8 @@ async fn batch_upload(
     let stop = CancellationToken::new();
     startup::cancel_on_signal(stop.clone());
     options.stop = Some(stop);
-    let warehouse = warehouse::configured(&settings.warehouse).await?;
-    let report = upload::run_once(&settings.upload_context(), &warehouse, options).await?;
+    let report =
+        upload::run_configured(&settings.upload_context(), &settings.warehouse, options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,6 +1,7 @@
 //! Upload notifications: a JSON POST to `FLIT_NOTIFY_WEBHOOK_URL` after every
-//! upload run that kept something back (status `partial`), and after the
-//! first fully successful run that follows such a run. The body carries a
+//! upload run that kept something back (status `partial`) or could not start
+//! at all (no usable sink, Redis unreachable), and after the first fully
+//! successful run that follows such a run. The body carries a
 //! Slack-compatible `text` and the run's figures under `flit_cache`.
 //!
 //! A notification is bounded in time (`FLIT_NOTIFY_TIMEOUT_MS`) and never
@@ -10,6 +11,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
@@ -31,6 +33,9 @@ pub enum Occasion {
     Failed,
     /// The first fully successful run after one that was not.
     Recovered,
+    /// The run could not start: no usable sink, Redis unreachable, a layout
+    /// it cannot use. Nothing was uploaded.
+    NotStarted,
 }
 
 /// Whether a table kept something back in its run (the run is then
@@ -71,6 +76,8 @@ pub fn body(report: &RunReport, occasion: Occasion) -> serde_json::Value {
             report.started_at.format("%Y-%m-%d %H:%M UTC"),
             report.warehouse
         ),
+        // A run that did not start has no report; `not_started_body` says it.
+        Occasion::NotStarted => String::new(),
     };
     for table in &report.tables {
         if let Some(why) = &table.set_aside {
@@ -104,6 +111,22 @@ pub fn body(report: &RunReport, occasion: Occasion) -> serde_json::Value {
     })
 }
 
+/// The body POSTed when a run could not start, with why.
+pub fn not_started_body(started_at: DateTime<Utc>, error: &str) -> serde_json::Value {
+    json!({
+        "text": format!(
+            ":x: flit-cache upload run of {} could not start, nothing was uploaded: {}",
+            started_at.format("%Y-%m-%d %H:%M UTC"),
+            shorten(error)
+        ),
+        "flit_cache": {
+            "occasion": Occasion::NotStarted,
+            "started_at": started_at,
+            "error": shorten(error),
+        }
+    })
+}
+
 /// Error texts can be long (a warehouse's whole reply); a chat line need not be.
 fn shorten(text: &str) -> String {
     const MAX: usize = 300;
@@ -126,6 +149,26 @@ pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_bef
         url.expose_secret(),
         settings.timeout,
         &body(report, occasion),
+    )
+    .await
+    {
+        Ok(()) => tracing::info!(?occasion, "upload notification sent"),
+        Err(problem) => tracing::warn!(?occasion, %problem,
+            "could not send the upload notification (FLIT_NOTIFY_WEBHOOK_URL); the run is not affected"),
+    }
+}
+
+/// Says that the run of `started_at` could not start, and why, if a webhook
+/// is set. Never fails, as `after_run`.
+pub async fn run_not_started(settings: &NotifySettings, started_at: DateTime<Utc>, error: &str) {
+    let Some(url) = &settings.webhook_url else {
+        return;
+    };
+    let occasion = Occasion::NotStarted;
+    match post(
+        url.expose_secret(),
+        settings.timeout,
+        &not_started_body(started_at, error),
     )
     .await
     {

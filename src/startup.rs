@@ -29,7 +29,6 @@ use crate::producer::Producer;
 use crate::shutdown::sleep_or_stop;
 use crate::store::{Role, reports};
 use crate::upload::{self, RunStatus, UploadOptions};
-use crate::warehouse;
 
 /// How long `/readyz` waits for Redis: a probe must answer fast.
 const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -212,10 +211,9 @@ async fn run_scheduled_uploads(settings: &Settings, stop: CancellationToken) -> 
                 stop: Some(stop),
                 ..UploadOptions::default()
             };
-            let result = match warehouse::configured(&settings.warehouse).await {
-                Ok(sink) => upload::run_once(&settings.upload_context(), &sink, options).await,
-                Err(err) => Err(err),
-            };
+            let result =
+                upload::run_configured(&settings.upload_context(), &settings.warehouse, options)
+                    .await;
             match result {
                 Ok(report) if report.status == RunStatus::Busy => {
                     tracing::info!("another process is uploading; this tick is skipped")

@@ -222,3 +222,52 @@ fn a_run_of_one_kind_does_not_announce_the_recovery_of_the_other() {
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1]["flit_cache"]["occasion"], "recovered");
 }
+
+#[test]
+fn a_run_that_cannot_start_is_announced_and_so_is_the_recovery_after_it() {
+    const N: usize = 10;
+    let redis = RedisServer::start();
+    let (url, receiver) = start_receiver(Duration::ZERO);
+    let env = notifying(&redis, &url);
+    ingest_generated(&redis, &env, N);
+
+    // A sink that cannot be used: the run does not start, and says so.
+    let refused = notifying(&redis, &url).set("FLIT_SINK", "bigqeury");
+    let (code, text) = upload(&refused);
+    assert_eq!(code, Some(2), "{text}");
+    let sent = bodies(&receiver);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0]["flit_cache"]["occasion"], "not_started",
+        "{}",
+        sent[0]
+    );
+    let line = sent[0]["text"].as_str().unwrap_or_default();
+    assert!(line.contains("could not start"), "{line}");
+    assert!(line.contains("bigqeury"), "the cause is named: {line}");
+
+    // Redis gone: not started either, and still announced.
+    let down = Env::for_url(format!("redis://127.0.0.1:{}", free_port()))
+        .set("FLIT_NOTIFY_WEBHOOK_URL", &url);
+    let (code, text) = upload(&down);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(bodies(&receiver).len(), 2);
+
+    // The next good run is the tables' recovery.
+    let (code, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    let sent = bodies(&receiver);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(
+        sent[2]["flit_cache"]["occasion"], "recovered",
+        "{}",
+        sent[2]
+    );
+    assert_eq!(warehouse_rows(&env, TX_TABLE).len(), N);
+
+    // A dry run that cannot start changes nothing and tells no one.
+    let nowhere = notifying(&redis, &url).set("FLIT_SINK", "nowhere");
+    let (code, _) = upload_with(&nowhere, &["--dry-run"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(bodies(&receiver).len(), 3);
+}

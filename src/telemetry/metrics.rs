@@ -179,7 +179,7 @@ fn describe_all() {
     );
     describe_gauge!(
         CACHE_HIT_RATIO,
-        "Hits over lookups in the last hour (Redis clock, one-minute slots), per kind; NaN after an hour without lookups."
+        "Hits over lookups in the last hour (one-minute slots, by the clock of the process that looked up), per kind; NaN after an hour without lookups."
     );
     describe_gauge!(
         CACHE_LOOKUPS_LAST_HOUR,

@@ -34,7 +34,9 @@ use crate::store::dead_letters::DeadLetterSettings;
 use crate::store::upload_queue::AfterUpload;
 use crate::store::{Role, reports, upload_queue};
 use crate::telemetry::metrics::{UploadRunFinished, UploadStatus, UploadTableSettled};
-use crate::warehouse::{Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WriteOutcome};
+use crate::warehouse::{
+    Failure, Row, RowBatch, SinkError, TableSpec, Warehouse, WarehouseSettings, WriteOutcome,
+};
 
 /// How upload runs cut and retry batches.
 #[derive(Debug, Clone)]
@@ -74,8 +76,51 @@ pub struct UploadOptions {
     pub stop: Option<CancellationToken>,
 }
 
-/// Runs one upload. An `Err` means the run could not start (Redis
-/// unreachable); everything after that is in the report.
+/// One upload run into the sink `FLIT_SINK` chose (`batch-upload`, the
+/// schedule). A run that cannot start (no usable sink, Redis unreachable, a
+/// layout it cannot use) errs as `run_once` does and is notified too; where
+/// Redis can still be told, its tables count as failed, so the next good
+/// run is announced as their recovery.
+pub async fn run_configured(
+    settings: &UploadContext<'_>,
+    warehouse: &WarehouseSettings,
+    options: UploadOptions,
+) -> anyhow::Result<RunReport> {
+    let started_at = Utc::now();
+    let (dry_run, only) = (options.dry_run, options.only);
+    let result = match crate::warehouse::configured(warehouse).await {
+        Ok(sink) => run_once(settings, &sink, options).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = &result
+        && !dry_run
+    {
+        note_not_started(settings, only).await;
+        let why = crate::telemetry::error_text(err);
+        crate::notify::run_not_started(settings.notify, started_at, &why).await;
+    }
+    result
+}
+
+/// Notes the tables of a run that could not start as failed, if Redis
+/// answers (it may be why the run could not start).
+async fn note_not_started(settings: &UploadContext<'_>, only: Option<EventKind>) {
+    let outcomes: Vec<(String, bool)> = EventKind::ALL
+        .into_iter()
+        .filter(|kind| only.is_none_or(|only| only == *kind))
+        .map(|kind| (TableSpec::for_kind(kind).qualified(), true))
+        .collect();
+    let noted = async {
+        let mut state = connect(settings, settings.redis.db_transactions).await?;
+        anyhow::Ok(reports::note_outcomes(&mut state, &outcomes).await?)
+    };
+    if let Err(err) = noted.await {
+        tracing::warn!(error = %format!("{err:#}"), "could not note the tables of a run that did not start");
+    }
+}
+
+/// Runs one upload into `warehouse`. An `Err` means the run could not start
+/// (Redis unreachable); everything after that is in the report.
 pub async fn run_once<W: Warehouse>(
     settings: &UploadContext<'_>,
     warehouse: &W,

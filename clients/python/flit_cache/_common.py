@@ -1,6 +1,6 @@
 """What the sync and asyncio clients share: settings (the Rust side's
 environment variables and defaults), preparing an event at the door, the
-Redis names, the lookup scripts, and the result types."""
+Redis names, the lookup counters, and the result types."""
 
 from __future__ import annotations
 
