@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pytest
 import redis
@@ -38,9 +38,13 @@ def wait_until(limit: float, what: str, check: Callable[[], bool]) -> None:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path) -> None:
+    """A private redis-server: `extra_args` are added to its command line
+    (an ACL file, say); `conn` is how the test itself signs in."""
+
+    def __init__(self, data_dir: Path, extra_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.dir = data_dir
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -52,19 +56,19 @@ class RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--logfile", "redis.log", "--dir", str(self.dir)],
+             "--logfile", "redis.log", "--dir", str(self.dir), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(10, "redis-server to answer", self._answers)
 
     def _answers(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+            return bool(self.conn(socket_timeout=0.5).ping())
         except redis.RedisError:
             return False
 
-    def conn(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.port, db=db, socket_timeout=5)
+    def conn(self, db: int = 0, socket_timeout: float = 5) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, socket_timeout=socket_timeout)
 
     def kill(self) -> None:
         if self.process is not None:

@@ -17,7 +17,7 @@ import redis
 
 from flit_cache import AsyncFlitClient, Delivery, FlitClient, Settings
 
-from conftest import PRED_TABLE, REPO, TX_TABLE, Flit, free_port, wait_until
+from conftest import PRED_TABLE, REPO, TX_TABLE, Flit, RedisServer
 from test_client import ids, prediction, transaction
 
 PASSWORDS = {
@@ -29,14 +29,12 @@ PASSWORDS = {
 }
 
 
-class AclRedis:
-    """redis-server with the shipped users and the default user off;
-    `url` signs in as flit-service, `conn` as flit-admin (for the test's
-    own checks)."""
+class AclRedis(RedisServer):
+    """conftest's redis-server with the shipped users and the default user
+    off; `url` signs in as flit-service, `conn` as flit-admin (for the
+    test's own checks)."""
 
     def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.dir = root
         users = root / "users.acl"
         env = {"PATH": os.environ.get("PATH", "")}
         env.update({f"REDIS_{role}_PASSWORD": password for role, password in PASSWORDS.items()})
@@ -46,12 +44,7 @@ class AclRedis:
         )
         assert rendered.returncode == 0, rendered.stderr
         assert not any(p in rendered.stderr for p in PASSWORDS.values()), "a password was printed"
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--aclfile", str(users), "--dir", str(root), "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(10, "redis-server to answer", self._answers)
+        super().__init__(root, ["--aclfile", str(users)])
 
     def user_url(self, user: str) -> str:
         role = user.removeprefix("flit-").upper()
@@ -61,18 +54,8 @@ class AclRedis:
     def url(self) -> str:
         return self.user_url("flit-service")
 
-    def conn(self, db: int = 0) -> redis.Redis:
-        return redis.Redis.from_url(self.user_url("flit-admin"), db=db, socket_timeout=5)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.conn().ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
+    def conn(self, db: int = 0, socket_timeout: float = 5) -> redis.Redis:
+        return redis.Redis.from_url(self.user_url("flit-admin"), db=db, socket_timeout=socket_timeout)
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
 
 
 def test_an_api_sends_as_the_producer_and_looks_up_as_the_reader(acl_redis: AclRedis, tmp_path: Path) -> None:
-    flit = Flit(acl_redis, tmp_path)  # type: ignore[arg-type]
+    flit = Flit(acl_redis, tmp_path)
     flit.env["FLIT_SINK"] = "local"
     env = {
         "REDIS_URL": acl_redis.user_url("flit-producer"),
@@ -100,7 +83,7 @@ def test_an_api_sends_as_the_producer_and_looks_up_as_the_reader(acl_redis: AclR
     for i in range(30):
         assert c.send_prediction(prediction(i)) is Delivery.STREAMED
     assert c.health().redis_ok
-    flit.ingest_until(acl_redis, 40, 30)  # type: ignore[arg-type]
+    flit.ingest_until(acl_redis, 40, 30)
 
     found = c.get_transaction("tx_py_7")
     assert found is not None and found["transaction_id"] == "tx_py_7"
@@ -116,7 +99,7 @@ def test_an_api_sends_as_the_producer_and_looks_up_as_the_reader(acl_redis: AclR
             assert record is not None and record["transaction_id"] == "tx_py_8"
 
     asyncio.run(asyncio_side())
-    flit.ingest_until(acl_redis, 41, 30)  # type: ignore[arg-type]
+    flit.ingest_until(acl_redis, 41, 30)
     flit.run("batch-upload")
     assert sorted(ids(flit.rows(TX_TABLE), "transaction_id")) == sorted(f"tx_py_{i}" for i in range(41))
     assert len(flit.rows(PRED_TABLE)) == 30
