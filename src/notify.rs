@@ -139,39 +139,29 @@ fn shorten(text: &str) -> String {
 /// Sends the notification `report` calls for, if any and if a webhook is
 /// set. Never fails: what goes wrong is logged, without the URL.
 pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_before: &[String]) {
-    let Some(url) = &settings.webhook_url else {
+    if settings.webhook_url.is_none() {
         return;
-    };
-    let Some(occasion) = occasion(report, failed_before) else {
-        return;
-    };
-    match post(
-        url.expose_secret(),
-        settings.timeout,
-        &body(report, occasion),
-    )
-    .await
-    {
-        Ok(()) => tracing::info!(?occasion, "upload notification sent"),
-        Err(problem) => tracing::warn!(?occasion, %problem,
-            "could not send the upload notification (FLIT_NOTIFY_WEBHOOK_URL); the run is not affected"),
+    }
+    if let Some(occasion) = occasion(report, failed_before) {
+        send(settings, occasion, &body(report, occasion)).await;
     }
 }
 
 /// Says that the run of `started_at` could not start, and why, if a webhook
 /// is set. Never fails, as `after_run`.
 pub async fn run_not_started(settings: &NotifySettings, started_at: DateTime<Utc>, error: &str) {
+    if settings.webhook_url.is_some() {
+        let body = not_started_body(started_at, error);
+        send(settings, Occasion::NotStarted, &body).await;
+    }
+}
+
+/// POSTs `body` to the webhook, if one is set, and logs how it went.
+async fn send(settings: &NotifySettings, occasion: Occasion, body: &serde_json::Value) {
     let Some(url) = &settings.webhook_url else {
         return;
     };
-    let occasion = Occasion::NotStarted;
-    match post(
-        url.expose_secret(),
-        settings.timeout,
-        &not_started_body(started_at, error),
-    )
-    .await
-    {
+    match post(url.expose_secret(), settings.timeout, body).await {
         Ok(()) => tracing::info!(?occasion, "upload notification sent"),
         Err(problem) => tracing::warn!(?occasion, %problem,
             "could not send the upload notification (FLIT_NOTIFY_WEBHOOK_URL); the run is not affected"),
