@@ -97,7 +97,11 @@ fn crate_paths(source: &str) -> Vec<String> {
     }
     paths
         .iter()
-        .map(|path| path.trim().trim_end_matches(':').to_owned())
+        // `configuration as cfg` names `configuration`.
+        .map(|path| {
+            let path = path.split(" as ").next().unwrap_or_default();
+            path.trim().trim_end_matches(':').to_owned()
+        })
         .filter(|path| !path.is_empty())
         .collect()
 }
@@ -145,11 +149,14 @@ fn graph() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
 #[test]
 fn grouped_and_nested_imports_are_read_as_edges() {
     let paths = crate_paths(
-        "use crate::{\n    store::{self, Role},\n    upload,\n};\nuse crate::keys::EventKind;",
+        "use crate::{\n    store::{self, Role},\n    upload,\n    configuration as cfg,\n};\nuse crate::keys::EventKind;",
     );
-    assert_eq!(paths, ["store", "upload", "keys::EventKind"]);
+    assert_eq!(
+        paths,
+        ["store", "upload", "configuration", "keys::EventKind"]
+    );
     let nodes: Vec<String> = paths.iter().map(|p| node_named(p)).collect();
-    assert_eq!(nodes, ["store", "upload", "keys"]);
+    assert_eq!(nodes, ["store", "upload", "configuration", "keys"]);
 }
 
 #[test]

@@ -251,7 +251,20 @@ fn a_run_that_cannot_start_is_announced_and_so_is_the_recovery_after_it() {
         .set("FLIT_NOTIFY_WEBHOOK_URL", &url);
     let (code, text) = upload(&down);
     assert_eq!(code, Some(2), "{text}");
-    assert_eq!(bodies(&receiver).len(), 2);
+    let sent = bodies(&receiver);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[1]["flit_cache"]["occasion"], "not_started",
+        "{}",
+        sent[1]
+    );
+    assert!(
+        sent[1]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("could not start")),
+        "{}",
+        sent[1]
+    );
 
     // The next good run is the tables' recovery.
     let (code, text) = upload(&env);

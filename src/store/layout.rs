@@ -17,6 +17,15 @@ use crate::keys::LAYOUT;
 /// manifests of positions), settling in slices.
 pub const LAYOUT_VERSION: u32 = 3;
 
+/// Whether `err` is a layout claim refused because Redis holds a newer
+/// layout: an older binary still running beside a newer one, which is
+/// refused by design and changes nothing.
+pub fn is_newer_layout(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
+        .any(|redis| redis.code() == Some("NEWER_LAYOUT"))
+}
+
 /// Claims this binary's layout in the connection's database; returns the
 /// version that was there (1 when none was: layout 1 wrote no key). Errs
 /// with code `NEWER_LAYOUT` when Redis holds a newer one.

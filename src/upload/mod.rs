@@ -77,10 +77,13 @@ pub struct UploadOptions {
 }
 
 /// One upload run into the sink `FLIT_SINK` chose (`batch-upload`, the
-/// schedule). A run that cannot start (no usable sink, Redis unreachable, a
-/// layout it cannot use) errs as `run_once` does and is notified too; where
+/// schedule). A run that cannot start (no usable sink, Redis unreachable)
+/// errs as `run_once` does and, with a webhook set, is notified too; where
 /// Redis can still be told, its tables count as failed, so the next good
-/// run is announced as their recovery.
+/// run is announced as their recovery (after Redis itself was unreachable
+/// nothing could be noted, and no recovery follows). An older binary
+/// refused by a newer layout is refused by design: it is logged, and
+/// neither notifies nor writes.
 pub async fn run_configured(
     settings: &UploadContext<'_>,
     warehouse: &WarehouseSettings,
@@ -94,6 +97,8 @@ pub async fn run_configured(
     };
     if let Err(err) = &result
         && !dry_run
+        && settings.notify.webhook_url.is_some()
+        && !crate::store::layout::is_newer_layout(err)
     {
         note_not_started(settings, only).await;
         let why = crate::telemetry::error_text(err);
@@ -111,7 +116,12 @@ async fn note_not_started(settings: &UploadContext<'_>, only: Option<EventKind>)
         .map(|kind| (TableSpec::for_kind(kind).qualified(), true))
         .collect();
     let noted = async {
-        let mut state = connect(settings, settings.redis.db_transactions).await?;
+        // The monitor role's short timeout: Redis may be why the run did
+        // not start, and the schedule must not wait on it for long.
+        let mut state = settings
+            .redis
+            .open(Role::Monitor, settings.redis.db_transactions)
+            .await?;
         anyhow::Ok(reports::note_outcomes(&mut state, &outcomes).await?)
     };
     if let Err(err) = noted.await {
