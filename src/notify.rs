@@ -139,9 +139,6 @@ fn shorten(text: &str) -> String {
 /// Sends the notification `report` calls for, if any and if a webhook is
 /// set. Never fails: what goes wrong is logged, without the URL.
 pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_before: &[String]) {
-    if settings.webhook_url.is_none() {
-        return;
-    }
     if let Some(occasion) = occasion(report, failed_before) {
         send(settings, occasion, &body(report, occasion)).await;
     }
@@ -150,10 +147,8 @@ pub async fn after_run(settings: &NotifySettings, report: &RunReport, failed_bef
 /// Says that the run of `started_at` could not start, and why, if a webhook
 /// is set. Never fails, as `after_run`.
 pub async fn run_not_started(settings: &NotifySettings, started_at: DateTime<Utc>, error: &str) {
-    if settings.webhook_url.is_some() {
-        let body = not_started_body(started_at, error);
-        send(settings, Occasion::NotStarted, &body).await;
-    }
+    let body = not_started_body(started_at, error);
+    send(settings, Occasion::NotStarted, &body).await;
 }
 
 /// POSTs `body` to the webhook, if one is set, and logs how it went.

@@ -223,6 +223,14 @@ fn a_run_of_one_kind_does_not_announce_the_recovery_of_the_other() {
     assert_eq!(sent[1]["flit_cache"]["occasion"], "recovered");
 }
 
+/// The text of a `not_started` notification, checked to say so.
+fn not_started_line(body: &Value) -> String {
+    assert_eq!(body["flit_cache"]["occasion"], "not_started", "{body}");
+    let line = body["text"].as_str().unwrap_or_default().to_owned();
+    assert!(line.contains("could not start"), "{line}");
+    line
+}
+
 #[test]
 fn a_run_that_cannot_start_is_announced_and_so_is_the_recovery_after_it() {
     const N: usize = 10;
@@ -237,13 +245,7 @@ fn a_run_that_cannot_start_is_announced_and_so_is_the_recovery_after_it() {
     assert_eq!(code, Some(2), "{text}");
     let sent = bodies(&receiver);
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(
-        sent[0]["flit_cache"]["occasion"], "not_started",
-        "{}",
-        sent[0]
-    );
-    let line = sent[0]["text"].as_str().unwrap_or_default();
-    assert!(line.contains("could not start"), "{line}");
+    let line = not_started_line(&sent[0]);
     assert!(line.contains("bigqeury"), "the cause is named: {line}");
 
     // Redis gone: not started either, and still announced.
@@ -253,18 +255,7 @@ fn a_run_that_cannot_start_is_announced_and_so_is_the_recovery_after_it() {
     assert_eq!(code, Some(2), "{text}");
     let sent = bodies(&receiver);
     assert_eq!(sent.len(), 2, "{sent:?}");
-    assert_eq!(
-        sent[1]["flit_cache"]["occasion"], "not_started",
-        "{}",
-        sent[1]
-    );
-    assert!(
-        sent[1]["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("could not start")),
-        "{}",
-        sent[1]
-    );
+    not_started_line(&sent[1]);
 
     // The next good run is the tables' recovery.
     let (code, text) = upload(&env);

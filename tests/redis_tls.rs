@@ -154,8 +154,8 @@ fn without_the_ca_file_the_server_is_refused_and_with_it_the_whole_pipeline_runs
         );
     }
     ingest_until_queued(&redis, &env, 65, 40);
-    assert_exactly_once_tls(&redis, 0, "tx", "stream:transactions", 65);
-    assert_exactly_once_tls(&redis, 1, "pred", "stream:predictions", 40);
+    assert_exactly_once_in(&mut redis.conn(0), 0, "tx:", "stream:transactions", 65);
+    assert_exactly_once_in(&mut redis.conn(1), 1, "pred:", "stream:predictions", 40);
 
     let out = env.flit(&["batch-upload", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -184,19 +184,6 @@ fn without_the_ca_file_the_server_is_refused_and_with_it_the_whole_pipeline_runs
         "{}",
         output_text(&out)
     );
-}
-
-/// [`assert_exactly_once`] for the TLS server.
-fn assert_exactly_once_tls(redis: &TlsRedis, db: i64, prefix: &str, stream: &str, expected: usize) {
-    let mut conn = redis.conn(db);
-    let records = keys(&mut conn, &format!("{prefix}:*"));
-    let queued = queue(&mut conn);
-    let distinct: HashSet<&String> = queued.iter().collect();
-    assert_eq!(records.len(), expected, "record keys with {prefix}");
-    assert_eq!(queued.len(), expected, "queue entries in db {db}");
-    assert_eq!(distinct.len(), queued.len(), "no key is queued twice");
-    assert!(queued.iter().all(|k| records.contains(k)));
-    assert_eq!(pending(&mut conn, stream), 0, "nothing pending on {stream}");
 }
 
 #[test]

@@ -242,12 +242,7 @@ pub async fn read_warehouse(
 ) -> Vec<TableFreshness> {
     let sink = match warehouse::configured(warehouse).await {
         Ok(sink) => sink,
-        Err(err) => {
-            return EventKind::ALL
-                .into_iter()
-                .map(|kind| unreadable(TableSpec::for_kind(kind), format!("{err:#}")))
-                .collect();
-        }
+        Err(err) => return unreadable_tables(&format!("{err:#}")),
     };
     // Rows ingested lately can carry event times up to the record TTL back
     // (and a day for the upload): read that many daily partitions, no more.

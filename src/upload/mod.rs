@@ -76,6 +76,16 @@ pub struct UploadOptions {
     pub stop: Option<CancellationToken>,
 }
 
+impl UploadOptions {
+    /// The kinds the run is for: `only`, or both.
+    fn kinds(&self) -> Vec<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .filter(|kind| self.only.is_none_or(|only| only == *kind))
+            .collect()
+    }
+}
+
 /// One upload run into the sink `FLIT_SINK` chose (`batch-upload`, the
 /// schedule). A run that cannot start (no usable sink, Redis unreachable)
 /// errs as `run_once` does and, with a webhook set, is notified too; where
@@ -90,7 +100,7 @@ pub async fn run_configured(
     options: UploadOptions,
 ) -> anyhow::Result<RunReport> {
     let started_at = Utc::now();
-    let (dry_run, only) = (options.dry_run, options.only);
+    let (dry_run, kinds) = (options.dry_run, options.kinds());
     let result = match crate::warehouse::configured(warehouse).await {
         Ok(sink) => run_once(settings, &sink, options).await,
         Err(err) => Err(err),
@@ -100,7 +110,7 @@ pub async fn run_configured(
         && settings.notify.webhook_url.is_some()
         && !crate::store::layout::is_newer_layout(err)
     {
-        note_not_started(settings, only).await;
+        note_not_started(settings, &kinds).await;
         let why = crate::telemetry::error_text(err);
         crate::notify::run_not_started(settings.notify, started_at, &why).await;
     }
@@ -109,11 +119,10 @@ pub async fn run_configured(
 
 /// Notes the tables of a run that could not start as failed, if Redis
 /// answers (it may be why the run could not start).
-async fn note_not_started(settings: &UploadContext<'_>, only: Option<EventKind>) {
-    let outcomes: Vec<(String, bool)> = EventKind::ALL
-        .into_iter()
-        .filter(|kind| only.is_none_or(|only| only == *kind))
-        .map(|kind| (TableSpec::for_kind(kind).qualified(), true))
+async fn note_not_started(settings: &UploadContext<'_>, kinds: &[EventKind]) {
+    let outcomes: Vec<(String, bool)> = kinds
+        .iter()
+        .map(|kind| (TableSpec::for_kind(*kind).qualified(), true))
         .collect();
     let noted = async {
         // The monitor role's short timeout: Redis may be why the run did
@@ -147,10 +156,7 @@ pub async fn run_once<W: Warehouse>(
         busy: None,
         tables: Vec::new(),
     };
-    let kinds: Vec<EventKind> = EventKind::ALL
-        .into_iter()
-        .filter(|k| options.only.is_none_or(|only| only == *k))
-        .collect();
+    let kinds = options.kinds();
     // One lock per kind, in its own database, taken in a fixed order; a run
     // goes only when it holds all it needs.
     let mut locks: Vec<UploadLock> = Vec::new();

@@ -109,9 +109,19 @@ pub fn assert_exactly_once(
     stream: &str,
     expected: usize,
 ) {
-    let mut conn = redis.conn(db);
-    let records = keys(&mut conn, &format!("{prefix}*"));
-    let queued = queue(&mut conn);
+    assert_exactly_once_in(&mut redis.conn(db), db, prefix, stream, expected);
+}
+
+/// [`assert_exactly_once`] on a connection made elsewhere (a TLS server).
+pub fn assert_exactly_once_in(
+    conn: &mut redis::Connection,
+    db: i64,
+    prefix: &str,
+    stream: &str,
+    expected: usize,
+) {
+    let records = keys(conn, &format!("{prefix}*"));
+    let queued = queue(conn);
     let distinct: HashSet<&String> = queued.iter().collect();
     assert_eq!(records.len(), expected, "record keys with {prefix}");
     assert_eq!(queued.len(), expected, "queue entries in db {db}");
@@ -120,5 +130,5 @@ pub fn assert_exactly_once(
         queued.iter().all(|k| records.contains(k)),
         "every queue entry names a stored record"
     );
-    assert_eq!(pending(&mut conn, stream), 0, "nothing pending on {stream}");
+    assert_eq!(pending(conn, stream), 0, "nothing pending on {stream}");
 }
