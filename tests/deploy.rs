@@ -73,11 +73,11 @@ fn the_production_redis_config_is_safe_and_monitor_reports_it_healthy() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(env.flit(&["monitor"]).status.code(), Some(0));
 
-    // Uploaded, the records stay for their TTL, marked: what a purchase
+    // Uploaded, the records stay for their TTL, in the index: what a purchase
     // costs then sizes Redis (README, "Memory per daily volume").
     let kept = (used_memory(&mut conn) - before) as f64 / 5_000.0;
     println!(
-        "Redis memory per purchase kept after upload (records + uploaded marks): {kept:.0} bytes"
+        "Redis memory per purchase kept after upload (records + uploaded index): {kept:.0} bytes"
     );
     assert!(kept < 2_000.0, "{kept:.0} bytes per purchase kept");
     let report: serde_json::Value =

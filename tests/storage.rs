@@ -1,5 +1,5 @@
 //! The storage layout, against a real redis-server and the real binary:
-//! records stay readable by id after upload (marked uploaded beside them),
+//! records stay readable by id after upload (recorded in the uploaded index),
 //! a late copy of an uploaded event adds no row, every version of a reused
 //! id is uploaded once, `FLIT_KEEP_UPLOADED=false` removes them instead,
 //! and a Redis holding a newer layout is refused without a change.
@@ -141,21 +141,24 @@ fn uploaded_records_stay_readable_and_late_copies_add_no_row() {
             "a plain GET reads the event's JSON"
         );
         assert_eq!(
-            uploaded_marks(&mut conn, &format!("tx!tx_{n}")),
+            uploaded_versions(&mut conn, "tx", &format!("tx_{n}")),
             [sha1(&stored)],
-            "{key} is marked uploaded beside it"
+            "{key} is recorded as uploaded"
         );
-        let (record_ttl, mark_ttl): (i64, i64) = redis::pipe()
-            .cmd("PTTL")
-            .arg(&key)
-            .cmd("PTTL")
-            .arg(format!("tx!tx_{n}"))
-            .query(&mut conn)
-            .expect("pttl");
-        assert!(record_ttl > 0 && mark_ttl > 0, "{record_ttl} {mark_ttl}");
         assert!(
-            mark_ttl >= record_ttl && mark_ttl <= 604_800_000,
-            "the mark outlives its record, by no more than a TTL: {mark_ttl} vs {record_ttl}"
+            keys(&mut conn, &format!("tx!tx_{n}")).is_empty(),
+            "keeping {key} costs no key of its own: its version is a field of the uploaded index"
+        );
+        let indexed: String = redis::cmd("HGET")
+            .arg("flit:uploaded:transactions")
+            .arg(format!("tx_{n}"))
+            .query(&mut conn)
+            .expect("hget");
+        let uploaded_at: i64 = indexed[40..].parse().expect("upload time");
+        let now = chrono::Utc::now().timestamp();
+        assert!(
+            (now - 120..=now + 5).contains(&uploaded_at),
+            "the field carries the upload time, from which the sweep counts a TTL: {indexed}"
         );
     }
     assert_eq!(llen(&mut conn, "upload_queue"), 0);
@@ -254,9 +257,9 @@ fn a_reused_id_after_upload_uploads_each_version_once() {
     ];
     both.sort();
     assert_eq!(
-        uploaded_marks(&mut conn, "tx!tx_reused"),
+        uploaded_versions(&mut conn, "tx", "tx_reused"),
         both,
-        "both versions marked, once each"
+        "both versions recorded as uploaded, once each"
     );
 }
 
@@ -274,6 +277,61 @@ fn with_keep_uploaded_off_records_leave_redis_at_upload() {
 }
 
 #[test]
+fn near_maxmemory_uploaded_records_leave_and_late_copies_of_them_still_add_no_row() {
+    const N: usize = 30;
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let events = numbered(N);
+    ingest_all(&redis, &env, 0, "stream:transactions", &events);
+    let mut conn = redis.conn(0);
+    // Redis at 92% of its maxmemory when the upload settles.
+    let info: redis::InfoDict = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut conn)
+        .expect("info");
+    let used: u64 = info.get("used_memory").expect("used_memory");
+    let set_max = |conn: &mut redis::Connection, bytes: u64| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query(conn)
+            .expect("config set");
+    };
+    set_max(&mut conn, used * 100 / 92);
+    let (code, report, text) = upload(&env);
+    set_max(&mut conn, 0);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), N as u64, "{text}");
+    assert!(
+        keys(&mut conn, "tx:*").is_empty(),
+        "the uploaded records left Redis to free memory"
+    );
+    let fields: u64 = redis::cmd("HLEN")
+        .arg("flit:uploaded:transactions")
+        .query(&mut conn)
+        .expect("hlen");
+    assert_eq!(
+        fields, N as u64,
+        "the uploaded index still records each one"
+    );
+
+    // Late copies: stored anew (their records were gone) and queued, but
+    // the take finds their versions in the index.
+    ingest_all(&redis, &env, 0, "stream:transactions", &events);
+    assert_eq!(llen(&mut conn, "upload_queue"), N as u64);
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 0, "{text}");
+    assert_eq!(llen(&mut conn, "upload_queue"), 0, "the stale entries left");
+    assert_eq!(
+        warehouse_rows(&env, TX_TABLE).len(),
+        N,
+        "every event once in the warehouse"
+    );
+}
+
+#[test]
 fn a_redis_holding_a_newer_layout_is_refused_and_left_as_it_is() {
     let redis = RedisServer::start();
     let env = Env::new(&redis);
@@ -283,7 +341,7 @@ fn a_redis_holding_a_newer_layout_is_refused_and_left_as_it_is() {
     for conn in [&mut tx, &mut pred] {
         assert_eq!(
             get(conn, "flit:layout").as_deref(),
-            Some("3"),
+            Some("4"),
             "the workers claimed today's layout in each kind's database"
         );
     }
@@ -357,7 +415,7 @@ fn a_record_key_of_another_type_dead_letters_its_event_and_the_rest_of_the_call_
 }
 
 #[test]
-fn marks_of_an_id_reused_again_and_again_do_not_pile_up() {
+fn marks_of_an_id_reused_again_and_again_and_old_index_fields_do_not_pile_up() {
     let redis = RedisServer::start();
     let env = Env::new(&redis);
     let mut conn = redis.conn(0);
@@ -368,6 +426,19 @@ fn marks_of_an_id_reused_again_and_again_do_not_pile_up() {
         old.arg(format!("{n:040x}")).arg(1_000_000);
     }
     let () = old.query(&mut conn).expect("hset");
+    // The index still names the version uploaded before those, and 300
+    // other records uploaded long ago.
+    let mut index = redis::cmd("HSET");
+    index
+        .arg("flit:uploaded:transactions")
+        .arg("tx_hot")
+        .arg(format!("{}1000000", "f".repeat(40)));
+    for n in 0..300 {
+        index
+            .arg(format!("tx_gone_{n}"))
+            .arg(format!("{n:040x}1000000"));
+    }
+    let () = index.query(&mut conn).expect("hset");
     ingest_all(
         &redis,
         &env,
@@ -380,8 +451,20 @@ fn marks_of_an_id_reused_again_and_again_do_not_pile_up() {
     assert_eq!(rows_uploaded(&report, TX_TABLE), 1, "{text}");
     let stored = get(&mut conn, "tx:tx_hot").expect("kept");
     assert_eq!(
-        uploaded_marks(&mut conn, "tx!tx_hot"),
+        uploaded_versions(&mut conn, "tx", "tx_hot"),
         [sha1(&stored)],
-        "the 64th version swept the stale ones"
+        "the version the index held moved to the mark as its 64th, which swept the stale ones"
+    );
+    assert!(
+        keys(&mut conn, "tx!tx_hot").is_empty(),
+        "all of them were stale"
+    );
+    let fields: u64 = redis::cmd("HLEN")
+        .arg("flit:uploaded:transactions")
+        .query(&mut conn)
+        .expect("hlen");
+    assert_eq!(
+        fields, 1,
+        "the upload's sweep removed the index's stale fields"
     );
 }

@@ -627,7 +627,7 @@ fn old_in_flight_batch_is_taken_over(old: OldBatch) {
         .arg("flit:layout")
         .query(&mut pred)
         .expect("get");
-    assert_eq!(layout.as_deref(), Some("3"), "the layout was raised");
+    assert_eq!(layout.as_deref(), Some("4"), "the layout was raised");
 }
 
 #[test]

@@ -113,6 +113,7 @@ impl BatchCommit {
             .key(UPLOAD_QUEUE)
             .key(kind.dead_letters_trimmed_key())
             .key(crate::keys::claims_key(kind))
+            .key(crate::keys::uploaded_index_key(kind))
             .arg(CONSUMER_GROUP)
             .arg(self.ttl_seconds)
             .arg(kind.record_prefix())

@@ -125,6 +125,24 @@ pub fn claims_key(kind: EventKind) -> String {
     format!("flit:upload:claims:{}", kind.name())
 }
 
+/// The uploaded index: which version of each kept record the warehouse has
+/// (layout 4). A hash in the kind's database: field = record id, value =
+/// the version's SHA-1 (40 hex digits) followed by the upload time (Unix
+/// seconds). Written by settling, one HSET per slice, so keeping a record
+/// costs no key of its own; read by the take (a stale entry of an uploaded
+/// version is not taken again) and by ingest's rare path (is the current
+/// version uploaded?). Older versions of a reused id go to the per-record
+/// marks (`uploaded_mark_prefix`); fields older than a TTL are swept.
+pub fn uploaded_index_key(kind: EventKind) -> String {
+    format!("flit:uploaded:{}", kind.name())
+}
+
+/// Where the sweep of the uploaded index stands: the HSCAN cursor it
+/// resumes from (sweep_uploaded.lua).
+pub fn uploaded_sweep_key(kind: EventKind) -> String {
+    format!("flit:uploaded:sweep:{}", kind.name())
+}
+
 /// Records of `kind` stored during one hour (`<hour>`: hours since the Unix
 /// epoch, by Redis's clock): a counter the commit adds to, expiring after 25
 /// hours, which `monitor` sums to project the memory records will take.
@@ -216,9 +234,12 @@ impl EventKind {
     }
 
     /// Prefix of the uploaded marks: `tx!{id}` is a hash whose fields are
-    /// the SHA-1s of the versions of record `id` already uploaded (value:
-    /// the upload time, Unix seconds), expiring a TTL after the last upload,
-    /// never before the record. A mark
+    /// the SHA-1s of versions of record `id` already uploaded (value: the
+    /// upload time, Unix seconds), expiring a TTL after the last upload,
+    /// never before the record. Layouts 2 and 3 marked every uploaded
+    /// record here; from layout 4 only the rare versions the uploaded index
+    /// cannot hold are (an older version of a reused id, one moved aside or
+    /// gone), and the marks of earlier layouts are still read. A mark
     /// lives beside the record, never inside it, so the record stays the
     /// event's JSON for a plain GET. The `!` can never follow `tx` in a
     /// record key or a superseded-version key.
@@ -288,6 +309,10 @@ mod tests {
         assert_eq!(EventKind::Transaction.record_key("tx_1"), "tx:tx_1");
         assert_eq!(EventKind::Prediction.record_key("p"), "pred:p");
         assert_eq!(EventKind::Transaction.uploaded_mark_key("t"), "tx!t");
+        assert_eq!(
+            uploaded_index_key(EventKind::Prediction),
+            "flit:uploaded:predictions"
+        );
         assert_eq!(
             EventKind::Prediction.dead_letter_stream(),
             "stream:predictions:dead"

@@ -14,8 +14,11 @@ use crate::keys::LAYOUT;
 /// This binary's layout. 1: records removed at upload (no key written);
 /// 2: uploaded records kept and marked (`tx!{id}`), one command per event;
 /// 3: a batch's entries leave the queue when it is taken (its entries list,
-/// manifests of positions), settling in slices.
-pub const LAYOUT_VERSION: u32 = 3;
+/// manifests of positions), settling in slices; 4: an uploaded record's
+/// version is recorded in the kind's uploaded index (`flit:uploaded:<kind>`)
+/// instead of a mark key of its own (the marks of 2 and 3 are still read,
+/// so nothing is converted).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Whether `err` is a layout claim refused because Redis holds a newer
 /// layout: an older binary still running beside a newer one, which is

@@ -181,8 +181,8 @@ pub async fn queue_state(
 pub struct RecordVolume {
     /// Records (and new versions) stored in the last 24 hours.
     pub stored_last_24h: u64,
-    /// Bytes one record takes with its uploaded mark (MEMORY USAGE of a
-    /// few sampled records); `None` when there is none to sample.
+    /// Bytes one record takes with its field of the uploaded index (MEMORY
+    /// USAGE of a few sampled records); `None` when there is none to sample.
     pub bytes_per_record: Option<u64>,
     pub sampled: usize,
 }
@@ -223,24 +223,36 @@ pub async fn record_volume(
             .await?;
         keys = found.into_iter().take(SAMPLE_RECORDS).collect();
     }
+    // What the uploaded index takes per field: MEMORY USAGE samples a few
+    // fields of a large hash, so this stays cheap however large it is.
+    let index = crate::keys::uploaded_index_key(kind);
+    let (index_bytes, index_fields): (Option<u64>, u64) = redis::pipe()
+        .cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&index)
+        .cmd("HLEN")
+        .arg(&index)
+        .query_async(records)
+        .await?;
+    let per_field = match (index_bytes, index_fields) {
+        (Some(bytes), fields) if fields >= 100 => bytes / fields,
+        _ => INDEX_FIELD_BYTES,
+    };
     let mut total = 0u64;
     let mut sampled = 0usize;
     for key in &keys {
-        let Some(id) = kind.id_of_key(key) else {
+        if kind.id_of_key(key).is_none() {
             continue;
-        };
-        let (record, mark): (Option<u64>, Option<u64>) = redis::pipe()
-            .cmd("MEMORY")
+        }
+        let record: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(key)
-            .cmd("MEMORY")
-            .arg("USAGE")
-            .arg(kind.uploaded_mark_key(id))
             .query_async(records)
             .await?;
         if let Some(record) = record {
-            // A record not uploaded yet will carry a mark like the others.
-            total += record + mark.unwrap_or(MARK_BYTES);
+            // A record not uploaded yet will take a field of the index
+            // like the others.
+            total += record + per_field;
             sampled += 1;
         }
     }
@@ -272,9 +284,10 @@ pub fn projected_memory<'a>(
     Some((per_day * days) as u64)
 }
 
-/// What an uploaded mark takes when none can be measured (MEMORY USAGE of
-/// a one-version mark on Redis 7.0).
-const MARK_BYTES: u64 = 120;
+/// What a field of the uploaded index takes when too few are there to
+/// measure (an id of about 36 bytes, its version and upload time, in a
+/// large hash on Redis 7.0).
+const INDEX_FIELD_BYTES: u64 = 110;
 
 /// One kind's stream and its consumer group.
 #[derive(Debug, Clone, Default, Serialize)]

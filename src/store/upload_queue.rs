@@ -12,12 +12,13 @@
 //!    list the batch's entries list.
 //! 2. The warehouse writes the batch; sinks are idempotent per batch id.
 //!    When it refuses rows, the manifest records the split first (`save`).
-//! 3. `settle` marks the batch's records uploaded (`mark_uploaded.lua`),
-//!    then settles them in slices (`settle_slice.lua`: claims released,
-//!    records kept or removed, dead letters written; a slice run twice
-//!    touches only versions its batch still claims, and a cursor counts the
-//!    expired entries done), then removes the manifest, the cursor and the
-//!    entries list in a last step. None of it touches the queue.
+//! 3. `settle` settles the batch in slices (`settle_slice.lua`: claims
+//!    released, records kept and their versions recorded in the uploaded
+//!    index, or removed; dead letters written; a slice run twice touches
+//!    only versions its batch still claims, and a cursor counts the expired
+//!    entries done), then removes the manifest, the cursor and the entries
+//!    list in a last step, and sweeps a stretch of the uploaded index.
+//!    None of it touches the queue.
 //!
 //! A batch the warehouse does not take is `park`ed: its manifest moves to
 //! the parked ones, so the queue behind it goes on; later runs retry it
@@ -43,15 +44,16 @@ use super::upload_lock::Fence;
 use crate::event::Rejection;
 use crate::keys::{
     EventKind, UPLOAD_QUEUE, batch_entries_key, claims_key, parked_index_key, parked_manifest_key,
-    settle_cursor_key, taking_key, upload_manifest_key,
+    settle_cursor_key, taking_key, upload_manifest_key, uploaded_index_key, uploaded_sweep_key,
 };
 use crate::warehouse::rows::{self, Row};
 
 /// What becomes of a record once the warehouse has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterUpload {
-    /// It stays readable by id for the rest of its TTL, marked as uploaded
-    /// beside it, so a late copy of it is recognised and never queued again.
+    /// It stays readable by id for the rest of its TTL, its version
+    /// recorded in the uploaded index, so a late copy of it is recognised
+    /// and never uploaded again.
     Keep,
     /// It leaves Redis (the record and its queue entry).
     Remove,
@@ -69,9 +71,12 @@ const MAX_PAGE: usize = 200;
 /// is read back.
 const ENTRIES_PER_READ: usize = 512;
 /// Records per call of the scripts that go through a batch in slices
-/// (marking it uploaded, renewing its TTLs): about a millisecond of Redis
+/// (settling it, renewing its TTLs): about a millisecond of Redis
 /// time each.
 const RECORDS_PER_CALL: usize = 200;
+/// Fields of the uploaded index each sweep call visits (HSCAN's COUNT):
+/// a few hundred microseconds of Redis time.
+const SWEEP_PER_CALL: usize = 500;
 
 /// Why a batch's manifest was not where this run expected it: another run
 /// settled it, or holds the kind. The run stops without writing.
@@ -85,7 +90,7 @@ fn taken_over(batch_id: &str) -> anyhow::Error {
 /// What settling a batch changed in Redis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
-    /// Uploaded records settled (kept and marked, or removed).
+    /// Uploaded records settled (kept and recorded, or removed).
     pub removed: u64,
     pub dead_lettered: u64,
     /// Entries whose record was gone, now dead-lettered `expired`.
@@ -115,9 +120,10 @@ pub struct UploadQueue {
     /// Database 0, where today's binary kept the in-flight manifest.
     state: MultiplexedConnection,
     dead_letters: DeadLetterSettings,
-    /// Whether settling keeps uploaded records (marked) or removes them.
+    /// Whether settling keeps uploaded records (recorded in the uploaded
+    /// index) or removes them.
     after_upload: AfterUpload,
-    /// The records' TTL: how long an uploaded mark can matter.
+    /// The records' TTL: how long a record's upload can matter.
     ttl_seconds: u64,
     /// The run's hold on the kind's upload lock, checked by every script
     /// that writes.
@@ -458,6 +464,7 @@ impl UploadQueue {
                     .key(UPLOAD_QUEUE)
                     .key(claims_key(self.kind))
                     .key(taking_key(self.kind))
+                    .key(uploaded_index_key(self.kind))
                     .key(&self.fence.key)
                     .arg(start)
                     .arg(page)
@@ -616,27 +623,6 @@ impl UploadQueue {
         Ok((manifest, rows))
     }
 
-    /// Marks a confirmed batch's records uploaded (mark_uploaded.lua), in
-    /// slices that each run about a millisecond in Redis.
-    async fn mark_uploaded(&mut self, manifest: &BatchManifest) -> anyhow::Result<()> {
-        let script = &scripts::MARK_UPLOADED;
-        for slice in manifest.records.chunks(RECORDS_PER_CALL) {
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(&self.fence.key)
-                .arg(self.kind.uploaded_mark_prefix())
-                .arg(self.ttl_seconds);
-            for record in slice {
-                invocation.arg(&record.id).arg(record.digest());
-            }
-            let _: u64 = invocation
-                .arg(&self.fence.token)
-                .invoke_async(&mut self.records)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Whether Redis is near its maxmemory (90%, where `monitor` raises
     /// `memory_near_limit`): uploaded records are then removed instead of
     /// kept, since they are what an upload can free, and a full Redis must
@@ -661,10 +647,11 @@ impl UploadQueue {
         max > 0 && used * 10 >= max * 9
     }
 
-    /// Settles a written batch: marks its records uploaded, settles them in
-    /// slices (claims released, records kept or removed, dead letters
-    /// written), then removes its manifest, cursor and entries list. Every
-    /// step is short and safe to repeat; none touches the queue.
+    /// Settles a written batch in slices (claims released, records kept and
+    /// recorded in the uploaded index, or removed; dead letters written),
+    /// then removes its manifest, cursor and entries list, and sweeps a
+    /// stretch of the uploaded index. Every step is short and safe to
+    /// repeat; none touches the queue.
     pub async fn settle(&mut self, manifest: &BatchManifest) -> anyhow::Result<Settled> {
         if manifest.entries_in_queue() {
             anyhow::bail!(
@@ -673,21 +660,17 @@ impl UploadQueue {
                 manifest.batch_id
             );
         }
-        // Marks first, in short slices; near maxmemory the records
-        // themselves give way (their marks stay: a late copy is still
-        // recognised at the take).
+        // Near maxmemory the records themselves give way (the uploaded
+        // index still records them: a late copy is recognised at the take).
+        let pressed = self.after_upload == AfterUpload::Keep && self.memory_pressed().await;
         let stays = match self.after_upload {
             AfterUpload::Remove => "remove",
-            AfterUpload::Keep => {
-                self.mark_uploaded(manifest).await?;
-                if self.memory_pressed().await {
-                    tracing::warn!(kind = %self.kind, batch = %manifest.batch_id,
-                        "Redis is at 90% of maxmemory: the uploaded records leave Redis instead of staying (their marks stay)");
-                    "remove"
-                } else {
-                    "keep"
-                }
+            AfterUpload::Keep if pressed => {
+                tracing::warn!(kind = %self.kind, batch = %manifest.batch_id,
+                    "Redis is at 90% of maxmemory: the uploaded records leave Redis instead of staying (the uploaded index still records them)");
+                "remove-marked"
             }
+            AfterUpload::Keep => "keep",
         };
         let manifest_key = match manifest.queued {
             true => upload_manifest_key(self.kind),
@@ -705,6 +688,7 @@ impl UploadQueue {
                 .key(self.kind.dead_letters_trimmed_key())
                 .key(claims_key(self.kind))
                 .key(UPLOAD_QUEUE)
+                .key(uploaded_index_key(self.kind))
                 .key(&self.fence.key)
                 .arg(&manifest.batch_id)
                 .arg(self.kind.superseded_prefix())
@@ -715,7 +699,9 @@ impl UploadQueue {
                     "unclaimed"
                 } else {
                     "claimed"
-                });
+                })
+                .arg(self.kind.uploaded_mark_prefix())
+                .arg(self.ttl_seconds);
             for item in slice {
                 item.push_args(&mut invocation);
             }
@@ -744,10 +730,40 @@ impl UploadQueue {
             .arg(&self.fence.token)
             .invoke_async(&mut self.records)
             .await?;
-        match done {
-            1 => Ok(total),
-            _ => Err(taken_over(&manifest.batch_id)),
+        if done != 1 {
+            return Err(taken_over(&manifest.batch_id));
         }
+        // The batch is settled: a sweep that fails is retried by the next
+        // batch's, and must not make this one look failed.
+        if let Err(err) = self.sweep_uploaded(2 * manifest.records.len()).await {
+            tracing::warn!(kind = %self.kind, error = %err,
+                "could not sweep the uploaded index; the next batch sweeps it");
+        }
+        Ok(total)
+    }
+
+    /// Visits about `fields` fields of the uploaded index from where the
+    /// last sweep stopped, removing those recorded more than a TTL ago
+    /// (sweep_uploaded.lua), in calls of a few hundred fields each.
+    async fn sweep_uploaded(&mut self, fields: usize) -> redis::RedisResult<()> {
+        let mut visited = 0usize;
+        while visited < fields {
+            let (seen, _removed, came_round): (usize, u64, u8) = scripts::SWEEP_UPLOADED
+                .key(uploaded_index_key(self.kind))
+                .key(uploaded_sweep_key(self.kind))
+                .key(&self.fence.key)
+                .arg(self.ttl_seconds)
+                .arg(SWEEP_PER_CALL)
+                .arg(&self.fence.token)
+                .invoke_async(&mut self.records)
+                .await?;
+            if came_round == 1 {
+                break;
+            }
+            // HSCAN may answer an empty stretch; count the call as a visit.
+            visited += seen.max(SWEEP_PER_CALL / 4);
+        }
+        Ok(())
     }
 
     /// Gives a batch that could not be uploaded a full TTL again, so its

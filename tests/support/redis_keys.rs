@@ -28,10 +28,11 @@ pub fn keys(conn: &mut redis::Connection, pattern: &str) -> HashSet<String> {
 }
 
 /// Records of the kind whose keys start with `prefix` (`tx` or `pred`)
-/// that are not marked uploaded: every record key (`tx:*`) and older
-/// version (`tx@*`) whose value's SHA-1 is not among the uploaded marks
-/// beside it (`tx!{id}`, a hash whose fields are SHA-1s). Empty once everything is uploaded, whether
-/// records are kept (marked) or removed (FLIT_KEEP_UPLOADED=false).
+/// that are not recorded as uploaded: every record key (`tx:*`) and older
+/// version (`tx@*`) whose value's SHA-1 is neither in the uploaded index
+/// (`flit:uploaded:<kind>`) nor among the marks beside it (`tx!{id}`).
+/// Empty once everything is uploaded, whether records are kept or removed
+/// (FLIT_KEEP_UPLOADED=false).
 pub fn unuploaded_records(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
     let mut waiting = Vec::new();
     for key in keys(conn, &format!("{prefix}[:@]*")) {
@@ -42,12 +43,39 @@ pub fn unuploaded_records(conn: &mut redis::Connection, prefix: &str) -> Vec<Str
         let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(conn).expect("get");
         let Some(value) = value else { continue };
         let digest = sha1_smol::Sha1::from(&value).digest().to_string();
-        if !uploaded_marks(conn, &format!("{prefix}!{id}")).contains(&digest) {
+        if !uploaded_versions(conn, prefix, &id).contains(&digest) {
             waiting.push(key);
         }
     }
     waiting.sort();
     waiting
+}
+
+/// The uploaded index of the kind whose keys start with `prefix`.
+pub fn uploaded_index(prefix: &str) -> &'static str {
+    match prefix {
+        "tx" => "flit:uploaded:transactions",
+        "pred" => "flit:uploaded:predictions",
+        other => panic!("no kind has the prefix {other}"),
+    }
+}
+
+/// The SHA-1s of the versions of record `id` recorded as uploaded, sorted:
+/// the one in the uploaded index and those in the mark beside the record
+/// (`tx!{id}`, a hash), each once.
+pub fn uploaded_versions(conn: &mut redis::Connection, prefix: &str, id: &str) -> Vec<String> {
+    let mut versions = uploaded_marks(conn, &format!("{prefix}!{id}"));
+    let indexed: Option<String> = redis::cmd("HGET")
+        .arg(uploaded_index(prefix))
+        .arg(id)
+        .query(conn)
+        .expect("hget");
+    if let Some(digest) = indexed.and_then(|value| value.get(..40).map(str::to_owned)) {
+        versions.push(digest);
+    }
+    versions.sort();
+    versions.dedup();
+    versions
 }
 
 /// The SHA-1s an uploaded mark (`tx!{id}`, a hash) holds, sorted.

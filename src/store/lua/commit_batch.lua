@@ -9,11 +9,13 @@
 -- ttl` stores a new record, or answers the record already there without
 -- touching it (a duplicate, uploaded or not, is then recognised by its
 -- bytes). The call ends with one RPUSH of every key queued and one XACK.
--- Only an id reused with another payload (rare) reads more: the claims
--- and the uploaded marks (see docs/architecture.md, "Storage layout").
+-- Only an id reused with another payload (rare) reads more: the claims,
+-- the uploaded index and the uploaded marks (see docs/architecture.md,
+-- "Storage layout"); ingest never writes either of the last two.
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue, 4 counter of dead
---       letters the cap trimmed, 5 versions batches have claimed (a hash)
+--       letters the cap trimmed, 5 versions batches have claimed (a hash),
+--       6 the uploaded index (a hash: id -> sha1 and upload time)
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
 --       8 the event time field, 9 the uploaded-mark prefix, 10 the prefix
@@ -26,6 +28,7 @@
 --         whole size, sha1 of the whole data, '1' when data is a prefix
 -- Returns {stored, duplicates, superseded, dead_lettered, dead_letters_trimmed}
 local stream, dead, queue, trimmed_counter, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local uploaded_index = KEYS[6]
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local record_prefix, superseded_prefix = ARGV[3], ARGV[4]
@@ -63,9 +66,12 @@ local function claimed(field)
   return any_claims and redis.call('HEXISTS', claims, field) == 1
 end
 -- Whether the version of record `id` hashing to `digest` was uploaded
--- already: the uploader adds its SHA-1 to the mark beside the record, a
--- hash (see mark_uploaded.lua).
+-- already: settling records the version at the record key in the
+-- uploaded index, and older ones in the mark beside the record, a hash
+-- (see settle_slice.lua; layouts 2 and 3 marked every version there).
 local function uploaded(id, digest)
+  local held = redis.call('HGET', uploaded_index, id)
+  if held and held:sub(1, 40) == digest then return true end
   return redis.call('HEXISTS', mark_prefix .. id, digest) == 1
 end
 

@@ -7,10 +7,19 @@
 -- allow-oom: settling is what frees memory when Redis is full.
 --
 -- Per item, in the order upload_queue.rs gives them (expired, uploaded, dead):
--- - uploaded: the version's claim is released; the record stays at its key
---   (marked uploaded beside it by mark_uploaded.lua, run before this), or
---   leaves Redis ('remove': FLIT_KEEP_UPLOADED=false, or Redis near
---   maxmemory); a copy ingest moved aside when a newer version came goes.
+-- - uploaded: the version's claim is released, and what becomes of it
+--   follows ARGV[3]:
+--   'keep': the record stays at its key, and the uploaded index (KEYS[7],
+--     one HSET for the slice) records its version: no key of its own;
+--   'remove-marked' (Redis near maxmemory): the record leaves Redis and the
+--     index still records its version, so a late copy is recognised;
+--   'remove' (FLIT_KEEP_UPLOADED=false): the record leaves, nothing is
+--     recorded.
+--   A version the index cannot hold (moved aside by ingest when a newer
+--   one came, or gone from Redis meanwhile) is marked in the record's
+--   own mark hash (`tx!{id}`, rare); a copy moved aside goes. When the
+--   index held an older uploaded version of the id, that one moves to the
+--   mark hash first, so every version uploaded stays recognised.
 -- - dead: the claim is released, the record removed, and a dead letter
 --   written with its reason, from the manifest's copy.
 -- - expired: its queue entry named a record already gone: a dead letter
@@ -40,10 +49,12 @@
 -- KEYS: 1 the batch's manifest, 2 its settle cursor, 3 dead-letter stream,
 --       4 counter of dead letters the cap trimmed, 5 versions batches have
 --       claimed (a hash, see take_page.lua), 6 upload queue (only for a
---       batch cut without claims by layout 1), 7 the kind's upload lock
--- ARGV: 1 batch id, 2 superseded prefix, 3 'keep' or 'remove' (what becomes
---       of an uploaded record), 4 dead-letter cap, 5 index of this slice's
---       first item, 6 'claimed' or 'unclaimed' (see above), then items:
+--       batch cut without claims by layout 1), 7 the uploaded index, 8 the
+--       kind's upload lock
+-- ARGV: 1 batch id, 2 superseded prefix, 3 'keep', 'remove-marked' or
+--       'remove' (see above), 4 dead-letter cap, 5 index of this slice's
+--       first item, 6 'claimed' or 'unclaimed' (see above), 7 uploaded-mark
+--       prefix, 8 record TTL seconds (how long a mark matters), then items:
 --       'u', queue key, id, sha1 of payload
 --       'd', queue key, id, sha1, reason code, reason, payload kept (a
 --            prefix when long), whole size, '1' when the kept payload is a
@@ -59,8 +70,12 @@ if redis.call('GETRANGE', KEYS[1], 0, #prefix_of_manifest - 1) ~= prefix_of_mani
   return {-1}
 end
 local cursor, dead, trimmed_counter, claims, queue = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local uploaded_index = KEYS[7]
 local superseded = ARGV[2]
 local keep = ARGV[3] == 'keep'
+local record_uploads = ARGV[3] ~= 'remove'
+local mark_prefix, ttl = ARGV[7], tonumber(ARGV[8])
+local first_item = 9
 local cap = tonumber(ARGV[4])
 local done = tonumber(redis.call('GET', cursor) or '0') or 0
 local index = tonumber(ARGV[5])
@@ -68,7 +83,7 @@ local batch_id, unclaimed = ARGV[1], ARGV[6] == 'unclaimed'
 
 -- The items, checked whole before anything is read or written.
 local width = {u = 4, d = 9, e = 2}
-local i = 7
+local i = first_item
 while i < #ARGV do
   local w = width[ARGV[i]]
   if not w or i + w - 1 > #ARGV - 1 then
@@ -79,6 +94,22 @@ end
 
 local settled, moved_on, dead_lettered, expired = 0, 0, 0, 0
 local release, delete, letters, unqueue = {}, {}, {}, {}
+-- Uploaded versions to record: id -> digest, in the index or in the
+-- record's own mark hash (rare).
+local indexed, marked, slot = {}, {}, {}
+-- The index holds one version per id: when a slice settles two versions
+-- at the same record key (a newer one took it between two take pages),
+-- the earlier goes to the mark hash.
+local function record_in_index(id, digest)
+  local at = slot[id]
+  if at then
+    marked[#marked + 1] = {id, indexed[at][2]}
+    indexed[at][2] = digest
+  else
+    indexed[#indexed + 1] = {id, digest}
+    slot[id] = #indexed
+  end
+end
 
 local function get(key)
   local ok, value = pcall(redis.call, 'GET', key)
@@ -101,14 +132,22 @@ local function settle(key, id, digest, uploaded)
   end
   if claimed then release[#release + 1] = field end
   local current = get(key)
+  local at_superseded = key:sub(1, #superseded) == superseded
   if current and redis.sha1hex(current) == digest then
     -- Kept only at the record key: an older version's own key goes, as
     -- lookups read the newest and the mark recognises a late copy.
-    if not (uploaded and keep) or key:sub(1, #superseded) == superseded then
+    if not (uploaded and keep) or at_superseded then
       delete[#delete + 1] = key
+    end
+    if uploaded and record_uploads then
+      if at_superseded then marked[#marked + 1] = {id, digest}
+      else record_in_index(id, digest) end
     end
     return true, claimed
   end
+  -- Not at its key any more: the index holds the version at the record
+  -- key, so this one, if uploaded, is marked beside the record.
+  if uploaded and record_uploads then marked[#marked + 1] = {id, digest} end
   -- Gone (expired), or a newer version took the key while this one was
   -- uploading: then ingest moved this one to a key of its own. It goes
   -- (lookups read the newest; the mark recognises a late copy).
@@ -125,7 +164,7 @@ local function settle(key, id, digest, uploaded)
   return found, claimed
 end
 
-i = 7
+i = first_item
 while i < #ARGV do
   local tag = ARGV[i]
   if tag == 'u' then
@@ -159,6 +198,26 @@ while i < #ARGV do
   index = index + 1
 end
 
+-- The index's current holders, read before any write: an older uploaded
+-- version of an id whose newer one is recorded now moves to the mark hash.
+local held = {}
+if #indexed > 0 then
+  local ids = {}
+  for n, item in ipairs(indexed) do ids[n] = item[1] end
+  held = redis.call('HMGET', uploaded_index, unpack(ids))
+end
+local now = tonumber(redis.call('TIME')[1])
+local index_fields = {}
+for n, item in ipairs(indexed) do
+  local id, digest = item[1], item[2]
+  local before = held[n]
+  if before and before:sub(1, 40) ~= digest then
+    marked[#marked + 1] = {id, before:sub(1, 40), tonumber(before:sub(41))}
+  end
+  index_fields[#index_fields + 1] = id
+  index_fields[#index_fields + 1] = digest .. now
+end
+
 for _, fields in ipairs(letters) do
   redis.call('XADD', dead, '*', unpack(fields))
 end
@@ -171,5 +230,27 @@ end
 for _, key in ipairs(unqueue) do redis.call('LREM', queue, 1, key) end
 if #release > 0 then redis.call('HDEL', claims, unpack(release)) end
 if #delete > 0 then redis.call('DEL', unpack(delete)) end
+if #index_fields > 0 then redis.call('HSET', uploaded_index, unpack(index_fields)) end
+-- A mark hash expires a TTL after its last upload, so never before its
+-- record. An id reused on every event would make it grow: every 64th
+-- version added, versions uploaded more than a TTL ago (their records are
+-- gone) go.
+for _, item in ipairs(marked) do
+  local mark = mark_prefix .. item[1]
+  -- pcall: a key of another type set by hand loses its mark, not the
+  -- slice's other writes.
+  local added = redis.pcall('HSET', mark, item[2], item[3] or now)
+  if added == 1 and redis.call('HLEN', mark) % 64 == 0 then
+    local fields = redis.call('HGETALL', mark)
+    local stale = {}
+    for at = 1, #fields, 2 do
+      if (tonumber(fields[at + 1]) or 0) < now - ttl then stale[#stale + 1] = fields[at] end
+    end
+    for first = 1, #stale, 500 do
+      redis.call('HDEL', mark, unpack(stale, first, math.min(first + 499, #stale)))
+    end
+  end
+  if type(added) == 'number' then redis.call('EXPIRE', mark, ttl) end
+end
 if index > done then redis.call('SET', cursor, index) end
 return {settled, moved_on, dead_lettered, expired}

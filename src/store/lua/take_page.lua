@@ -15,15 +15,17 @@
 -- that died leaves one behind). The queue itself is only read here: the
 -- entries leave it when the manifest is saved.
 --
--- A version already marked uploaded (mark_uploaded.lua), claimed by
--- another batch, or met earlier in this batch, is answered as such and not
--- claimed: its entry is a stale one, and the version is never uploaded
--- twice.
+-- A version already uploaded (in the uploaded index or the mark beside
+-- its record, settle_slice.lua), claimed by another batch, or met earlier
+-- in this batch, is answered as such and not claimed: its entry is a stale
+-- one, and the version is never uploaded twice. The index is read once
+-- for the page (HMGET).
 --
 -- A page is short (upload_queue.rs bounds it in entries and bytes) so the call
 -- runs about a millisecond.
 --
--- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the kind's upload lock
+-- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the uploaded index,
+--       5 the kind's upload lock
 -- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
 --       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the batch's
 --       id (each claim's value: settling acts only on versions its own
@@ -45,13 +47,21 @@ local function id_of(key)
   return key:sub(#superseded_prefix + 42)
 end
 local out, bytes, claims, pairs_read, here = {}, 0, {}, {}, {}
-for _, key in ipairs(keys) do
+local held = {}
+if #keys > 0 then
+  local ids = {}
+  for n, key in ipairs(keys) do ids[n] = id_of(key) end
+  held = redis.call('HMGET', KEYS[4], unpack(ids))
+end
+for n, key in ipairs(keys) do
   local value = redis.call('GET', key)
   local taken = 0
   if value then
-    local field = redis.sha1hex(value) .. ':' .. key
+    local digest = redis.sha1hex(value)
+    local field = digest .. ':' .. key
     if here[field]
-      or redis.call('HEXISTS', mark_prefix .. id_of(key), field:sub(1, 40)) == 1
+      or (held[n] and held[n]:sub(1, 40) == digest)
+      or redis.call('HEXISTS', mark_prefix .. id_of(key), digest) == 1
       or redis.call('HEXISTS', KEYS[2], field) == 1 then
       taken = 1
     else
