@@ -154,11 +154,12 @@ fn uploaded_records_stay_readable_and_late_copies_add_no_row() {
             .arg(format!("tx_{n}"))
             .query(&mut conn)
             .expect("hget");
-        let uploaded_at: i64 = indexed[40..].parse().expect("upload time");
+        let deadline: i64 = indexed[40..].parse().expect("deadline");
         let now = chrono::Utc::now().timestamp();
         assert!(
-            (now - 120..=now + 5).contains(&uploaded_at),
-            "the field carries the upload time, from which the sweep counts a TTL: {indexed}"
+            (now + 604_800 - 120..=now + 604_800 + 5).contains(&deadline)
+                && deadline * 1000 >= now * 1000 + record_ttl(&mut conn, &key),
+            "the field lasts a TTL from the upload, and never less than its record: {indexed}"
         );
     }
     assert_eq!(llen(&mut conn, "upload_queue"), 0);
@@ -328,6 +329,79 @@ fn near_maxmemory_uploaded_records_leave_and_late_copies_of_them_still_add_no_ro
         warehouse_rows(&env, TX_TABLE).len(),
         N,
         "every event once in the warehouse"
+    );
+    // A late copy must not outlive the field that says it was uploaded:
+    // the take capped it at the field's deadline.
+    for n in 0..N {
+        let indexed: String = redis::cmd("HGET")
+            .arg("flit:uploaded:transactions")
+            .arg(format!("tx_{n}"))
+            .query(&mut conn)
+            .expect("hget");
+        let deadline: i64 = indexed[40..].parse().expect("deadline");
+        let left = record_ttl(&mut conn, &format!("tx:tx_{n}"));
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        assert!(
+            left > 0 && now_ms + left <= deadline * 1000 + 1000,
+            "tx_{n}: expires in {left} ms, the field at {deadline}"
+        );
+    }
+}
+
+/// PTTL of `key`, in milliseconds.
+fn record_ttl(conn: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query(conn).expect("pttl")
+}
+
+#[test]
+fn a_record_a_layout_3_worker_replaced_after_a_layout_4_upload_is_still_uploaded_once() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let first = transaction("tx_side", "10.0").to_string().into_bytes();
+    ingest_all(&redis, &env, 0, "stream:transactions", &[first.clone()]);
+    let (code, report, text) = upload(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rows_uploaded(&report, TX_TABLE), 1, "{text}");
+
+    // A layout-3 worker, still running during a deploy, reads only the
+    // marks: it takes the uploaded record for one still waiting when the id
+    // comes again with new content, moves it aside, queues only the moved
+    // key (for the record key's entry, which is gone, to pass to the
+    // newest) and stores the newest.
+    let mut conn = redis.conn(0);
+    let second = transaction("tx_side", "20.0").to_string();
+    let moved = format!("tx@{}:tx_side", sha1(&String::from_utf8_lossy(&first)));
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg(&moved)
+        .arg(&first)
+        .arg("EX")
+        .arg(604_800)
+        .ignore()
+        .cmd("RPUSH")
+        .arg("upload_queue")
+        .arg(&moved)
+        .ignore()
+        .cmd("SET")
+        .arg("tx:tx_side")
+        .arg(&second)
+        .arg("EX")
+        .arg(604_800)
+        .ignore()
+        .query(&mut conn)
+        .expect("what layout 3 writes");
+
+    // The first run finds the moved version uploaded and queues the newest
+    // again; whichever run uploads it, each version reaches the warehouse once.
+    for _ in 0..2 {
+        let (code, _, text) = upload(&env);
+        assert_eq!(code, Some(0), "{text}");
+    }
+    assert_eq!(amounts(&env)["tx_side"], [10.0, 20.0], "each version once");
+    assert_eq!(llen(&mut conn, "upload_queue"), 0);
+    assert!(
+        unuploaded_records(&mut conn, "tx").is_empty(),
+        "nothing left waiting (the moved copy, uploaded already, only expires)"
     );
 }
 

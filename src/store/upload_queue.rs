@@ -743,7 +743,7 @@ impl UploadQueue {
     }
 
     /// Visits about `fields` fields of the uploaded index from where the
-    /// last sweep stopped, removing those recorded more than a TTL ago
+    /// last sweep stopped, removing those whose deadline has passed
     /// (sweep_uploaded.lua), in calls of a few hundred fields each.
     async fn sweep_uploaded(&mut self, fields: usize) -> redis::RedisResult<()> {
         let mut visited = 0usize;
@@ -752,7 +752,6 @@ impl UploadQueue {
                 .key(uploaded_index_key(self.kind))
                 .key(uploaded_sweep_key(self.kind))
                 .key(&self.fence.key)
-                .arg(self.ttl_seconds)
                 .arg(SWEEP_PER_CALL)
                 .arg(&self.fence.token)
                 .invoke_async(&mut self.records)

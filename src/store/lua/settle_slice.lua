@@ -46,6 +46,10 @@
 -- another type set by hand) stops the slice before it changed anything;
 -- reads of record keys are under pcall, and such a key counts as absent.
 --
+-- An index field holds the version's SHA-1 and a deadline (Unix seconds):
+-- the record's expiry or a TTL from the upload, whichever is later; the
+-- sweep (sweep_uploaded.lua) removes it after that.
+--
 -- KEYS: 1 the batch's manifest, 2 its settle cursor, 3 dead-letter stream,
 --       4 counter of dead letters the cap trimmed, 5 versions batches have
 --       claimed (a hash, see take_page.lua), 6 upload queue (only for a
@@ -100,13 +104,13 @@ local indexed, marked, slot = {}, {}, {}
 -- The index holds one version per id: when a slice settles two versions
 -- at the same record key (a newer one took it between two take pages),
 -- the earlier goes to the mark hash.
-local function record_in_index(id, digest)
+local function record_in_index(id, digest, key)
   local at = slot[id]
   if at then
     marked[#marked + 1] = {id, indexed[at][2]}
     indexed[at][2] = digest
   else
-    indexed[#indexed + 1] = {id, digest}
+    indexed[#indexed + 1] = {id, digest, key}
     slot[id] = #indexed
   end
 end
@@ -141,7 +145,7 @@ local function settle(key, id, digest, uploaded)
     end
     if uploaded and record_uploads then
       if at_superseded then marked[#marked + 1] = {id, digest}
-      else record_in_index(id, digest) end
+      else record_in_index(id, digest, key) end
     end
     return true, claimed
   end
@@ -207,15 +211,25 @@ if #indexed > 0 then
   held = redis.call('HMGET', uploaded_index, unpack(ids))
 end
 local now = tonumber(redis.call('TIME')[1])
+-- A field's deadline: a TTL from now, or the record's own expiry when that
+-- is later (a record stored with a longer TTL than this uploader's), so a
+-- kept record never outlives its field, whatever the TTL setting becomes.
 local index_fields = {}
 for n, item in ipairs(indexed) do
   local id, digest = item[1], item[2]
   local before = held[n]
   if before and before:sub(1, 40) ~= digest then
-    marked[#marked + 1] = {id, before:sub(1, 40), tonumber(before:sub(41))}
+    -- A mark's value is an upload time; the field held a deadline.
+    local deadline = tonumber(before:sub(41))
+    marked[#marked + 1] = {id, before:sub(1, 40), deadline and deadline - ttl}
+  end
+  local left = 0
+  if keep then
+    local ok, pttl = pcall(redis.call, 'PTTL', item[3])
+    if ok and pttl > 0 then left = math.ceil(pttl / 1000) end
   end
   index_fields[#index_fields + 1] = id
-  index_fields[#index_fields + 1] = digest .. now
+  index_fields[#index_fields + 1] = digest .. (now + math.max(ttl, left))
 end
 
 for _, fields in ipairs(letters) do

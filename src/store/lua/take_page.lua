@@ -19,7 +19,10 @@
 -- its record, settle_slice.lua), claimed by another batch, or met earlier
 -- in this batch, is answered as such and not claimed: its entry is a stale
 -- one, and the version is never uploaded twice. The index is read once
--- for the page (HMGET).
+-- for the page (HMGET). A record found so (stored again after its upload)
+-- is capped at the index field's deadline, so it never outlives it; a
+-- version moved aside by a layout-3 worker gives the newest at its record
+-- key an entry again (see below).
 --
 -- A page is short (upload_queue.rs bounds it in entries and bytes) so the call
 -- runs about a millisecond.
@@ -47,6 +50,7 @@ local function id_of(key)
   return key:sub(#superseded_prefix + 42)
 end
 local out, bytes, claims, pairs_read, here = {}, 0, {}, {}, {}
+local caps, requeue = {}, {}
 local held = {}
 if #keys > 0 then
   local ids = {}
@@ -59,10 +63,37 @@ for n, key in ipairs(keys) do
   if value then
     local digest = redis.sha1hex(value)
     local field = digest .. ':' .. key
-    if here[field]
-      or (held[n] and held[n]:sub(1, 40) == digest)
-      or redis.call('HEXISTS', mark_prefix .. id_of(key), digest) == 1
-      or redis.call('HEXISTS', KEYS[2], field) == 1 then
+    local id = id_of(key)
+    local indexed = held[n] and held[n]:sub(1, 40) == digest
+    local marked = not indexed and redis.call('HEXISTS', mark_prefix .. id, digest) == 1
+    if indexed or marked then
+      taken = 1
+      if key:sub(1, #record_prefix) == record_prefix then
+        -- Stored again after its upload (a late copy once the record was
+        -- gone): it must not outlive what says it was uploaded, or a later
+        -- version of the id would take it for one still waiting.
+        if indexed then
+          caps[#caps + 1] = {'EXPIREAT', key, tonumber(held[n]:sub(41)) or 0}
+        else
+          caps[#caps + 1] = {'PEXPIRE', key, redis.call('PTTL', mark_prefix .. id)}
+        end
+      else
+        -- A version moved aside by a layout-3 worker, which took the
+        -- uploaded record for one still waiting and queued only the moved
+        -- key: the newest at the record key gets an entry again unless it
+        -- is uploaded or claimed (a second entry is a stale one, harmless).
+        local record = record_prefix .. id
+        local newest = redis.call('GET', record)
+        if newest then
+          local newest_digest = redis.sha1hex(newest)
+          if not (held[n] and held[n]:sub(1, 40) == newest_digest)
+            and redis.call('HEXISTS', mark_prefix .. id, newest_digest) == 0
+            and redis.call('HEXISTS', KEYS[2], newest_digest .. ':' .. record) == 0 then
+            requeue[#requeue + 1] = record
+          end
+        end
+      end
+    elseif here[field] or redis.call('HEXISTS', KEYS[2], field) == 1 then
       taken = 1
     else
       here[field] = true
@@ -84,4 +115,9 @@ if #claims > 0 then
   redis.call('HSET', KEYS[2], unpack(claims))
   redis.call('RPUSH', KEYS[3], unpack(pairs_read))
 end
+for _, cap in ipairs(caps) do
+  if cap[3] > 0 then redis.call(cap[1], cap[2], cap[3], 'LT') end
+end
+-- At the tail: the entries this take read keep their positions.
+if #requeue > 0 then redis.call('RPUSH', KEYS[1], unpack(requeue)) end
 return out
