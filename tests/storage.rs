@@ -358,7 +358,7 @@ fn a_record_a_layout_3_worker_replaced_after_a_layout_4_upload_is_still_uploaded
     let redis = RedisServer::start();
     let env = Env::new(&redis);
     let first = transaction("tx_side", "10.0").to_string().into_bytes();
-    ingest_all(&redis, &env, 0, "stream:transactions", &[first.clone()]);
+    ingest_all(&redis, &env, 0, "stream:transactions", std::slice::from_ref(&first));
     let (code, report, text) = upload(&env);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(rows_uploaded(&report, TX_TABLE), 1, "{text}");
