@@ -358,7 +358,13 @@ fn a_record_a_layout_3_worker_replaced_after_a_layout_4_upload_is_still_uploaded
     let redis = RedisServer::start();
     let env = Env::new(&redis);
     let first = transaction("tx_side", "10.0").to_string().into_bytes();
-    ingest_all(&redis, &env, 0, "stream:transactions", std::slice::from_ref(&first));
+    ingest_all(
+        &redis,
+        &env,
+        0,
+        "stream:transactions",
+        std::slice::from_ref(&first),
+    );
     let (code, report, text) = upload(&env);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(rows_uploaded(&report, TX_TABLE), 1, "{text}");
@@ -403,6 +409,47 @@ fn a_record_a_layout_3_worker_replaced_after_a_layout_4_upload_is_still_uploaded
         unuploaded_records(&mut conn, "tx").is_empty(),
         "nothing left waiting (the moved copy, uploaded already, only expires)"
     );
+}
+
+#[test]
+fn a_worker_already_running_stops_committing_when_a_newer_layout_appears() {
+    let redis = RedisServer::start();
+    let env = Env::new(&redis);
+    let mut conn = redis.conn(0);
+    let service = env.service("ingest");
+    let first = transaction("tx_first", "1.0").to_string().into_bytes();
+    xadd(&mut conn, "stream:transactions", &[("data", &first)]);
+    wait_until(Duration::from_secs(30), "the worker committing", || {
+        get(&mut conn, "tx:tx_first").is_some()
+    });
+    // A newer flit-cache raised the layout while this worker ran.
+    let () = redis::cmd("SET")
+        .arg("flit:layout")
+        .arg("99")
+        .query(&mut conn)
+        .expect("set");
+    let late = transaction("tx_late", "2.0").to_string().into_bytes();
+    xadd(&mut conn, "stream:transactions", &[("data", &late)]);
+    wait_until(Duration::from_secs(30), "the commit refused", || {
+        service.log_text().contains("NEWER_LAYOUT")
+    });
+    assert_eq!(get(&mut conn, "tx:tx_late"), None, "nothing committed");
+    assert_eq!(
+        llen(&mut conn, "upload_queue"),
+        1,
+        "only the earlier record"
+    );
+
+    // The newer binary rolled back: the worker, retrying, commits it.
+    let () = redis::cmd("SET")
+        .arg("flit:layout")
+        .arg("4")
+        .query(&mut conn)
+        .expect("set");
+    wait_until(Duration::from_secs(60), "the event committed", || {
+        get(&mut conn, "tx:tx_late").is_some()
+    });
+    assert_eq!(llen(&mut conn, "upload_queue"), 2);
 }
 
 #[test]

@@ -114,6 +114,7 @@ impl BatchCommit {
             .key(kind.dead_letters_trimmed_key())
             .key(crate::keys::claims_key(kind))
             .key(crate::keys::uploaded_index_key(kind))
+            .key(crate::keys::LAYOUT)
             .arg(CONSUMER_GROUP)
             .arg(self.ttl_seconds)
             .arg(kind.record_prefix())
@@ -124,7 +125,8 @@ impl BatchCommit {
             .arg(kind.timestamp_field())
             .arg(kind.uploaded_mark_prefix())
             .arg(crate::keys::stored_per_hour_prefix(kind))
-            .arg(self.dead_letters.keep_bytes);
+            .arg(self.dead_letters.keep_bytes)
+            .arg(super::layout::LAYOUT_VERSION);
         for entry in accepted {
             let event = &entry.event;
             let stamp = event.stamped_at_arrival;

@@ -465,6 +465,7 @@ impl UploadQueue {
                     .key(claims_key(self.kind))
                     .key(taking_key(self.kind))
                     .key(uploaded_index_key(self.kind))
+                    .key(crate::keys::LAYOUT)
                     .key(&self.fence.key)
                     .arg(start)
                     .arg(page)
@@ -473,6 +474,7 @@ impl UploadQueue {
                     .arg(self.kind.superseded_prefix())
                     .arg(self.kind.uploaded_mark_prefix())
                     .arg(batch_id)
+                    .arg(super::layout::LAYOUT_VERSION)
                     .arg(&self.fence.token)
                     .invoke_async(&mut self.records)
                     .await?

@@ -15,11 +15,13 @@
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 upload queue, 4 counter of dead
 --       letters the cap trimmed, 5 versions batches have claimed (a hash),
---       6 the uploaded index (a hash: id -> sha1 and upload time)
+--       6 the uploaded index (a hash: id -> sha1 and deadline), 7 the
+--       layout version (flit:layout)
 -- ARGV: 1 group, 2 ttl seconds, 3 record prefix, 4 superseded prefix,
 --       5 dead-letter cap, 6 number of accepted events, 7 number of rejected,
 --       8 the event time field, 9 the uploaded-mark prefix, 10 the prefix
 --       of the per-hour counter of records stored, 11 dead-letter bytes kept,
+--       12 this binary's layout version,
 --       then per accepted event: entry id, record id, payload, original,
 --         stamp offset, stamp length (original is empty unless the
 --         timestamp was stamped at arrival: the payload is then the original
@@ -38,6 +40,16 @@ local time_field = ARGV[8]
 local mark_prefix = ARGV[9]
 local stored_counter_prefix = ARGV[10]
 local keep_bytes = tonumber(ARGV[11])
+
+-- Checked on every call, not only when the worker connects: a worker that
+-- went on running while a newer binary raised the layout stops here,
+-- changing nothing, instead of writing what the newer layout would misread
+-- (the worker reconnects, its layout claim is refused, and it waits).
+local layout = tonumber(redis.call('GET', KEYS[7]) or '1') or 0
+if layout > tonumber(ARGV[12]) then
+  return redis.error_reply('NEWER_LAYOUT Redis holds layout ' .. layout .. ' in ' .. KEYS[7] ..
+    ', this flit-cache knows layouts up to ' .. ARGV[12] .. '; nothing was committed')
+end
 
 -- A copy of an event that carried no time of its own differs from the stored
 -- record only in the arrival time stamped into it: compare around the stamp,
@@ -77,7 +89,7 @@ end
 
 local stored, duplicates, superseded, dead_lettered = 0, 0, 0, 0
 local acks, queued = {}, {}
-local i = 12
+local i = 13
 
 for _ = 1, accepted do
   local entry, id, payload, original = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

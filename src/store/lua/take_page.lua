@@ -28,15 +28,24 @@
 -- runs about a millisecond.
 --
 -- KEYS: 1 upload queue, 2 claims hash, 3 taking list, 4 the uploaded index,
---       5 the kind's upload lock
+--       5 the layout version (flit:layout), 6 the kind's upload lock
 -- ARGV: 1 first index, 2 most entries, 3 most payload bytes, 4 record
 --       prefix, 5 superseded prefix, 6 uploaded-mark prefix, 7 the batch's
 --       id (each claim's value: settling acts only on versions its own
---       batch still claims), 8 the run's lock token
+--       batch still claims), 8 this binary's layout version, 9 the run's
+--       lock token
 -- Returns key, value (false when the record is gone), taken (1: the
 -- version is uploaded or claimed already; 0: claimed now and appended to
 -- the taking list), ... for the entries read: it stops after the entry
 -- whose value reaches the byte budget.
+
+-- A run that started before a newer binary raised the layout stops at its
+-- next page, changing nothing (the run claimed the layout only at start).
+local layout = tonumber(redis.call('GET', KEYS[5]) or '1') or 0
+if layout > tonumber(ARGV[8]) then
+  return redis.error_reply('NEWER_LAYOUT Redis holds layout ' .. layout .. ' in ' .. KEYS[5] ..
+    ', this flit-cache knows layouts up to ' .. ARGV[8] .. '; nothing was taken')
+end
 
 local first = tonumber(ARGV[1])
 if first == 0 then redis.call('UNLINK', KEYS[3]) end
